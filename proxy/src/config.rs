@@ -1,0 +1,464 @@
+//! Hangar's configuration: one TOML file, `${VAR}` interpolation, and command-line overrides.
+//!
+//! The file is parsed into typed structs first, so a syntax or type error is reported by the TOML
+//! parser with its line and key. Interpolation then runs on the few string fields that may carry
+//! `${VAR}` (addresses, paths, upstream URLs). A repository whose *upstream* names an unset
+//! variable is disabled rather than fatal: a shared config lists every registry a company might
+//! mirror, and each region turns on the ones it has credentials and network paths for.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::format::FormatKind;
+use crate::units::{ByteSize, HumanDuration};
+
+/// A configuration problem, always naming the file (or `command line`) and the key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        file: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{file}: {message}")]
+    Parse { file: String, message: String },
+    #[error("{file}: {key}: {message}")]
+    Invalid {
+        file: String,
+        key: String,
+        message: String,
+    },
+}
+
+/// The whole configuration of one proxy process.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address clients connect to.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Address of the admin listener (`/metrics`, `/healthz`, `/readyz`).
+    #[serde(default = "default_admin")]
+    pub admin_listen: String,
+    /// Worker threads of the proxy service.
+    #[serde(default = "default_threads")]
+    pub threads: usize,
+    /// How long a graceful shutdown waits for in-flight requests.
+    #[serde(default = "default_shutdown_grace")]
+    pub shutdown_grace: HumanDuration,
+    #[serde(default)]
+    pub cache: CacheConfig,
+    #[serde(default, rename = "repository")]
+    pub repositories: Vec<RepositoryConfig>,
+}
+
+/// Cache tiers and their byte budgets.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Root of the disk tier; created if missing.
+    #[serde(default = "default_cache_dir")]
+    pub dir: String,
+    /// Budget of the memory tier.
+    #[serde(default = "default_memory_bytes")]
+    pub memory_bytes: ByteSize,
+    /// Objects larger than this never enter the memory tier.
+    #[serde(default = "default_memory_max_object")]
+    pub memory_max_object_bytes: ByteSize,
+    /// Budget of the disk tier.
+    #[serde(default = "default_disk_bytes")]
+    pub disk_bytes: ByteSize,
+    /// `fsync` each body before it becomes visible, so a power loss cannot expose a torn file.
+    #[serde(default = "default_true")]
+    pub fsync: bool,
+    /// How long concurrent misses wait for the one request fetching a key before trying themselves.
+    #[serde(default = "default_lock_timeout")]
+    pub lock_timeout: HumanDuration,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            dir: default_cache_dir(),
+            memory_bytes: default_memory_bytes(),
+            memory_max_object_bytes: default_memory_max_object(),
+            disk_bytes: default_disk_bytes(),
+            fsync: true,
+            lock_timeout: default_lock_timeout(),
+        }
+    }
+}
+
+/// One mirrored upstream, mounted under a path prefix.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepositoryConfig {
+    pub name: String,
+    /// Path prefix on the proxy, e.g. `/releases/`; `/` mounts the repository at the root.
+    pub prefix: String,
+    #[serde(default)]
+    pub format: FormatKind,
+    /// Base URL requests are forwarded to; the path after `prefix` is appended to it.
+    pub upstream: String,
+    #[serde(default)]
+    pub timeouts: TimeoutConfig,
+    #[serde(default)]
+    pub freshness: FreshnessConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutConfig {
+    #[serde(default = "default_connect_timeout")]
+    pub connect: HumanDuration,
+    /// Longest silence between two reads from the upstream.
+    #[serde(default = "default_read_timeout")]
+    pub read: HumanDuration,
+    /// Longest time to establish a connection including TLS.
+    #[serde(default = "default_total_connect_timeout")]
+    pub total_connect: HumanDuration,
+}
+
+impl Default for TimeoutConfig {
+    fn default() -> Self {
+        TimeoutConfig {
+            connect: default_connect_timeout(),
+            read: default_read_timeout(),
+            total_connect: default_total_connect_timeout(),
+        }
+    }
+}
+
+/// Freshness overrides that take precedence over the upstream's own headers.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FreshnessConfig {
+    /// Path patterns (`*` matches within a segment, `**` across segments) cached forever.
+    #[serde(default)]
+    pub immutable: Vec<String>,
+    /// TTL for responses that carry no freshness information of their own.
+    /// Unset: such responses are not cached.
+    #[serde(default)]
+    pub default_ttl: Option<HumanDuration>,
+    /// Upper bound on any TTL the upstream asks for.
+    #[serde(default)]
+    pub max_ttl: Option<HumanDuration>,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8080".into()
+}
+fn default_admin() -> String {
+    "127.0.0.1:9090".into()
+}
+fn default_threads() -> usize {
+    1
+}
+fn default_shutdown_grace() -> HumanDuration {
+    HumanDuration(Duration::from_secs(5))
+}
+fn default_cache_dir() -> String {
+    "/var/tmp/hangar-cache".into()
+}
+fn default_memory_bytes() -> ByteSize {
+    ByteSize(256 << 20)
+}
+fn default_memory_max_object() -> ByteSize {
+    ByteSize(1 << 20)
+}
+fn default_disk_bytes() -> ByteSize {
+    ByteSize(10 << 30)
+}
+fn default_true() -> bool {
+    true
+}
+fn default_lock_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(60))
+}
+fn default_connect_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(5))
+}
+fn default_total_connect_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(10))
+}
+fn default_read_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(30))
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: default_listen(),
+            admin_listen: default_admin(),
+            threads: default_threads(),
+            shutdown_grace: default_shutdown_grace(),
+            cache: CacheConfig::default(),
+            repositories: Vec::new(),
+        }
+    }
+}
+
+/// A repository left out because its upstream names an unset variable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DisabledRepository {
+    pub name: String,
+    pub variable: String,
+}
+
+/// A configuration after interpolation and validation, with what was disabled on the way.
+#[derive(Debug, Clone)]
+pub struct LoadedConfig {
+    pub config: Config,
+    pub disabled: Vec<DisabledRepository>,
+}
+
+impl Config {
+    /// Read, interpolate and validate `path` against the process environment.
+    pub fn load(path: &Path) -> Result<LoadedConfig, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: file.clone(),
+            source,
+        })?;
+        Self::from_toml(&text, &file, &|name| std::env::var(name).ok())
+    }
+
+    /// Parse `text` (named `file` in errors), resolving `${VAR}` through `env`.
+    pub fn from_toml(
+        text: &str,
+        file: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<LoadedConfig, ConfigError> {
+        let raw: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            file: file.to_string(),
+            message: e.to_string().trim_end().replace('\n', "\n  "),
+        })?;
+        raw.resolve(file, env)
+    }
+
+    /// Interpolate variables, drop repositories with an unset upstream variable, and validate.
+    pub fn resolve(
+        mut self,
+        file: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<LoadedConfig, ConfigError> {
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            file: file.to_string(),
+            key: key.to_string(),
+            message,
+        };
+        let interp = |key: &str, value: &str| -> Result<String, ConfigError> {
+            interpolate(value, env).map_err(|e| invalid(key, e.to_string()))
+        };
+        self.listen = interp("listen", &self.listen)?;
+        self.admin_listen = interp("admin_listen", &self.admin_listen)?;
+        self.cache.dir = interp("cache.dir", &self.cache.dir)?;
+
+        let mut disabled = Vec::new();
+        let mut kept = Vec::with_capacity(self.repositories.len());
+        for (i, mut repo) in std::mem::take(&mut self.repositories).into_iter().enumerate() {
+            match interpolate(&repo.upstream, env) {
+                Ok(url) => {
+                    repo.upstream = url;
+                    kept.push(repo);
+                }
+                Err(InterpolationError::Unset(variable)) => disabled.push(DisabledRepository {
+                    name: repo.name.clone(),
+                    variable,
+                }),
+                Err(e) => return Err(invalid(&format!("repository[{i}].upstream"), e.to_string())),
+            }
+        }
+        self.repositories = kept;
+        self.validate(file)?;
+        Ok(LoadedConfig {
+            config: self,
+            disabled,
+        })
+    }
+
+    /// Semantic checks the TOML types cannot express.
+    pub fn validate(&self, file: &str) -> Result<(), ConfigError> {
+        let invalid = |key: String, message: String| ConfigError::Invalid {
+            file: file.to_string(),
+            key,
+            message,
+        };
+        for (key, addr) in [("listen", &self.listen), ("admin_listen", &self.admin_listen)] {
+            addr.parse::<SocketAddr>().map_err(|_| {
+                invalid(key.into(), format!("'{addr}' is not an IP:port socket address"))
+            })?;
+        }
+        if self.threads == 0 {
+            return Err(invalid("threads".into(), "must be at least 1".into()));
+        }
+        if self.cache.dir.is_empty() {
+            return Err(invalid("cache.dir".into(), "must not be empty".into()));
+        }
+        if self.cache.disk_bytes.0 == 0 {
+            return Err(invalid("cache.disk_bytes".into(), "must be greater than 0".into()));
+        }
+        if self.cache.memory_max_object_bytes.0 > 64 << 20 {
+            return Err(invalid(
+                "cache.memory_max_object_bytes".into(),
+                "must be at most 64MiB (the memory tier is for small hot objects)".into(),
+            ));
+        }
+        let mut names = std::collections::HashSet::new();
+        let mut prefixes = std::collections::HashSet::new();
+        for (i, repo) in self.repositories.iter().enumerate() {
+            let key = |field: &str| format!("repository[{i}].{field}");
+            if repo.name.is_empty()
+                || !repo
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+            {
+                return Err(invalid(
+                    key("name"),
+                    format!("'{}' must be non-empty and use only letters, digits, '-', '_' and '.'", repo.name),
+                ));
+            }
+            if !names.insert(repo.name.as_str()) {
+                return Err(invalid(key("name"), format!("'{}' is used by two repositories", repo.name)));
+            }
+            if !repo.prefix.starts_with('/') {
+                return Err(invalid(key("prefix"), format!("'{}' must start with '/'", repo.prefix)));
+            }
+            if !prefixes.insert(normalize_prefix(&repo.prefix)) {
+                return Err(invalid(key("prefix"), format!("'{}' is used by two repositories", repo.prefix)));
+            }
+            crate::upstream::UpstreamUrl::parse(&repo.upstream)
+                .map_err(|e| invalid(key("upstream"), e.to_string()))?;
+            for (j, pattern) in repo.freshness.immutable.iter().enumerate() {
+                crate::freshness::PathPattern::new(pattern)
+                    .map_err(|e| invalid(key(&format!("freshness.immutable[{j}]")), e))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The cache directory as a path.
+    pub fn cache_dir(&self) -> PathBuf {
+        PathBuf::from(&self.cache.dir)
+    }
+}
+
+/// `/foo`, `/foo/` both mount at `/foo/`; `/` stays `/`.
+pub fn normalize_prefix(prefix: &str) -> String {
+    let trimmed = prefix.trim_end_matches('/');
+    format!("{trimmed}/")
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum InterpolationError {
+    Unset(String),
+    Malformed(String),
+}
+
+impl fmt::Display for InterpolationError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            InterpolationError::Unset(v) => write!(f, "environment variable {v} is not set"),
+            InterpolationError::Malformed(m) => write!(f, "{m}"),
+        }
+    }
+}
+
+/// Replace each `${NAME}` with the variable's value; `$$` is a literal `$`.
+pub fn interpolate(
+    value: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<String, InterpolationError> {
+    let mut out = String::with_capacity(value.len());
+    let mut rest = value;
+    while let Some(pos) = rest.find('$') {
+        out.push_str(&rest[..pos]);
+        rest = &rest[pos + 1..];
+        if let Some(after) = rest.strip_prefix('$') {
+            out.push('$');
+            rest = after;
+        } else if let Some(after) = rest.strip_prefix('{') {
+            let end = after.find('}').ok_or_else(|| {
+                InterpolationError::Malformed(format!("unterminated '${{' in '{value}'"))
+            })?;
+            let name = &after[..end];
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(InterpolationError::Malformed(format!(
+                    "'${{{name}}}' is not a valid variable name"
+                )));
+            }
+            let v = env(name).filter(|v| !v.is_empty()).ok_or_else(|| InterpolationError::Unset(name.into()))?;
+            out.push_str(&v);
+            rest = &after[end + 1..];
+        } else {
+            out.push('$');
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(name: &str) -> Option<String> {
+        match name {
+            "UP" => Some("http://127.0.0.1:9".into()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn interpolates_and_escapes() {
+        assert_eq!(interpolate("a${UP}b$$", &env).unwrap(), "ahttp://127.0.0.1:9b$");
+        assert_eq!(interpolate("${NOPE}", &env), Err(InterpolationError::Unset("NOPE".into())));
+        assert!(matches!(interpolate("${UP", &env), Err(InterpolationError::Malformed(_))));
+    }
+
+    #[test]
+    fn unset_upstream_disables_only_that_repository() {
+        let text = r#"
+            [[repository]]
+            name = "a"
+            prefix = "/a/"
+            upstream = "${UP}"
+            [[repository]]
+            name = "b"
+            prefix = "/b/"
+            upstream = "${MISSING_B}"
+        "#;
+        let loaded = Config::from_toml(text, "t.toml", &env).unwrap();
+        assert_eq!(loaded.config.repositories.len(), 1);
+        assert_eq!(loaded.config.repositories[0].upstream, "http://127.0.0.1:9");
+        assert_eq!(
+            loaded.disabled,
+            vec![DisabledRepository { name: "b".into(), variable: "MISSING_B".into() }]
+        );
+    }
+
+    #[test]
+    fn errors_name_file_and_key() {
+        let bad_prefix = "[[repository]]\nname = \"a\"\nprefix = \"a/\"\nupstream = \"http://x\"\n";
+        let err = Config::from_toml(bad_prefix, "f.toml", &env).unwrap_err().to_string();
+        assert!(err.starts_with("f.toml: repository[0].prefix:"), "{err}");
+
+        let bad_size = "[cache]\ndisk_bytes = \"lots\"\n";
+        let err = Config::from_toml(bad_size, "f.toml", &env).unwrap_err().to_string();
+        assert!(err.contains("f.toml") && err.contains("disk_bytes"), "{err}");
+
+        let unknown = "listen = \"127.0.0.1:1\"\nbogus = 1\n";
+        let err = Config::from_toml(unknown, "f.toml", &env).unwrap_err().to_string();
+        assert!(err.contains("bogus"), "{err}");
+
+        let bad_format = "[[repository]]\nname = \"a\"\nprefix = \"/a/\"\nformat = \"nope\"\nupstream = \"http://x\"\n";
+        let err = Config::from_toml(bad_format, "f.toml", &env).unwrap_err().to_string();
+        assert!(err.contains("format") || err.contains("nope"), "{err}");
+    }
+}

@@ -1,0 +1,18 @@
+//! Hangar's caching proxy, built on Pingora.
+//!
+//! Reading order: [`config`] (what an operator writes), [`router`] and [`format`] (what a
+//! request means), [`proxy`] (the request path through pingora's phases), [`storage`] (the
+//! memory and disk tiers), [`upstream`] (where misses go), [`admin`] and [`metrics`].
+
+pub mod admin;
+pub mod config;
+pub mod format;
+pub mod freshness;
+pub mod metrics;
+pub mod path;
+pub mod proxy;
+pub mod router;
+pub mod server;
+pub mod storage;
+pub mod units;
+pub mod upstream;

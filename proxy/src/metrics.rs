@@ -1,0 +1,96 @@
+//! Prometheus metrics of one proxy process, served on the admin listener.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+pub struct Metrics {
+    pub registry: Registry,
+    /// By repository, method and status class (`2xx`...).
+    pub requests: IntCounterVec,
+    /// By repository and cache result (hit, miss, stale, revalidated, expired, bypass, ...).
+    pub cache_results: IntCounterVec,
+    pub bytes_served: IntCounterVec,
+    pub bytes_upstream: IntCounterVec,
+    pub upstream_latency: HistogramVec,
+    /// By tier (`memory`, `disk`).
+    pub tier_bytes: IntGaugeVec,
+    pub tier_objects: IntGaugeVec,
+    pub evictions: IntCounterVec,
+    pub abandoned_fills: IntCounter,
+    pub upstream_redirects: IntCounterVec,
+    pub upstream_errors: IntCounterVec,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new_custom(Some("hangar".into()), None).expect("valid prefix");
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry.register(Box::new(c.clone())).expect("unique metric");
+            c
+        };
+        let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry.register(Box::new(g.clone())).expect("unique metric");
+            g
+        };
+        let requests = counter_vec("requests_total", "Requests by repository, method and status class", &["repository", "method", "status"]);
+        let cache_results = counter_vec("cache_results_total", "Cache results by repository", &["repository", "result"]);
+        let bytes_served = counter_vec("bytes_served_total", "Body bytes sent to clients", &["repository"]);
+        let bytes_upstream = counter_vec("bytes_upstream_total", "Body bytes fetched from upstreams", &["repository"]);
+        let upstream_latency = HistogramVec::new(
+            HistogramOpts::new("upstream_response_seconds", "Time to the upstream's response headers")
+                .buckets(vec![0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+            &["repository"],
+        )
+        .expect("valid metric");
+        registry.register(Box::new(upstream_latency.clone())).expect("unique metric");
+        let tier_bytes = gauge_vec("cache_tier_bytes", "Bytes stored per cache tier", &["tier"]);
+        let tier_objects = gauge_vec("cache_tier_objects", "Objects stored per cache tier", &["tier"]);
+        let evictions = counter_vec("cache_evictions_total", "Objects evicted per tier", &["tier"]);
+        let abandoned_fills = IntCounter::new("cache_abandoned_fills_total", "Cache fills abandoned before completion").expect("valid metric");
+        registry.register(Box::new(abandoned_fills.clone())).expect("unique metric");
+        let upstream_redirects = counter_vec("upstream_redirects_total", "Upstream redirects followed", &["repository"]);
+        let upstream_errors = counter_vec("upstream_errors_total", "Upstream failures by kind", &["repository", "kind"]);
+        Metrics {
+            registry,
+            requests,
+            cache_results,
+            bytes_served,
+            bytes_upstream,
+            upstream_latency,
+            tier_bytes,
+            tier_objects,
+            evictions,
+            abandoned_fills,
+            upstream_redirects,
+            upstream_errors,
+        }
+    }
+
+    pub fn render(&self) -> Vec<u8> {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        buf
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// `2xx`, `4xx`... for a status code.
+pub fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        500..=599 => "5xx",
+        _ => "other",
+    }
+}

@@ -1,0 +1,363 @@
+//! The request path: pingora's `ProxyHttp` phases, in the order they run.
+//!
+//! `request_filter` routes and rejects bad input; `request_cache_filter` and
+//! `cache_key_callback` turn the cache on with a key made of the repository and its path;
+//! `upstream_peer` / `upstream_request_filter` aim the request at the (possibly redirected)
+//! upstream; `upstream_response_filter` follows redirects server-side; `response_cache_filter`
+//! asks the repository's format whether the response may be stored; `response_filter` labels
+//! every response with `X-Hangar-Cache`; `logging` records metrics. Format-specific decisions
+//! live in the format modules, not here.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::{header, Method};
+use pingora::cache::eviction::EvictionManager;
+use pingora::cache::lock::CacheKeyLockImpl;
+use pingora::cache::{CacheKey, CachePhase, NoCacheReason, RespCacheable};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::{Error, ErrorSource, ErrorType};
+
+use crate::metrics::{status_class, Metrics};
+use crate::path::RequestPath;
+use crate::router::{Repository, Router};
+use crate::storage::TieredStorage;
+use crate::upstream::{make_peer, SharedResolver, UpstreamUrl};
+
+/// Longest request target accepted (414 beyond).
+pub const MAX_URI_BYTES: usize = 8 * 1024;
+/// Largest request header section accepted (431 beyond).
+pub const MAX_HEADER_BYTES: usize = 32 * 1024;
+pub const MAX_HEADER_COUNT: usize = 100;
+/// Redirect hops followed for one request.
+pub const MAX_REDIRECTS: u8 = 5;
+
+pub const CACHE_HEADER: &str = "x-hangar-cache";
+
+/// Everything the phases share; one per process.
+pub struct HangarProxy {
+    pub router: Router,
+    pub storage: &'static TieredStorage,
+    pub eviction: &'static (dyn EvictionManager + Sync),
+    pub cache_lock: &'static CacheKeyLockImpl,
+    pub resolver: SharedResolver,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Per-request state.
+#[derive(Default)]
+pub struct RequestCtx {
+    repo: Option<Arc<Repository>>,
+    /// Path below the repository prefix (still encoded), used for freshness rules.
+    rel_path: String,
+    /// Where the next upstream attempt goes: origin and path-with-query.
+    target: Option<(UpstreamUrl, String)>,
+    /// Set when an upstream answered with a redirect we will follow on the next attempt.
+    redirect_pending: bool,
+    redirects: u8,
+    /// The redirect left the original origin: credentials must not follow.
+    cross_origin: bool,
+    upstream_started: Option<Instant>,
+    /// Label for a response the proxy generated itself.
+    local_result: Option<&'static str>,
+}
+
+impl RequestCtx {
+    fn repo_name(&self) -> &str {
+        self.repo.as_ref().map_or("-", |r| r.name.as_str())
+    }
+}
+
+/// The `X-Hangar-Cache` label for where pingora's cache state machine ended.
+pub fn cache_result(phase: CachePhase) -> &'static str {
+    match phase {
+        CachePhase::Hit => "hit",
+        CachePhase::Miss => "miss",
+        CachePhase::Stale | CachePhase::StaleUpdating => "stale",
+        CachePhase::Expired => "expired",
+        CachePhase::Revalidated | CachePhase::RevalidatedNoCache(_) => "revalidated",
+        // Looked up, fetched, but the response was not storable (or the fetch failed).
+        CachePhase::Disabled(reason) if reason != NoCacheReason::NeverEnabled => "miss",
+        CachePhase::Disabled(_) | CachePhase::Bypass | CachePhase::Uninit | CachePhase::CacheKey => "bypass",
+    }
+}
+
+fn json_error(status: u16, message: &str, path: &str) -> Bytes {
+    let esc = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"").replace(|c: char| c.is_control(), "");
+    Bytes::from(format!(
+        "{{\"error\":\"{}\",\"status\":{status},\"path\":\"{}\"}}\n",
+        esc(message),
+        esc(path)
+    ))
+}
+
+async fn respond_local(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    status: u16,
+    message: &str,
+    extra: &[(header::HeaderName, &str)],
+) -> Result<bool> {
+    let path = session.req_header().uri.path().to_string();
+    let body = json_error(status, message, &path);
+    let mut resp = ResponseHeader::build(status, Some(4))?;
+    resp.insert_header(header::CONTENT_TYPE, "application/json")?;
+    resp.insert_header(header::CONTENT_LENGTH, body.len().to_string())?;
+    resp.insert_header(CACHE_HEADER, "bypass")?;
+    for (k, v) in extra {
+        resp.insert_header(k.clone(), *v)?;
+    }
+    ctx.local_result = Some("bypass");
+    // An over-long or malformed request is not worth keeping the connection for.
+    if status == 414 || status == 431 || status == 400 {
+        session.set_keepalive(None);
+    }
+    session.write_response_header(Box::new(resp), false).await?;
+    session.write_response_body(Some(body), true).await?;
+    Ok(true)
+}
+
+#[async_trait]
+impl ProxyHttp for HangarProxy {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::default()
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let req = session.req_header();
+        let uri_len = req.raw_path().len();
+        if uri_len > MAX_URI_BYTES {
+            return respond_local(session, ctx, 414, "request URI too long", &[]).await;
+        }
+        let header_bytes: usize = req.headers.iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
+        if header_bytes > MAX_HEADER_BYTES || req.headers.len() > MAX_HEADER_COUNT {
+            return respond_local(session, ctx, 431, "request header fields too large", &[]).await;
+        }
+        let path = req.uri.path().to_string();
+        let query = req.uri.query().map(str::to_string);
+        let method = req.method.clone();
+        let Some((repo, rest)) = self.router.route(&path) else {
+            return respond_local(session, ctx, 404, "no repository is mounted at this path", &[]).await;
+        };
+        let repo = repo.clone();
+        ctx.repo = Some(repo.clone());
+        if !repo.format.allows_method(&method) {
+            return respond_local(session, ctx, 405, "method not allowed", &[(header::ALLOW, "GET, HEAD")]).await;
+        }
+        let rel = match repo.format.upstream_path(&RequestPath { relative: rest, query: query.as_deref() }) {
+            Ok(rel) => rel,
+            Err(e) => return respond_local(session, ctx, 400, &e.to_string(), &[]).await,
+        };
+        let mut upstream_path = format!("{}{}", repo.upstream.base_path, rel);
+        if let Some(q) = &query {
+            upstream_path.push('?');
+            upstream_path.push_str(q);
+        }
+        ctx.rel_path = format!("/{rel}");
+        ctx.target = Some((repo.upstream.clone(), upstream_path));
+        Ok(false)
+    }
+
+    fn request_cache_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
+        let method = &session.req_header().method;
+        if ctx.repo.is_some() && (method == Method::GET || method == Method::HEAD) {
+            session.cache.enable(self.storage, Some(self.eviction), None, Some(self.cache_lock), None);
+        }
+        Ok(())
+    }
+
+    fn cache_key_callback(&self, _session: &Session, ctx: &mut RequestCtx) -> Result<CacheKey> {
+        let repo = ctx.repo.as_ref().ok_or_else(|| Error::explain(ErrorType::InternalError, "no repository"))?;
+        let (_, path) = ctx.target.as_ref().ok_or_else(|| Error::explain(ErrorType::InternalError, "no target"))?;
+        // Repository names cannot contain NUL, so the two parts cannot run into each other.
+        let mut primary = Vec::with_capacity(repo.name.len() + 1 + path.len());
+        primary.extend_from_slice(repo.name.as_bytes());
+        primary.push(0);
+        primary.extend_from_slice(path.as_bytes());
+        Ok(CacheKey::new(primary, repo.name.clone()))
+    }
+
+    fn response_cache_filter(
+        &self,
+        session: &Session,
+        resp: &ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<RespCacheable> {
+        let Some(repo) = ctx.repo.as_ref() else {
+            return Ok(RespCacheable::Uncacheable(NoCacheReason::NeverEnabled));
+        };
+        let authorization = session.req_header().headers.contains_key(header::AUTHORIZATION);
+        Ok(repo.format.cacheability(&ctx.rel_path, resp, authorization))
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+        let repo = ctx.repo.as_ref().ok_or_else(|| Error::explain(ErrorType::InternalError, "no repository"))?;
+        let (up, _) = ctx.target.as_ref().ok_or_else(|| Error::explain(ErrorType::InternalError, "no target"))?;
+        let addr = self.resolver.resolve(&up.host, up.port).await.map_err(|e| {
+            self.metrics.upstream_errors.with_label_values(&[&repo.name, "dns"]).inc();
+            let mut err = Error::explain(ErrorType::ConnectError, e.to_string());
+            err.set_retry(false);
+            err.into_up()
+        })?;
+        ctx.redirect_pending = false;
+        Ok(make_peer(up, addr, &repo.timeouts))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let (up, path) = ctx.target.as_ref().ok_or_else(|| Error::explain(ErrorType::InternalError, "no target"))?;
+        upstream_request.set_uri(path.parse().map_err(|e| Error::because(ErrorType::InternalError, "bad upstream URI", e))?);
+        upstream_request.insert_header(header::HOST, up.host_header())?;
+        // cargo sends `Upgrade: h2c` over plain HTTP; the proxy speaks HTTP/1.1 upstream.
+        upstream_request.remove_header(&header::UPGRADE);
+        if ctx.cross_origin {
+            upstream_request.remove_header(&header::AUTHORIZATION);
+            upstream_request.remove_header(&header::COOKIE);
+        }
+        ctx.upstream_started = Some(Instant::now());
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let repo_name = ctx.repo_name().to_string();
+        if let Some(started) = ctx.upstream_started.take() {
+            self.metrics.upstream_latency.with_label_values(&[&repo_name]).observe(started.elapsed().as_secs_f64());
+        }
+        let redirect = matches!(resp.status.as_u16(), 301 | 302 | 303 | 307 | 308);
+        // Only follow for GET (pingora turns a cacheable HEAD into GET upstream).
+        if !redirect || session.req_header().method != Method::GET && session.req_header().method != Method::HEAD {
+            return Ok(());
+        }
+        let Some(location) = resp.headers.get(header::LOCATION).and_then(|v| v.to_str().ok()).map(str::to_string) else {
+            return Ok(());
+        };
+        if ctx.redirects >= MAX_REDIRECTS {
+            return Err(Error::explain(ErrorType::HTTPStatus(502), format!("more than {MAX_REDIRECTS} upstream redirects")).into_up());
+        }
+        let (current, path) = ctx.target.as_ref().ok_or_else(|| Error::explain(ErrorType::InternalError, "no target"))?;
+        let current_path = path.split('?').next().unwrap_or("/").to_string();
+        let (next, next_path) = current.redirect_target(&current_path, &location).map_err(|e| {
+            Error::explain(ErrorType::HTTPStatus(502), format!("bad upstream redirect: {e}")).into_up()
+        })?;
+        let original = &ctx.repo.as_ref().expect("routed").upstream;
+        ctx.cross_origin |= !next.same_origin(original);
+        ctx.target = Some((next, next_path));
+        ctx.redirects += 1;
+        ctx.redirect_pending = true;
+        self.metrics.upstream_redirects.with_label_values(&[&repo_name]).inc();
+        // An error marked for retry makes pingora call upstream_peer again, with the new target.
+        let mut e = Error::explain(ErrorType::Custom("following upstream redirect"), location);
+        e.set_retry(true);
+        Err(e.into_up())
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut RequestCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        if ctx.redirect_pending {
+            e.set_retry(true);
+        } else if !session.req_header().method.is_idempotent() || session.as_ref().retry_buffer_truncated() {
+            e.set_retry(false);
+        } else {
+            e.retry.decide_reuse(client_reused);
+        }
+        e
+    }
+
+    async fn response_filter(
+        &self,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let result = ctx.local_result.unwrap_or_else(|| cache_result(session.cache.phase()));
+        resp.insert_header(CACHE_HEADER, result)?;
+        Ok(())
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+        let code = match e.etype() {
+            ErrorType::HTTPStatus(code) => *code,
+            _ => match e.esource() {
+                ErrorSource::Upstream => 502,
+                ErrorSource::Downstream => match e.etype() {
+                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                    _ => 400,
+                },
+                ErrorSource::Internal | ErrorSource::Unset => 500,
+            },
+        };
+        if e.esource() == &ErrorSource::Upstream {
+            let kind = match e.etype() {
+                ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => "timeout",
+                ErrorType::ConnectRefused | ErrorType::ConnectError | ErrorType::ConnectNoRoute => "connect",
+                _ => "other",
+            };
+            self.metrics.upstream_errors.with_label_values(&[ctx.repo_name(), kind]).inc();
+        }
+        // Once the response head went out, all we can do is cut the connection.
+        if code > 0 && session.response_written().is_none() {
+            let message = match code {
+                502 => "upstream failed",
+                504 => "upstream timed out",
+                _ => "request failed",
+            };
+            ctx.local_result = Some(cache_result(session.cache.phase()));
+            let _ = respond_local(session, ctx, code, message, &[]).await;
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let repo = ctx.repo_name().to_string();
+        let method = session.req_header().method.as_str().to_string();
+        let m = &self.metrics;
+        m.requests.with_label_values(&[&repo, &method, status_class(status)]).inc();
+        let result = ctx.local_result.unwrap_or_else(|| cache_result(session.cache.phase()));
+        m.cache_results.with_label_values(&[&repo, result]).inc();
+        m.bytes_served.with_label_values(&[&repo]).inc_by(session.body_bytes_sent() as u64);
+        m.bytes_upstream.with_label_values(&[&repo]).inc_by(session.upstream_body_bytes_received() as u64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_errors_escape() {
+        let b = json_error(404, "no \"repo\"", "/a\"b\n");
+        assert_eq!(&b[..], &b"{\"error\":\"no \\\"repo\\\"\",\"status\":404,\"path\":\"/a\\\"b\"}\n"[..]);
+    }
+
+    #[test]
+    fn labels() {
+        assert_eq!(cache_result(CachePhase::Hit), "hit");
+        assert_eq!(cache_result(CachePhase::Bypass), "bypass");
+    }
+}

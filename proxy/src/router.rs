@@ -1,0 +1,95 @@
+//! Repositories and the routing of a request path to one of them.
+
+use std::sync::Arc;
+
+use crate::config::{normalize_prefix, RepositoryConfig, TimeoutConfig};
+use crate::format::Format;
+use crate::freshness::FreshnessPolicy;
+use crate::upstream::UpstreamUrl;
+
+/// One mounted repository, ready to serve.
+pub struct Repository {
+    pub name: String,
+    /// Normalised to end with `/`.
+    pub prefix: String,
+    pub upstream: UpstreamUrl,
+    pub timeouts: TimeoutConfig,
+    pub format: Box<dyn Format>,
+}
+
+impl Repository {
+    pub fn from_config(cfg: &RepositoryConfig) -> Result<Self, String> {
+        let upstream = UpstreamUrl::parse(&cfg.upstream).map_err(|e| e.to_string())?;
+        let freshness = FreshnessPolicy::from_config(&cfg.freshness)?;
+        Ok(Repository {
+            name: cfg.name.clone(),
+            prefix: normalize_prefix(&cfg.prefix),
+            upstream,
+            timeouts: cfg.timeouts.clone(),
+            format: cfg.format.build(freshness),
+        })
+    }
+}
+
+/// Longest-prefix routing over the enabled repositories.
+#[derive(Default)]
+pub struct Router {
+    repos: Vec<Arc<Repository>>,
+}
+
+impl Router {
+    pub fn new(mut repos: Vec<Repository>) -> Self {
+        repos.sort_by(|a, b| b.prefix.len().cmp(&a.prefix.len()));
+        Router {
+            repos: repos.into_iter().map(Arc::new).collect(),
+        }
+    }
+
+    pub fn repositories(&self) -> &[Arc<Repository>] {
+        &self.repos
+    }
+
+    /// The repository serving `path` and the rest of the path below its prefix.
+    pub fn route<'a>(&self, path: &'a str) -> Option<(&Arc<Repository>, &'a str)> {
+        self.repos.iter().find_map(|repo| {
+            if let Some(rest) = path.strip_prefix(repo.prefix.as_str()) {
+                Some((repo, rest))
+            } else if path.len() + 1 == repo.prefix.len() && repo.prefix.starts_with(path) {
+                // `/releases` for a repository mounted at `/releases/`
+                Some((repo, ""))
+            } else {
+                None
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::FormatKind;
+
+    fn repo(name: &str, prefix: &str) -> Repository {
+        Repository::from_config(&RepositoryConfig {
+            name: name.into(),
+            prefix: prefix.into(),
+            format: FormatKind::Generic,
+            upstream: "http://127.0.0.1:1/".into(),
+            timeouts: Default::default(),
+            freshness: Default::default(),
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn longest_prefix_wins() {
+        let r = Router::new(vec![repo("root", "/"), repo("rel", "/releases"), repo("deep", "/releases/v2/")]);
+        let name = |p| r.route(p).map(|(r, rest)| (r.name.clone(), rest.to_string()));
+        assert_eq!(name("/releases/a"), Some(("rel".into(), "a".into())));
+        assert_eq!(name("/releases"), Some(("rel".into(), "".into())));
+        assert_eq!(name("/releases/v2/x"), Some(("deep".into(), "x".into())));
+        assert_eq!(name("/other"), Some(("root".into(), "other".into())));
+        let none = Router::new(vec![repo("rel", "/releases/")]);
+        assert!(none.route("/other").is_none());
+    }
+}

@@ -1,0 +1,210 @@
+//! Fills in progress, and readers that stream them as they grow.
+//!
+//! The writer appends to an unlinked-on-failure temp file and publishes its length on a
+//! `watch` channel. Each reader holds the same open file and reads up to the published length
+//! with `pread`, so a reader needs no buffer shared with the writer and the rename on commit
+//! does not disturb it. The terminal state is explicit: `Done(len)` ends the body, `Failed`
+//! (or the writer vanishing) is an error to every reader, so a cut-short fill can never look
+//! like a complete, shorter object (pingora issue #932).
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use parking_lot::Mutex;
+use pingora::cache::storage::{HandleHit, Storage};
+use pingora::cache::trace::SpanHandle;
+use pingora::cache::{CacheKey, CacheMeta};
+use pingora::{Error, Result};
+use tokio::sync::watch;
+
+use super::StorageError;
+
+/// Largest read a streaming reader makes at once.
+const READ_CHUNK: usize = 256 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Progress {
+    Writing(u64),
+    Done(u64),
+    Failed(u64),
+}
+
+/// One fill: its temp file, its metadata, and how far it has got.
+pub(crate) struct InflightWrite {
+    pub id: u64,
+    pub tag: [u8; 8],
+    pub key: String,
+    pub meta: (Vec<u8>, Vec<u8>),
+    pub file: Arc<File>,
+    pub tmp_path: PathBuf,
+    progress: watch::Sender<Progress>,
+}
+
+impl InflightWrite {
+    pub fn append(&self, offset: u64, data: &[u8]) -> std::result::Result<(), StorageError> {
+        self.file
+            .write_all_at(data, offset)
+            .map_err(|e| StorageError::io(&self.tmp_path, e))
+    }
+
+    pub fn publish(&self, written: u64) {
+        self.progress.send_replace(Progress::Writing(written));
+    }
+
+    pub fn complete(&self, written: u64) {
+        self.progress.send_replace(Progress::Done(written));
+    }
+
+    /// Mark the fill failed and remove its temp file. Idempotent.
+    pub fn fail(&self) {
+        let written = match *self.progress.borrow() {
+            Progress::Writing(n) | Progress::Failed(n) => n,
+            Progress::Done(_) => return,
+        };
+        self.progress.send_replace(Progress::Failed(written));
+        let _ = std::fs::remove_file(&self.tmp_path);
+    }
+
+    pub fn cache_meta(&self) -> Result<CacheMeta> {
+        CacheMeta::deserialize(&self.meta.0, &self.meta.1)
+    }
+
+    pub fn reader(self: &Arc<Self>) -> PartialHit {
+        PartialHit {
+            write: self.clone(),
+            progress: self.progress.subscribe(),
+            read: 0,
+        }
+    }
+}
+
+/// Index of fills in progress, by cache key and by write id.
+#[derive(Default)]
+pub(crate) struct InflightWrites {
+    next_id: AtomicU64,
+    inner: Mutex<InflightIndex>,
+}
+
+#[derive(Default)]
+struct InflightIndex {
+    by_key: HashMap<String, u64>,
+    by_id: HashMap<u64, Arc<InflightWrite>>,
+}
+
+impl InflightWrites {
+    pub fn insert(
+        &self,
+        key: String,
+        meta: (Vec<u8>, Vec<u8>),
+        file: File,
+        tmp_path: PathBuf,
+    ) -> Arc<InflightWrite> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (progress, _) = watch::channel(Progress::Writing(0));
+        let write = Arc::new(InflightWrite {
+            id,
+            tag: id.to_be_bytes(),
+            key: key.clone(),
+            meta,
+            file: Arc::new(file),
+            tmp_path,
+            progress,
+        });
+        let mut idx = self.inner.lock();
+        idx.by_key.insert(key, id);
+        idx.by_id.insert(id, write.clone());
+        write
+    }
+
+    pub fn latest(&self, key: &str) -> Option<Arc<InflightWrite>> {
+        let idx = self.inner.lock();
+        idx.by_key.get(key).and_then(|id| idx.by_id.get(id)).cloned()
+    }
+
+    pub fn by_id(&self, id: u64) -> Option<Arc<InflightWrite>> {
+        self.inner.lock().by_id.get(&id).cloned()
+    }
+
+    pub fn remove(&self, write: &InflightWrite) {
+        let mut idx = self.inner.lock();
+        idx.by_id.remove(&write.id);
+        if idx.by_key.get(&write.key) == Some(&write.id) {
+            idx.by_key.remove(&write.key);
+        }
+    }
+}
+
+/// A reader of a fill in progress.
+pub(crate) struct PartialHit {
+    write: Arc<InflightWrite>,
+    progress: watch::Receiver<Progress>,
+    read: u64,
+}
+
+impl PartialHit {
+    fn abandoned(&self) -> Box<Error> {
+        super::to_pingora(StorageError::Abandoned {
+            key: self.write.key.clone(),
+            written: self.read,
+        })
+    }
+}
+
+#[async_trait]
+impl HandleHit for PartialHit {
+    async fn read_body(&mut self) -> Result<Option<Bytes>> {
+        loop {
+            let state = *self.progress.borrow_and_update();
+            let available = match state {
+                Progress::Failed(_) => return Err(self.abandoned()),
+                Progress::Writing(n) => n,
+                Progress::Done(n) if n == self.read => return Ok(None),
+                Progress::Done(n) => n,
+            };
+            if available > self.read {
+                let len = ((available - self.read) as usize).min(READ_CHUNK);
+                let mut buf = BytesMut::zeroed(len);
+                self.write
+                    .file
+                    .read_exact_at(&mut buf, self.read)
+                    .map_err(|e| super::to_pingora(StorageError::io(&self.write.tmp_path, e)))?;
+                self.read += len as u64;
+                return Ok(Some(buf.freeze()));
+            }
+            if self.progress.changed().await.is_err() {
+                // The writer is gone without saying Done: whatever it wrote is not the object.
+                if matches!(*self.progress.borrow(), Progress::Done(n) if n == self.read) {
+                    return Ok(None);
+                }
+                return Err(self.abandoned());
+            }
+        }
+    }
+
+    async fn finish(
+        self: Box<Self>,
+        _storage: &'static (dyn Storage + Sync),
+        _key: &CacheKey,
+        _trace: &SpanHandle,
+    ) -> Result<()> {
+        Ok(())
+    }
+
+    fn should_count_access(&self) -> bool {
+        false
+    }
+
+    fn as_any(&self) -> &(dyn std::any::Any + Send + Sync) {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut (dyn std::any::Any + Send + Sync) {
+        self
+    }
+}

@@ -1,0 +1,345 @@
+//! Two-tier cache storage behind pingora-cache's [`Storage`] trait.
+//!
+//! * [`memory::MemoryTier`]: small hot objects, TinyUFO admission (TinyLFU + S3-FIFO), served
+//!   as zero-copy `Bytes`.
+//! * [`disk::DiskTier`]: every object, one meta file plus one body file per entry under a
+//!   directory named by the hash of the cache key. Bodies stream to a temp file and become
+//!   visible only by an atomic rename of the meta file after the body is complete (and, by
+//!   default, fsynced).
+//! * [`inflight`]: writes in progress. Readers that arrive during a fill stream from the temp
+//!   file as it grows (pingora's "streaming partial write"), and see an *error*, never a clean
+//!   end of body, if the fill is abandoned.
+//!
+//! Eviction of the disk tier is pingora's sharded LRU ([`eviction::DiskEviction`]), weighted by
+//! real object size and saved/restored across restarts by Hangar (pingora never calls
+//! save/load itself). The memory tier evicts on its own; dropping an object from memory never
+//! drops it from disk.
+
+pub mod disk;
+pub mod eviction;
+mod hit;
+mod inflight;
+pub mod memory;
+
+use std::any::Any;
+use std::path::Path;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::cache::key::{CacheHashKey, CompactCacheKey};
+use pingora::cache::storage::{
+    HandleMiss, HitHandler, MissFinishType, MissHandler, PurgeOutcome, PurgeTarget, PurgeType,
+    Storage,
+};
+use pingora::cache::trace::SpanHandle;
+use pingora::cache::{CacheKey, CacheMeta};
+use pingora::{Error, ErrorType, Result};
+
+use crate::metrics::Metrics;
+use disk::{DiskTier, EntryHeader};
+use hit::{DiskHit, MemoryHit};
+use inflight::{InflightWrite, InflightWrites};
+use memory::{MemoryObject, MemoryTier};
+
+/// Sizes of the two tiers.
+#[derive(Debug, Clone)]
+pub struct StorageOptions {
+    pub memory_bytes: u64,
+    pub memory_max_object_bytes: u64,
+    pub disk_bytes: u64,
+    pub fsync: bool,
+}
+
+/// Errors of the storage layer, converted to pingora errors at the trait boundary.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("cache dir {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cache entry {path} is corrupt: {reason}")]
+    Corrupt { path: String, reason: String },
+    #[error("fill of {key} was abandoned after {written} bytes")]
+    Abandoned { key: String, written: u64 },
+    #[error("fill of {key} ended at {written} bytes, expected {expected}")]
+    Truncated { key: String, written: u64, expected: u64 },
+}
+
+impl StorageError {
+    pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
+        StorageError::Io {
+            path: path.display().to_string(),
+            source,
+        }
+    }
+}
+
+pub(crate) fn to_pingora(e: StorageError) -> Box<Error> {
+    Error::explain(ErrorType::InternalError, e.to_string())
+}
+
+/// The cache storage shared by every request of one proxy process.
+pub struct TieredStorage {
+    disk: DiskTier,
+    memory: MemoryTier,
+    inflight: InflightWrites,
+    memory_max_object: u64,
+    metrics: Arc<Metrics>,
+}
+
+impl TieredStorage {
+    /// Open (or create) the disk tier under `dir`, discarding partial writes of a previous
+    /// process. Returns the storage and every complete entry found, for eviction to track.
+    pub fn open(
+        dir: &Path,
+        opts: &StorageOptions,
+        metrics: Arc<Metrics>,
+    ) -> std::result::Result<(Self, Vec<(CompactCacheKey, usize)>), StorageError> {
+        let (disk, entries) = DiskTier::open(dir, opts.fsync)?;
+        let storage = TieredStorage {
+            disk,
+            memory: MemoryTier::new(opts.memory_bytes, metrics.clone()),
+            inflight: InflightWrites::default(),
+            memory_max_object: opts.memory_max_object_bytes,
+            metrics,
+        };
+        Ok((storage, entries))
+    }
+
+    pub fn disk(&self) -> &DiskTier {
+        &self.disk
+    }
+
+    pub fn memory(&self) -> &MemoryTier {
+        &self.memory
+    }
+
+    fn remove_entry(&self, combined: &str) -> bool {
+        let in_memory = self.memory.remove(combined);
+        let on_disk = self.disk.remove(combined);
+        in_memory || on_disk
+    }
+}
+
+#[async_trait]
+impl Storage for TieredStorage {
+    async fn lookup(
+        &'static self,
+        key: &CacheKey,
+        _trace: &SpanHandle,
+    ) -> Result<Option<(CacheMeta, HitHandler)>> {
+        let combined = key.combined();
+        // A fill in progress wins over a stored copy: otherwise an expired entry being refreshed
+        // would keep being served until the refresh completes.
+        if let Some(write) = self.inflight.latest(&combined) {
+            let meta = write.cache_meta()?;
+            return Ok(Some((meta, Box::new(write.reader()))));
+        }
+        if let Some(obj) = self.memory.get(&combined) {
+            let meta = CacheMeta::deserialize(&obj.meta.0, &obj.meta.1)?;
+            return Ok(Some((meta, Box::new(MemoryHit::new(obj.body.clone())))));
+        }
+        let Some((header, file)) = self.disk.lookup(&combined).map_err(to_pingora)? else {
+            return Ok(None);
+        };
+        let meta = CacheMeta::deserialize(&header.meta.0, &header.meta.1)?;
+        if header.body_len <= self.memory_max_object {
+            // Promote: read the small body once, then serve it (and later hits) from memory.
+            let body = disk::read_all(&file, header.body_len, &combined).map_err(to_pingora)?;
+            let body = Bytes::from(body);
+            self.memory.put(
+                &combined,
+                Arc::new(MemoryObject {
+                    meta: header.meta,
+                    body: body.clone(),
+                }),
+            );
+            return Ok(Some((meta, Box::new(MemoryHit::new(body)))));
+        }
+        Ok(Some((meta, Box::new(DiskHit::new(file, header.body_len)))))
+    }
+
+    async fn lookup_streaming_write(
+        &'static self,
+        key: &CacheKey,
+        streaming_write_tag: Option<&[u8]>,
+        trace: &SpanHandle,
+    ) -> Result<Option<(CacheMeta, HitHandler)>> {
+        let Some(tag) = streaming_write_tag else {
+            return self.lookup(key, trace).await;
+        };
+        let id = u64::from_be_bytes(tag.try_into().map_err(|_| {
+            Error::explain(ErrorType::InternalError, "malformed streaming write tag")
+        })?);
+        match self.inflight.by_id(id) {
+            Some(write) => Ok(Some((write.cache_meta()?, Box::new(write.reader())))),
+            None => Ok(None),
+        }
+    }
+
+    async fn get_miss_handler(
+        &'static self,
+        key: &CacheKey,
+        meta: &CacheMeta,
+        _trace: &SpanHandle,
+    ) -> Result<MissHandler> {
+        let combined = key.combined();
+        let meta_bytes = meta.serialize()?;
+        let expected_len = meta
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        let (file, tmp_path) = self.disk.create_temp().map_err(to_pingora)?;
+        let write = self.inflight.insert(combined.clone(), meta_bytes, file, tmp_path);
+        Ok(Box::new(TieredMissHandler {
+            storage: self,
+            write,
+            compact: key.to_compact(),
+            written: 0,
+            expected_len,
+            memory_chunks: Some(Vec::new()),
+            finished: false,
+        }))
+    }
+
+    async fn purge(
+        &'static self,
+        target: PurgeTarget<'_>,
+        purge_type: PurgeType,
+        _trace: &SpanHandle,
+    ) -> Result<PurgeOutcome> {
+        let combined = target.key().combined();
+        let removed = self.remove_entry(&combined);
+        if removed && matches!(purge_type, PurgeType::Eviction) {
+            self.metrics.evictions.with_label_values(&["disk"]).inc();
+        }
+        Ok(if removed {
+            PurgeOutcome::Purged(None)
+        } else {
+            PurgeOutcome::NotFound
+        })
+    }
+
+    async fn update_meta(
+        &'static self,
+        key: &CacheKey,
+        meta: &CacheMeta,
+        _trace: &SpanHandle,
+    ) -> Result<bool> {
+        let combined = key.combined();
+        let meta_bytes = meta.serialize()?;
+        let updated = self.disk.update_meta(&combined, &meta_bytes).map_err(to_pingora)?;
+        self.memory.update_meta(&combined, meta_bytes);
+        Ok(updated)
+    }
+
+    fn support_streaming_partial_write(&self) -> bool {
+        true
+    }
+
+    fn as_any(&self) -> &(dyn Any + Send + Sync + 'static) {
+        self
+    }
+}
+
+/// Streams one fill to its temp file and commits it on `finish`.
+struct TieredMissHandler {
+    storage: &'static TieredStorage,
+    write: Arc<InflightWrite>,
+    compact: CompactCacheKey,
+    written: u64,
+    expected_len: Option<u64>,
+    /// The body's chunks while it is still small enough for the memory tier (refcounted, not
+    /// copied); dropped as soon as it outgrows it.
+    memory_chunks: Option<Vec<Bytes>>,
+    finished: bool,
+}
+
+#[async_trait]
+impl HandleMiss for TieredMissHandler {
+    async fn write_body(&mut self, data: Bytes, _eof: bool) -> Result<()> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        if let Err(e) = self.write.append(self.written, &data) {
+            self.write.fail();
+            return Err(to_pingora(e));
+        }
+        self.written += data.len() as u64;
+        if self.written > self.storage.memory_max_object {
+            self.memory_chunks = None;
+        } else if let Some(chunks) = self.memory_chunks.as_mut() {
+            chunks.push(data);
+        }
+        self.write.publish(self.written);
+        Ok(())
+    }
+
+    async fn finish(mut self: Box<Self>) -> Result<MissFinishType> {
+        if let Some(expected) = self.expected_len {
+            if expected != self.written {
+                self.write.fail();
+                return Err(to_pingora(StorageError::Truncated {
+                    key: self.write.key.clone(),
+                    written: self.written,
+                    expected,
+                }));
+            }
+        }
+        let header = EntryHeader {
+            key: self.compact.clone(),
+            body_len: self.written,
+            meta: self.write.meta.clone(),
+            generation: 0,
+        };
+        if let Err(e) = self.storage.disk.commit(&self.write, header) {
+            self.write.fail();
+            return Err(to_pingora(e));
+        }
+        if let Some(chunks) = self.memory_chunks.take() {
+            let body = join_chunks(chunks, self.written as usize);
+            self.storage.memory.put(
+                &self.write.key,
+                Arc::new(MemoryObject {
+                    meta: self.write.meta.clone(),
+                    body,
+                }),
+            );
+        }
+        self.finished = true;
+        self.storage.inflight.remove(&self.write);
+        self.write.complete(self.written);
+        let meta_len = self.write.meta.0.len() + self.write.meta.1.len();
+        Ok(MissFinishType::Created(self.written as usize + meta_len))
+    }
+
+    fn streaming_write_tag(&self) -> Option<&[u8]> {
+        Some(&self.write.tag)
+    }
+}
+
+impl Drop for TieredMissHandler {
+    fn drop(&mut self) {
+        if !self.finished {
+            // Readers streaming this fill get an error rather than a silently short body.
+            self.write.fail();
+            self.storage.inflight.remove(&self.write);
+            self.storage.metrics.abandoned_fills.inc();
+        }
+    }
+}
+
+fn join_chunks(chunks: Vec<Bytes>, len: usize) -> Bytes {
+    if chunks.len() == 1 {
+        return chunks.into_iter().next().unwrap_or_default();
+    }
+    let mut buf = Vec::with_capacity(len);
+    for c in chunks {
+        buf.extend_from_slice(&c);
+    }
+    Bytes::from(buf)
+}

@@ -1,0 +1,207 @@
+//! Upstream endpoints: URL parsing, non-blocking cached DNS, and pingora peers.
+//!
+//! Pingora's `HttpPeer::new` resolves a host name with the blocking system resolver on the
+//! calling worker thread. Hangar resolves through hickory (async, with its own TTL-respecting
+//! cache) in `upstream_peer` and hands pingora a socket address, so a slow DNS server delays only
+//! the requests that need that name, never the event loop.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hickory_resolver::TokioResolver;
+use pingora::upstreams::peer::HttpPeer;
+
+use crate::config::TimeoutConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("'{url}' is not a valid URL: {reason}")]
+    BadUrl { url: String, reason: String },
+    #[error("'{url}': only http and https upstreams are supported")]
+    Scheme { url: String },
+    #[error("cannot resolve upstream host '{host}': {reason}")]
+    Resolve { host: String, reason: String },
+}
+
+/// A parsed upstream base URL such as `https://mirror.example/base/`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamUrl {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+    /// Always ends with `/`.
+    pub base_path: String,
+}
+
+impl UpstreamUrl {
+    pub fn parse(s: &str) -> Result<Self, UpstreamError> {
+        let url = url::Url::parse(s).map_err(|e| UpstreamError::BadUrl {
+            url: s.into(),
+            reason: e.to_string(),
+        })?;
+        let tls = match url.scheme() {
+            "http" => false,
+            "https" => true,
+            _ => return Err(UpstreamError::Scheme { url: s.into() }),
+        };
+        let host = match url.host() {
+            Some(url::Host::Ipv6(ip)) => ip.to_string(),
+            Some(h) => h.to_string(),
+            None => {
+                return Err(UpstreamError::BadUrl {
+                    url: s.into(),
+                    reason: "no host".into(),
+                })
+            }
+        };
+        if url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() {
+            return Err(UpstreamError::BadUrl {
+                url: s.into(),
+                reason: "an upstream base URL takes no query, fragment or credentials".into(),
+            });
+        }
+        let port = url.port_or_known_default().unwrap_or(if tls { 443 } else { 80 });
+        let mut base_path = url.path().to_string();
+        if !base_path.ends_with('/') {
+            base_path.push('/');
+        }
+        Ok(UpstreamUrl {
+            tls,
+            host,
+            port,
+            base_path,
+        })
+    }
+
+    /// The value for the upstream request's `Host` header.
+    pub fn host_header(&self) -> String {
+        let default_port = if self.tls { 443 } else { 80 };
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        if self.port == default_port {
+            host
+        } else {
+            format!("{host}:{}", self.port)
+        }
+    }
+
+    /// Parse an absolute `Location`, or resolve a relative one against this origin.
+    pub fn redirect_target(&self, current_path: &str, location: &str) -> Result<(Self, String), UpstreamError> {
+        let scheme = if self.tls { "https" } else { "http" };
+        let base = format!("{scheme}://{}{}", self.host_header(), current_path);
+        let base = url::Url::parse(&base).map_err(|e| UpstreamError::BadUrl {
+            url: base.clone(),
+            reason: e.to_string(),
+        })?;
+        let target = base.join(location).map_err(|e| UpstreamError::BadUrl {
+            url: location.into(),
+            reason: e.to_string(),
+        })?;
+        let mut origin = target.clone();
+        origin.set_path("/");
+        origin.set_query(None);
+        origin.set_fragment(None);
+        let up = UpstreamUrl::parse(origin.as_str())?;
+        let mut path = target.path().to_string();
+        if let Some(q) = target.query() {
+            path.push('?');
+            path.push_str(q);
+        }
+        Ok((up, path))
+    }
+
+    /// Same scheme, host and port.
+    pub fn same_origin(&self, other: &UpstreamUrl) -> bool {
+        self.tls == other.tls && self.host.eq_ignore_ascii_case(&other.host) && self.port == other.port
+    }
+}
+
+/// Async, caching DNS shared by all repositories.
+pub struct Resolver {
+    inner: Option<TokioResolver>,
+}
+
+impl Resolver {
+    /// Uses the system's resolv.conf; without one (minimal containers), only IP literals and
+    /// `localhost` resolve.
+    pub fn from_system() -> Self {
+        let inner = TokioResolver::builder_tokio().ok().map(|b| b.build());
+        if inner.is_none() {
+            tracing::warn!("no system DNS configuration; only IP upstreams will resolve");
+        }
+        Resolver { inner }
+    }
+
+    pub async fn resolve(&self, host: &str, port: u16) -> Result<SocketAddr, UpstreamError> {
+        if let Ok(ip) = host.parse::<IpAddr>() {
+            return Ok(SocketAddr::new(ip, port));
+        }
+        if host.eq_ignore_ascii_case("localhost") {
+            return Ok(SocketAddr::new(IpAddr::from([127, 0, 0, 1]), port));
+        }
+        let resolver = self.inner.as_ref().ok_or_else(|| UpstreamError::Resolve {
+            host: host.into(),
+            reason: "no DNS configuration".into(),
+        })?;
+        let lookup = resolver.lookup_ip(host).await.map_err(|e| UpstreamError::Resolve {
+            host: host.into(),
+            reason: e.to_string(),
+        })?;
+        lookup
+            .iter()
+            .next()
+            .map(|ip| SocketAddr::new(ip, port))
+            .ok_or_else(|| UpstreamError::Resolve {
+                host: host.into(),
+                reason: "no addresses".into(),
+            })
+    }
+}
+
+/// Build the pingora peer for one request to `up` at `addr`.
+pub fn make_peer(up: &UpstreamUrl, addr: SocketAddr, timeouts: &TimeoutConfig) -> Box<HttpPeer> {
+    let mut peer = HttpPeer::new(addr, up.tls, up.host.clone());
+    let o = &mut peer.options;
+    o.connection_timeout = Some(timeouts.connect.0);
+    o.total_connection_timeout = Some(timeouts.total_connect.0);
+    o.read_timeout = Some(timeouts.read.0);
+    o.write_timeout = Some(timeouts.read.0);
+    o.idle_timeout = Some(Duration::from_secs(60));
+    o.verify_cert = true;
+    o.verify_hostname = true;
+    Box::new(peer)
+}
+
+pub type SharedResolver = Arc<Resolver>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_base_urls() {
+        let u = UpstreamUrl::parse("https://mirror.test/base").unwrap();
+        assert_eq!((u.tls, u.port, u.base_path.as_str()), (true, 443, "/base/"));
+        assert_eq!(u.host_header(), "mirror.test");
+        let u = UpstreamUrl::parse("http://127.0.0.1:8000").unwrap();
+        assert_eq!((u.tls, u.port, u.base_path.as_str(), u.host_header()), (false, 8000, "/", "127.0.0.1:8000".into()));
+        assert!(UpstreamUrl::parse("ftp://x").is_err());
+        assert!(UpstreamUrl::parse("not a url").is_err());
+        assert!(UpstreamUrl::parse("http://u:p@x/").is_err());
+    }
+
+    #[test]
+    fn redirects_resolve_relative_and_absolute() {
+        let u = UpstreamUrl::parse("http://127.0.0.1:8000/").unwrap();
+        let (t, p) = u.redirect_target("/a/b", "c?x=1").unwrap();
+        assert!(t.same_origin(&u));
+        assert_eq!(p, "/a/c?x=1");
+        let (t, p) = u.redirect_target("/a/b", "https://cdn.test/blob/1").unwrap();
+        assert!(!t.same_origin(&u));
+        assert_eq!((t.host.as_str(), t.tls, p.as_str()), ("cdn.test", true, "/blob/1"));
+    }
+}

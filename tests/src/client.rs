@@ -1,0 +1,118 @@
+//! A small HTTP/1.1 client: one request per connection, body read whole or incrementally.
+
+use std::net::SocketAddr;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    /// The connection ended before `Content-Length` bytes arrived.
+    pub truncated: bool,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    pub fn cache(&self) -> &str {
+        self.header("x-hangar-cache").unwrap_or("<none>")
+    }
+}
+
+/// A response whose body is still arriving.
+pub struct Streaming {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub content_length: Option<u64>,
+    sock: TcpStream,
+    buffered: Vec<u8>,
+    pub received: u64,
+}
+
+impl Streaming {
+    /// Next piece of the body; `None` at end of stream.
+    pub async fn chunk(&mut self) -> std::io::Result<Option<Vec<u8>>> {
+        if !self.buffered.is_empty() {
+            let b = std::mem::take(&mut self.buffered);
+            self.received += b.len() as u64;
+            return Ok(Some(b));
+        }
+        if self.content_length.is_some_and(|l| self.received >= l) {
+            return Ok(None);
+        }
+        let mut buf = vec![0u8; 256 * 1024];
+        let n = self.sock.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        buf.truncate(n);
+        self.received += n as u64;
+        Ok(Some(buf))
+    }
+
+    /// Read the rest of the body, calling `f` on each piece; returns (bytes, truncated).
+    pub async fn drain(mut self, mut f: impl FnMut(u64, &[u8])) -> (u64, bool) {
+        loop {
+            let offset = self.received;
+            match self.chunk().await {
+                Ok(Some(c)) => f(offset, &c),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        let truncated = self.content_length.is_some_and(|l| self.received < l);
+        (self.received, truncated)
+    }
+
+    pub async fn collect(self) -> Response {
+        let status = self.status;
+        let headers = self.headers.clone();
+        let mut body = Vec::new();
+        let (_, truncated) = self.drain(|_, c| body.extend_from_slice(c)).await;
+        Response { status, headers, body, truncated }
+    }
+}
+
+/// Send `method target` with extra headers; return once the response head has arrived.
+pub async fn http(addr: SocketAddr, method: &str, target: &str, headers: &[(&str, &str)]) -> std::io::Result<Streaming> {
+    let mut sock = TcpStream::connect(addr).await?;
+    let mut req = format!("{method} {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    sock.write_all(req.as_bytes()).await?;
+    let mut buf = Vec::new();
+    let mut tmp = [0u8; 16 * 1024];
+    let head_end = loop {
+        let n = sock.read(&mut tmp).await?;
+        if n == 0 {
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed before response head"));
+        }
+        buf.extend_from_slice(&tmp[..n]);
+        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break p;
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+    let mut lines = head.split("\r\n");
+    let status: u16 = lines.next().and_then(|l| l.split_whitespace().nth(1)).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':').map(|(k, v)| (k.trim().to_string(), v.trim().to_string())))
+        .collect();
+    let content_length = if method == "HEAD" || status == 304 || status == 204 {
+        Some(0)
+    } else {
+        headers.iter().find(|(k, _)| k.eq_ignore_ascii_case("content-length")).and_then(|(_, v)| v.parse().ok())
+    };
+    Ok(Streaming { status, headers, content_length, sock, buffered: buf[head_end + 4..].to_vec(), received: 0 })
+}
+
+/// GET `target` and read the whole body.
+pub async fn get(addr: SocketAddr, target: &str) -> Response {
+    http(addr, "GET", target, &[]).await.expect("request").collect().await
+}

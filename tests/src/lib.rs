@@ -1,0 +1,26 @@
+//! Shared harness for Hangar's end-to-end tests.
+//!
+//! * [`Upstream`]: a controllable HTTP/1.1 origin on 127.0.0.1:0 (per-path bodies, generated
+//!   bodies of any size, truncation, gates that hold a body mid-way, status codes, redirects),
+//!   counting the requests it sees.
+//! * [`Proxy`]: the real `hangar-proxy` binary on port 0, with its own cache dir; killed on drop.
+//! * [`http`]: a small HTTP/1.1 client that can read a body incrementally.
+//!
+//! Every server a test starts is stopped when its handle drops.
+
+pub mod client;
+pub mod proxy;
+pub mod upstream;
+
+pub use client::{get, http, Response};
+pub use proxy::{Proxy, ProxyBuilder};
+pub use upstream::{Body, Route, Upstream};
+
+/// Byte `i` of a generated body: cheap to produce and to check without storing it.
+pub fn pattern_byte(seed: u8, i: u64) -> u8 {
+    ((i.wrapping_mul(31).wrapping_add(i >> 13) as u8) ^ seed).wrapping_add((i % 251) as u8)
+}
+
+pub fn pattern(seed: u8, len: u64) -> Vec<u8> {
+    (0..len).map(|i| pattern_byte(seed, i)).collect()
+}

@@ -1,0 +1,170 @@
+//! Running the real `hangar-proxy` binary.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+/// Where the `hangar-proxy` binary is: `$HANGAR_PROXY_BIN`, else next to this test binary's
+/// `deps/` directory in the same target dir (built by `cargo build --release --bins`).
+pub fn proxy_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("HANGAR_PROXY_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target profile dir");
+    let bin = dir.join("hangar-proxy");
+    assert!(bin.exists(), "{} not built: run `cargo build --release --bins` first", bin.display());
+    bin
+}
+
+pub struct ProxyBuilder {
+    config: Option<String>,
+    args: Vec<String>,
+    cache_dir: PathBuf,
+}
+
+impl ProxyBuilder {
+    /// A TOML config written to a file and passed with `--config`.
+    pub fn config(mut self, toml: &str) -> Self {
+        self.config = Some(toml.to_string());
+        self
+    }
+
+    pub fn arg(mut self, a: &str) -> Self {
+        self.args.push(a.to_string());
+        self
+    }
+
+    pub fn upstream(self, prefix: &str, url: &str) -> Self {
+        self.arg("--upstream").arg(&format!("{prefix}={url}"))
+    }
+
+    pub fn start(self) -> Proxy {
+        let mut args = vec![
+            "--listen".to_string(),
+            "127.0.0.1:0".into(),
+            "--admin".into(),
+            "127.0.0.1:0".into(),
+            "--cache-dir".into(),
+            self.cache_dir.display().to_string(),
+        ];
+        let config_file = self.config.as_ref().map(|text| {
+            let path = self.cache_dir.with_extension("toml");
+            std::fs::write(&path, text).expect("write config");
+            path
+        });
+        if let Some(p) = &config_file {
+            args.push("--config".into());
+            args.push(p.display().to_string());
+        }
+        args.extend(self.args.iter().cloned());
+        Proxy::spawn(args, self.cache_dir)
+    }
+}
+
+/// A running proxy; SIGKILLed on drop if still running.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub cache_dir: PathBuf,
+    args: Vec<String>,
+    child: Child,
+    stderr_path: PathBuf,
+}
+
+impl Proxy {
+    pub fn builder(cache_dir: &Path) -> ProxyBuilder {
+        ProxyBuilder { config: None, args: Vec::new(), cache_dir: cache_dir.to_path_buf() }
+    }
+
+    fn spawn(args: Vec<String>, cache_dir: PathBuf) -> Proxy {
+        let stderr_path = cache_dir.with_extension(format!("stderr.{}", std::process::id()));
+        let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
+        let mut child = Command::new(proxy_bin())
+            .args(&args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn hangar-proxy");
+        // The proxy prints one line once both listeners accept connections.
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("read ready line");
+        let field = |name: &str| -> SocketAddr {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(name))
+                .unwrap_or_else(|| panic!("no {name} in ready line {line:?}; stderr: {}", std::fs::read_to_string(&stderr_path).unwrap_or_default()))
+                .parse()
+                .expect("address")
+        };
+        let (addr, admin) = (field("listen="), field("admin="));
+        Proxy { addr, admin, cache_dir, args, child, stderr_path }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL: no shutdown code runs.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM and wait for a graceful exit.
+    pub fn terminate(&mut self) {
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let _ = self.child.wait();
+    }
+
+    /// Start again with the same arguments (and so the same cache dir) on new ports.
+    pub fn restart(&mut self) {
+        let args: Vec<String> = self.args.iter().map(|a| if a.starts_with("127.0.0.1:") { "127.0.0.1:0".into() } else { a.clone() }).collect();
+        let next = Proxy::spawn(args, self.cache_dir.clone());
+        let old = std::mem::replace(self, next);
+        drop(old);
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// Peak resident memory (VmHWM) in bytes.
+    pub fn peak_rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .expect("VmHWM")
+            * 1024
+    }
+
+    /// The admin listener's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        let r = crate::get(self.admin, "/metrics").await;
+        String::from_utf8(r.body).expect("utf-8 metrics")
+    }
+
+    /// Sum of a metric's samples whose labels contain every `label="value"` given.
+    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let text = self.metrics().await;
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+            .filter(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.stderr_path);
+    }
+}

@@ -1,0 +1,256 @@
+//! A controllable upstream HTTP/1.1 server.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, AsyncBufReadExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+
+use crate::pattern_byte;
+
+#[derive(Clone)]
+pub enum Body {
+    Bytes(Vec<u8>),
+    /// `len` bytes of [`crate::pattern_byte`] with this seed, generated while sending.
+    Pattern { seed: u8, len: u64 },
+}
+
+impl Body {
+    fn len(&self) -> u64 {
+        match self {
+            Body::Bytes(b) => b.len() as u64,
+            Body::Pattern { len, .. } => *len,
+        }
+    }
+}
+
+/// What the upstream answers on one path.
+#[derive(Clone)]
+pub struct Route {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Body,
+    /// Close the connection after this many body bytes (Content-Length still says the full length).
+    pub truncate_at: Option<u64>,
+    /// After this many body bytes, wait until the gate gets a permit.
+    pub hold_at: Option<(u64, Arc<Semaphore>)>,
+    /// Wait before sending the response head.
+    pub delay: Option<Duration>,
+}
+
+impl Route {
+    pub fn ok(body: impl Into<Vec<u8>>) -> Self {
+        Route {
+            status: 200,
+            headers: vec![("Cache-Control".into(), "max-age=3600".into())],
+            body: Body::Bytes(body.into()),
+            truncate_at: None,
+            hold_at: None,
+            delay: None,
+        }
+    }
+
+    pub fn pattern(seed: u8, len: u64) -> Self {
+        Route {
+            body: Body::Pattern { seed, len },
+            ..Route::ok(Vec::new())
+        }
+    }
+
+    pub fn status(mut self, status: u16) -> Self {
+        self.status = status;
+        self
+    }
+
+    pub fn header(mut self, k: &str, v: &str) -> Self {
+        self.headers.retain(|(hk, _)| !hk.eq_ignore_ascii_case(k));
+        self.headers.push((k.into(), v.into()));
+        self
+    }
+
+    pub fn truncate_at(mut self, n: u64) -> Self {
+        self.truncate_at = Some(n);
+        self
+    }
+
+    pub fn hold_at(mut self, n: u64, gate: Arc<Semaphore>) -> Self {
+        self.hold_at = Some((n, gate));
+        self
+    }
+
+    pub fn delay(mut self, d: Duration) -> Self {
+        self.delay = Some(d);
+        self
+    }
+}
+
+/// A request as the upstream saw it.
+#[derive(Clone, Debug)]
+pub struct SeenRequest {
+    pub method: String,
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+}
+
+impl SeenRequest {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+#[derive(Default)]
+struct State {
+    routes: Mutex<HashMap<String, Route>>,
+    seen: Mutex<Vec<SeenRequest>>,
+    connections: Mutex<Vec<tokio::task::AbortHandle>>,
+    total: AtomicUsize,
+}
+
+pub struct Upstream {
+    pub addr: SocketAddr,
+    state: Arc<State>,
+    task: JoinHandle<()>,
+}
+
+impl Upstream {
+    pub async fn start() -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind upstream");
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(State::default());
+        let st = state.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((sock, _)) = listener.accept().await else { return };
+                let st2 = st.clone();
+                let conn = tokio::spawn(async move {
+                    let _ = serve_conn(sock, st2).await;
+                });
+                st.connections.lock().unwrap().push(conn.abort_handle());
+            }
+        });
+        Upstream { addr, state, task }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn route(&self, path: &str, route: Route) {
+        self.state.routes.lock().unwrap().insert(path.to_string(), route);
+    }
+
+    /// Requests seen for `path` (path without query).
+    pub fn hits(&self, path: &str) -> usize {
+        self.state.seen.lock().unwrap().iter().filter(|r| r.path.split('?').next() == Some(path)).count()
+    }
+
+    pub fn total(&self) -> usize {
+        self.state.total.load(Ordering::SeqCst)
+    }
+
+    pub fn requests(&self, path: &str) -> Vec<SeenRequest> {
+        self.state.seen.lock().unwrap().iter().filter(|r| r.path.split('?').next() == Some(path)).cloned().collect()
+    }
+
+    /// Stop listening and drop every open connection: the upstream is gone.
+    pub fn stop(&self) {
+        self.task.abort();
+        for c in self.state.connections.lock().unwrap().drain(..) {
+            c.abort();
+        }
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+async fn serve_conn(sock: TcpStream, st: Arc<State>) -> std::io::Result<()> {
+    let mut reader = BufReader::new(sock);
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).await? == 0 {
+            return Ok(());
+        }
+        let mut parts = line.split_whitespace();
+        let method = parts.next().unwrap_or("").to_string();
+        let path = parts.next().unwrap_or("").to_string();
+        let mut headers = Vec::new();
+        loop {
+            let mut h = String::new();
+            if reader.read_line(&mut h).await? == 0 {
+                return Ok(());
+            }
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':') {
+                headers.push((k.trim().to_string(), v.trim().to_string()));
+            }
+        }
+        let req = SeenRequest { method: method.clone(), path: path.clone(), headers };
+        let content_length: u64 = req.header("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+        if content_length > 0 {
+            let mut skip = vec![0u8; content_length as usize];
+            reader.read_exact(&mut skip).await?;
+        }
+        st.seen.lock().unwrap().push(req);
+        st.total.fetch_add(1, Ordering::SeqCst);
+        let route = st.routes.lock().unwrap().get(path.split('?').next().unwrap_or("")).cloned();
+        let route = route.unwrap_or_else(|| Route::ok(b"not found\n".to_vec()).status(404).header("Cache-Control", "no-store"));
+        if let Some(d) = route.delay {
+            tokio::time::sleep(d).await;
+        }
+        let sock = reader.get_mut();
+        let mut head = format!("HTTP/1.1 {} X\r\nContent-Length: {}\r\n", route.status, route.body.len());
+        for (k, v) in &route.headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        head.push_str("\r\n");
+        sock.write_all(head.as_bytes()).await?;
+        if method == "HEAD" {
+            continue;
+        }
+        let total = route.body.len();
+        let limit = route.truncate_at.unwrap_or(total).min(total);
+        let mut sent = 0u64;
+        let mut buf = vec![0u8; 64 * 1024];
+        while sent < limit {
+            if let Some((at, gate)) = &route.hold_at {
+                if sent == *at {
+                    gate.acquire().await.expect("gate open").forget();
+                }
+            }
+            let mut n = (limit - sent).min(buf.len() as u64);
+            if let Some((at, _)) = &route.hold_at {
+                if sent < *at {
+                    n = n.min(*at - sent);
+                }
+            }
+            match &route.body {
+                Body::Bytes(b) => buf[..n as usize].copy_from_slice(&b[sent as usize..(sent + n) as usize]),
+                Body::Pattern { seed, .. } => {
+                    for (j, slot) in buf[..n as usize].iter_mut().enumerate() {
+                        *slot = pattern_byte(*seed, sent + j as u64);
+                    }
+                }
+            }
+            sock.write_all(&buf[..n as usize]).await?;
+            sent += n;
+        }
+        sock.flush().await?;
+        if route.truncate_at.is_some() && limit < total {
+            // Cut the body short: close without sending the rest.
+            let _ = sock.shutdown().await;
+            return Ok(());
+        }
+    }
+}

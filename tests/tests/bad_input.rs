@@ -1,0 +1,58 @@
+//! Hostile and malformed requests get clear errors, never a panic or an escape.
+
+use hangar_e2e::{get, http, Proxy, Route, Upstream};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_clear_errors_and_never_escape_the_repository() {
+    let up = Upstream::start().await;
+    up.route("/repo/ok.txt", Route::ok(b"fine".to_vec()));
+    up.route("/secret", Route::ok(b"outside the repository".to_vec()));
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = Proxy::builder(dir.path()).upstream("/files/", &format!("{}/repo/", up.url())).start();
+
+    assert_eq!(get(proxy.addr, "/files/ok.txt").await.body, b"fine");
+    for evil in [
+        "/files/../secret",
+        "/files/%2e%2e/secret",
+        "/files/%2E%2e/secret",
+        "/files/.%2e/secret",
+        "/files/x/%2e%2e/%2e%2e/secret",
+        "/files/..%2fsecret",
+        "/files/a%2f..%2f..%2fsecret",
+        "/files/a%00b",
+        "/files/%zz",
+        "/files/..%5csecret",
+    ] {
+        let r = get(proxy.addr, evil).await;
+        assert_eq!(r.status, 400, "{evil} -> {}", r.status);
+        assert_eq!(r.header("content-type"), Some("application/json"), "{evil}");
+    }
+    assert_eq!(up.hits("/secret"), 0, "no request escaped the repository's upstream path");
+
+    let unknown = get(proxy.addr, "/nowhere/x").await;
+    assert_eq!(unknown.status, 404);
+    assert_eq!(unknown.header("content-type"), Some("application/json"));
+    assert!(String::from_utf8_lossy(&unknown.body).contains("\"error\""));
+
+    let post = http(proxy.addr, "POST", "/files/ok.txt", &[("Content-Length", "0")]).await.unwrap().collect().await;
+    assert_eq!(post.status, 405);
+    assert_eq!(post.header("allow"), Some("GET, HEAD"));
+
+    let long = format!("/files/{}", "a".repeat(10_000));
+    assert_eq!(get(proxy.addr, &long).await.status, 414);
+    let big = "x".repeat(40_000);
+    let r = http(proxy.addr, "GET", "/files/ok.txt", &[("X-Big", &big)]).await.unwrap().collect().await;
+    assert_eq!(r.status, 431);
+    let many: Vec<(String, String)> = (0..150).map(|i| (format!("X-H{i}"), "v".to_string())).collect();
+    let refs: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    assert_eq!(http(proxy.addr, "GET", "/files/ok.txt", &refs).await.unwrap().collect().await.status, 431);
+
+    // Garbage on the wire: the connection may be dropped, but the proxy stays up.
+    use tokio::io::AsyncWriteExt;
+    let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(b"\x00\x01\x02 garbage \r\n\r\n").await.unwrap();
+    drop(s);
+    assert_eq!(get(proxy.admin, "/healthz").await.status, 200);
+    assert_eq!(get(proxy.addr, "/files/ok.txt").await.body, b"fine");
+    assert!(!proxy.stderr().contains("panicked"), "{}", proxy.stderr());
+}

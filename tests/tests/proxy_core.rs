@@ -1,0 +1,341 @@
+//! The proxy core as a user and an operator see it: bytes, status codes, headers, metrics.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hangar_e2e::{get, http, pattern, pattern_byte, Proxy, Route, Upstream};
+use tokio::sync::Semaphore;
+
+/// Guards against a hang turning into a stuck CI job; never used to wait for a condition.
+const GUARD: Duration = Duration::from_secs(120);
+
+fn cache_dir() -> tempfile::TempDir {
+    tempfile::tempdir().expect("tempdir")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn miss_then_hit_fetches_upstream_once() {
+    let up = Upstream::start().await;
+    up.route("/a.txt", Route::ok(b"hello hangar\n".to_vec()));
+    let dir = cache_dir();
+    let proxy = Proxy::builder(dir.path()).upstream("/", &up.url()).start();
+
+    let first = get(proxy.addr, "/a.txt").await;
+    assert_eq!((first.status, first.cache()), (200, "miss"));
+    assert_eq!(first.body, b"hello hangar\n");
+    let second = get(proxy.addr, "/a.txt").await;
+    assert_eq!((second.status, second.cache()), (200, "hit"));
+    assert_eq!(second.body, b"hello hangar\n");
+    assert_eq!(up.hits("/a.txt"), 1, "the hit must not reach the upstream");
+
+    assert_eq!(proxy.metric("hangar_cache_results_total", &[("result", "hit")]).await, 1.0);
+    assert_eq!(proxy.metric("hangar_cache_results_total", &[("result", "miss")]).await, 1.0);
+    assert_eq!(proxy.metric("hangar_requests_total", &[("method", "GET"), ("status", "2xx")]).await, 2.0);
+    assert!(proxy.metric("hangar_bytes_served_total", &[]).await >= 26.0);
+    assert!(proxy.metric("hangar_upstream_response_seconds_count", &[]).await >= 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_and_range_are_answered_from_cache() {
+    let up = Upstream::start().await;
+    let small = pattern(1, 1000);
+    let large = pattern(2, 3 << 20); // over the memory tier's object limit: served from disk
+    up.route("/small", Route::ok(small.clone()));
+    up.route("/large", Route::pattern(2, 3 << 20));
+    let dir = cache_dir();
+    let proxy = Proxy::builder(dir.path()).upstream("/", &up.url()).start();
+
+    // Range on a miss streams the requested slice.
+    let r = http(proxy.addr, "GET", "/large", &[("Range", "bytes=100-199")]).await.unwrap().collect().await;
+    assert_eq!(r.status, 206);
+    assert_eq!(r.body, &large[100..200]);
+    assert_eq!(up.hits("/large"), 1);
+
+    for (path, body) in [("/small", &small), ("/large", &large)] {
+        let full = get(proxy.addr, path).await;
+        assert_eq!(&full.body, body);
+        let head = http(proxy.addr, "HEAD", path, &[]).await.unwrap().collect().await;
+        assert_eq!((head.status, head.cache()), (200, "hit"));
+        assert_eq!(head.header("content-length"), Some(body.len().to_string().as_str()));
+        assert!(head.body.is_empty());
+        let r = http(proxy.addr, "GET", path, &[("Range", "bytes=10-19")]).await.unwrap().collect().await;
+        assert_eq!((r.status, r.cache()), (206, "hit"));
+        assert_eq!(r.body, &body[10..20]);
+        assert_eq!(r.header("content-range"), Some(format!("bytes 10-19/{}", body.len()).as_str()));
+        let tail = http(proxy.addr, "GET", path, &[("Range", "bytes=-5")]).await.unwrap().collect().await;
+        assert_eq!(tail.body, &body[body.len() - 5..]);
+    }
+    assert_eq!(up.hits("/small"), 1);
+    assert_eq!(up.hits("/large"), 1, "HEAD and Range after the fill are all hits");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_concurrent_misses_make_one_upstream_request_and_stream_early() {
+    let up = Upstream::start().await;
+    let len: u64 = 4 << 20;
+    let gate = Arc::new(Semaphore::new(0));
+    // The upstream sends the first 256 KiB, then waits until every client has bytes in hand.
+    up.route("/blob", Route::pattern(7, len).hold_at(256 * 1024, gate.clone()));
+    let dir = cache_dir();
+    let proxy = Proxy::builder(dir.path()).upstream("/", &up.url()).start();
+
+    let (first_bytes_tx, mut first_bytes_rx) = tokio::sync::mpsc::channel::<()>(64);
+    let mut clients = Vec::new();
+    for _ in 0..50 {
+        let tx = first_bytes_tx.clone();
+        let addr = proxy.addr;
+        clients.push(tokio::spawn(async move {
+            let mut resp = http(addr, "GET", "/blob", &[]).await.expect("response head");
+            assert_eq!(resp.status, 200);
+            let mut body = Vec::with_capacity(len as usize);
+            let first = resp.chunk().await.expect("read").expect("first bytes");
+            body.extend_from_slice(&first);
+            tx.send(()).await.unwrap();
+            while let Some(c) = resp.chunk().await.expect("read") {
+                body.extend_from_slice(&c);
+            }
+            body
+        }));
+    }
+    drop(first_bytes_tx);
+    tokio::time::timeout(GUARD, async {
+        for _ in 0..50 {
+            first_bytes_rx.recv().await.expect("a client got its first bytes");
+        }
+    })
+    .await
+    .expect("all 50 clients received bytes while the upstream was still holding the body");
+    assert_eq!(up.hits("/blob"), 1);
+    gate.add_permits(1);
+    let expected = pattern(7, len);
+    for c in clients {
+        let body = tokio::time::timeout(GUARD, c).await.expect("client finished").expect("client ok");
+        assert!(body == expected, "every client gets the identical, complete body");
+    }
+    assert_eq!(up.hits("/blob"), 1, "exactly one upstream request for 50 concurrent misses");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncated_upstream_body_is_not_cached_and_the_client_sees_an_error() {
+    let up = Upstream::start().await;
+    let gate = Arc::new(Semaphore::new(0));
+    up.route("/cut", Route::pattern(3, 1 << 20).hold_at(64 * 1024, gate.clone()).truncate_at(512 * 1024));
+    let dir = cache_dir();
+    let proxy = Proxy::builder(dir.path()).upstream("/", &up.url()).start();
+
+    let mut a = http(proxy.addr, "GET", "/cut", &[]).await.unwrap();
+    a.chunk().await.unwrap().expect("first bytes of the fill");
+    // A second client joins the fill in progress.
+    let mut b = http(proxy.addr, "GET", "/cut", &[]).await.unwrap();
+    b.chunk().await.unwrap().expect("joined the fill");
+    gate.add_permits(1);
+    for resp in [a, b] {
+        let (received, truncated) = tokio::time::timeout(GUARD, resp.drain(|_, _| {})).await.unwrap();
+        assert!(truncated, "a cut-short body must reach the client as an error, got {received} bytes and a clean end");
+    }
+    assert_eq!(up.hits("/cut"), 1);
+    up.route("/cut", Route::pattern(3, 1 << 20));
+    let again = get(proxy.addr, "/cut").await;
+    assert_eq!(again.cache(), "miss", "the truncated body was not cached");
+    assert_eq!(again.body, pattern(3, 1 << 20));
+    assert_eq!(up.hits("/cut"), 2);
+    assert!(proxy.metric("hangar_cache_abandoned_fills_total", &[]).await >= 1.0);
+    let tmp = std::fs::read_dir(dir.path().join("tmp")).unwrap().count();
+    assert_eq!(tmp, 0, "no temp file left behind");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disk_budget_holds_under_a_stream_of_distinct_objects() {
+    let up = Upstream::start().await;
+    for i in 0..40u8 {
+        up.route(&format!("/o{i}"), Route::pattern(i, 100 * 1024));
+    }
+    let dir = cache_dir();
+    let budget = 1_000_000u64;
+    let proxy = Proxy::builder(dir.path())
+        .config(&format!(
+            "[cache]\ndisk_bytes = {budget}\nmemory_bytes = \"256KiB\"\nmemory_max_object_bytes = \"128KiB\"\n[[repository]]\nname = \"r\"\nprefix = \"/\"\nupstream = \"{}\"\n",
+            up.url()
+        ))
+        .start();
+    for i in 0..40u8 {
+        let r = get(proxy.addr, &format!("/o{i}")).await;
+        assert_eq!(r.body, pattern(i, 100 * 1024));
+    }
+    let disk_bytes = proxy.metric("hangar_cache_tier_bytes", &[("tier", "disk")]).await;
+    assert!(disk_bytes <= budget as f64, "disk tier holds {disk_bytes} bytes over its {budget} budget");
+    assert!(disk_bytes > 0.0);
+    assert!(proxy.metric("hangar_cache_evictions_total", &[("tier", "disk")]).await >= 30.0);
+    let memory_bytes = proxy.metric("hangar_cache_tier_bytes", &[("tier", "memory")]).await;
+    assert!(memory_bytes <= 256.0 * 1024.0, "memory tier holds {memory_bytes}");
+    // What is on disk agrees with the accounting (bodies are the bulk of it).
+    let mut on_disk = 0u64;
+    for shard in std::fs::read_dir(dir.path().join("objects")).unwrap().flatten() {
+        for f in std::fs::read_dir(shard.path()).unwrap().flatten() {
+            on_disk += f.metadata().unwrap().len();
+        }
+    }
+    assert!(on_disk <= budget + 64 * 1024, "{on_disk} bytes in the cache dir");
+    // The most recent object is still a hit; the first was evicted.
+    assert_eq!(get(proxy.addr, "/o39").await.cache(), "hit");
+    assert_eq!(get(proxy.addr, "/o0").await.cache(), "miss");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_write_never_serves_the_partial_object() {
+    let up = Upstream::start().await;
+    up.route("/done1", Route::pattern(1, 200 * 1024));
+    up.route("/done2", Route::pattern(2, 2 << 20));
+    let gate = Arc::new(Semaphore::new(0));
+    up.route("/big", Route::pattern(9, 8 << 20).hold_at(3 << 20, gate.clone()));
+    let dir = cache_dir();
+    let mut proxy = Proxy::builder(dir.path()).upstream("/", &up.url()).start();
+    assert_eq!(get(proxy.addr, "/done1").await.cache(), "miss");
+    assert_eq!(get(proxy.addr, "/done2").await.cache(), "miss");
+
+    let mut partial = http(proxy.addr, "GET", "/big", &[]).await.unwrap();
+    let mut got = 0usize;
+    while got < 1 << 20 {
+        got += partial.chunk().await.unwrap().expect("bytes").len();
+    }
+    proxy.kill9();
+    let (_, truncated) = partial.drain(|_, _| {}).await;
+    assert!(truncated);
+    gate.add_permits(1);
+    up.route("/big", Route::pattern(9, 8 << 20));
+
+    proxy.restart();
+    let big = get(proxy.addr, "/big").await;
+    assert_eq!(big.cache(), "miss", "the partial object must not be served after a crash");
+    assert!(big.body == pattern(9, 8 << 20));
+    assert_eq!(up.hits("/big"), 2);
+    let d1 = get(proxy.addr, "/done1").await;
+    let d2 = get(proxy.addr, "/done2").await;
+    assert_eq!((d1.cache(), d2.cache()), ("hit", "hit"), "entries completed before the kill survive it");
+    assert_eq!(d1.body, pattern(1, 200 * 1024));
+    assert!(d2.body == pattern(2, 2 << 20));
+    assert_eq!((up.hits("/done1"), up.hits("/done2")), (1, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_restores_the_eviction_order() {
+    let up = Upstream::start().await;
+    for name in ["a", "b", "c", "d"] {
+        up.route(&format!("/{name}"), Route::pattern(name.as_bytes()[0], 300 * 1024));
+    }
+    let dir = cache_dir();
+    // Room for three objects; the memory tier is off so every hit touches the disk LRU alone.
+    let mut proxy = Proxy::builder(dir.path())
+        .config(&format!(
+            "[cache]\ndisk_bytes = 1000000\nmemory_bytes = 0\n[[repository]]\nname = \"r\"\nprefix = \"/\"\nupstream = \"{}\"\n",
+            up.url()
+        ))
+        .start();
+    for p in ["/a", "/b", "/c"] {
+        get(proxy.addr, p).await;
+    }
+    assert_eq!(get(proxy.addr, "/a").await.cache(), "hit"); // b is now least recently used
+    proxy.terminate();
+    proxy.restart();
+    assert_eq!(get(proxy.addr, "/d").await.cache(), "miss"); // evicts one object
+    assert_eq!(get(proxy.addr, "/a").await.cache(), "hit", "recently used survives the restart");
+    assert_eq!(get(proxy.addr, "/c").await.cache(), "hit");
+    assert_eq!(get(proxy.addr, "/b").await.cache(), "miss", "least recently used before the restart goes first");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gigabyte_object_streams_in_bounded_memory() {
+    let up = Upstream::start().await;
+    let len: u64 = 1 << 30;
+    up.route("/huge", Route::pattern(5, len));
+    let dir = cache_dir();
+    let proxy = Proxy::builder(dir.path())
+        .config(&format!(
+            "[cache]\ndisk_bytes = \"3GiB\"\nfsync = false\n[[repository]]\nname = \"r\"\nprefix = \"/\"\nupstream = \"{}\"\n",
+            up.url()
+        ))
+        .start();
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let addr = proxy.addr;
+        clients.push(tokio::spawn(async move {
+            let resp = http(addr, "GET", "/huge", &[]).await.unwrap();
+            let mut bad = 0u64;
+            let (n, truncated) = resp
+                .drain(|off, c| {
+                    for (j, b) in c.iter().enumerate() {
+                        if *b != pattern_byte(5, off + j as u64) {
+                            bad += 1;
+                        }
+                    }
+                })
+                .await;
+            (n, truncated, bad)
+        }));
+    }
+    for c in clients {
+        let (n, truncated, bad) = tokio::time::timeout(GUARD * 3, c).await.unwrap().unwrap();
+        assert_eq!((n, truncated, bad), (len, false, 0));
+    }
+    // And once more from cache.
+    let (n, truncated) = http(proxy.addr, "GET", "/huge", &[]).await.unwrap().drain(|_, _| {}).await;
+    assert_eq!((n, truncated), (len, false));
+    assert_eq!(up.hits("/huge"), 1);
+    let peak = proxy.peak_rss();
+    assert!(peak < 200 << 20, "peak RSS {} MiB while serving a 1 GiB object", peak >> 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirects_are_followed_and_cached_under_the_original_url() {
+    let up = Upstream::start().await;
+    let cdn = Upstream::start().await;
+    up.route("/release/v1.tar.gz", Route::ok(Vec::new()).status(302).header("Location", &format!("{}/signed/abc?sig=1", cdn.url())).header("Cache-Control", "no-store"));
+    cdn.route("/signed/abc", Route::ok(b"asset bytes".to_vec()));
+    up.route("/moved", Route::ok(Vec::new()).status(301).header("Location", "/here"));
+    up.route("/here", Route::ok(b"same host".to_vec()));
+    let dir = cache_dir();
+    let proxy = Proxy::builder(dir.path()).upstream("/", &up.url()).start();
+
+    let r = http(proxy.addr, "GET", "/release/v1.tar.gz", &[("Authorization", "Bearer secret")]).await.unwrap().collect().await;
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"asset bytes"[..]));
+    assert_eq!(up.requests("/release/v1.tar.gz")[0].header("authorization"), Some("Bearer secret"));
+    assert_eq!(cdn.requests("/signed/abc")[0].header("authorization"), None, "credentials must not follow a redirect to another host");
+
+    let r = get(proxy.addr, "/moved").await;
+    assert_eq!((r.status, r.body.as_slice(), r.cache()), (200, &b"same host"[..], "miss"));
+    let r = get(proxy.addr, "/moved").await;
+    assert_eq!((r.body.as_slice(), r.cache()), (&b"same host"[..], "hit"));
+    assert_eq!((up.hits("/moved"), up.hits("/here")), (1, 1));
+    assert_eq!(proxy.metric("hangar_upstream_redirects_total", &[]).await, 2.0);
+
+    up.route("/loop", Route::ok(Vec::new()).status(302).header("Location", "/loop"));
+    let r = get(proxy.addr, "/loop").await;
+    assert_eq!(r.status, 502, "a redirect loop ends in a clear error");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_failures_are_clear_errors() {
+    let up = Upstream::start().await;
+    up.route("/slow", Route::ok(b"late".to_vec()).delay(Duration::from_secs(3)));
+    up.route("/broken", Route::ok(b"oops".to_vec()).status(500).header("Cache-Control", "no-store"));
+    let dir = cache_dir();
+    let proxy = Proxy::builder(dir.path())
+        .config(&format!(
+            "[[repository]]\nname = \"r\"\nprefix = \"/\"\nupstream = \"{}\"\n[repository.timeouts]\nread = \"1s\"\n",
+            up.url()
+        ))
+        .start();
+    let slow = get(proxy.addr, "/slow").await;
+    assert!(matches!(slow.status, 502 | 504), "read timeout -> gateway error, got {}", slow.status);
+    assert!(slow.header("x-hangar-cache").is_some());
+    let broken = get(proxy.addr, "/broken").await;
+    assert_eq!((broken.status, broken.body.as_slice()), (500, &b"oops"[..]));
+    assert_eq!(get(proxy.addr, "/broken").await.cache(), "miss", "errors are not cached");
+    assert_eq!(up.hits("/broken"), 2);
+    up.stop();
+    drop(up);
+    let refused = get(proxy.addr, "/anything").await;
+    assert_eq!(refused.status, 502);
+    assert_eq!(refused.header("content-type"), Some("application/json"));
+    assert!(proxy.metric("hangar_upstream_errors_total", &[]).await >= 1.0);
+}
