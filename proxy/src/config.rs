@@ -76,6 +76,10 @@ pub struct CacheConfig {
     /// `fsync` each body before it becomes visible, so a power loss cannot expose a torn file.
     #[serde(default = "default_true")]
     pub fsync: bool,
+    /// Free space to keep on the cache filesystem: responses that would eat into it pass
+    /// through uncached instead of failing when the disk fills up.
+    #[serde(default = "default_min_free_disk")]
+    pub min_free_disk_bytes: ByteSize,
     /// How long concurrent misses wait for the one request fetching a key before trying themselves.
     #[serde(default = "default_lock_timeout")]
     pub lock_timeout: HumanDuration,
@@ -89,6 +93,7 @@ impl Default for CacheConfig {
             memory_max_object_bytes: default_memory_max_object(),
             disk_bytes: default_disk_bytes(),
             fsync: true,
+            min_free_disk_bytes: default_min_free_disk(),
             lock_timeout: default_lock_timeout(),
         }
     }
@@ -173,6 +178,9 @@ fn default_memory_max_object() -> ByteSize {
 }
 fn default_disk_bytes() -> ByteSize {
     ByteSize(10 << 30)
+}
+fn default_min_free_disk() -> ByteSize {
+    ByteSize(256 << 20)
 }
 fn default_true() -> bool {
     true

@@ -19,6 +19,8 @@ pub struct Metrics {
     pub tier_objects: IntGaugeVec,
     pub evictions: IntCounterVec,
     pub abandoned_fills: IntCounter,
+    /// Cacheable responses not stored, by reason (`disk_full`).
+    pub cache_skipped: IntCounterVec,
     pub upstream_redirects: IntCounterVec,
     pub upstream_errors: IntCounterVec,
 }
@@ -52,6 +54,7 @@ impl Metrics {
         let evictions = counter_vec("cache_evictions_total", "Objects evicted per tier", &["tier"]);
         let abandoned_fills = IntCounter::new("cache_abandoned_fills_total", "Cache fills abandoned before completion").expect("valid metric");
         registry.register(Box::new(abandoned_fills.clone())).expect("unique metric");
+        let cache_skipped = counter_vec("cache_skipped_total", "Cacheable responses passed through unstored", &["repository", "reason"]);
         let upstream_redirects = counter_vec("upstream_redirects_total", "Upstream redirects followed", &["repository"]);
         let upstream_errors = counter_vec("upstream_errors_total", "Upstream failures by kind", &["repository", "kind"]);
         Metrics {
@@ -65,6 +68,7 @@ impl Metrics {
             tier_objects,
             evictions,
             abandoned_fills,
+            cache_skipped,
             upstream_redirects,
             upstream_errors,
         }

@@ -193,7 +193,19 @@ impl ProxyHttp for HangarProxy {
             return Ok(RespCacheable::Uncacheable(NoCacheReason::NeverEnabled));
         };
         let authorization = session.req_header().headers.contains_key(header::AUTHORIZATION);
-        Ok(repo.format.cacheability(&ctx.rel_path, resp, authorization))
+        let decision = repo.format.cacheability(&ctx.rel_path, resp, authorization);
+        if decision.is_cacheable() {
+            let len = resp
+                .headers
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok());
+            if !self.storage.disk().has_room(len) {
+                self.metrics.cache_skipped.with_label_values(&[&repo.name, "disk_full"]).inc();
+                return Ok(RespCacheable::Uncacheable(NoCacheReason::StorageError));
+            }
+        }
+        Ok(decision)
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {

@@ -39,7 +39,7 @@ pub struct Router {
 
 impl Router {
     pub fn new(mut repos: Vec<Repository>) -> Self {
-        repos.sort_by(|a, b| b.prefix.len().cmp(&a.prefix.len()));
+        repos.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
         Router {
             repos: repos.into_iter().map(Arc::new).collect(),
         }

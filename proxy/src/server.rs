@@ -77,6 +77,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         memory_max_object_bytes: config.cache.memory_max_object_bytes.0,
         disk_bytes: config.cache.disk_bytes.0,
         fsync: config.cache.fsync,
+        min_free_disk_bytes: config.cache.min_free_disk_bytes.0,
     };
     let dir = config.cache_dir();
     let (storage, entries) = TieredStorage::open(&dir, &opts, metrics.clone())
@@ -111,11 +112,13 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let listen = reserve(&config.listen)?;
     let admin_listen = reserve(&config.admin_listen)?;
 
-    let mut conf = ServerConf::default();
-    conf.threads = config.threads;
-    conf.work_stealing = true;
-    conf.grace_period_seconds = Some(0);
-    conf.graceful_shutdown_timeout_seconds = Some(config.shutdown_grace.0.as_secs());
+    let conf = ServerConf {
+        threads: config.threads,
+        work_stealing: true,
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(config.shutdown_grace.0.as_secs()),
+        ..ServerConf::default()
+    };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 

@@ -35,15 +35,16 @@ pub struct Streaming {
 }
 
 impl Streaming {
-    /// Next piece of the body; `None` at end of stream.
+    /// Next piece of the body; `None` once the server closed the connection.
+    ///
+    /// Requests say `Connection: close` and the body is read to EOF, not just to
+    /// Content-Length: the proxy runs its logging phase (metrics) before closing, so a test
+    /// that has read a whole response can assert on metrics without racing the proxy.
     pub async fn chunk(&mut self) -> std::io::Result<Option<Vec<u8>>> {
         if !self.buffered.is_empty() {
             let b = std::mem::take(&mut self.buffered);
             self.received += b.len() as u64;
             return Ok(Some(b));
-        }
-        if self.content_length.is_some_and(|l| self.received >= l) {
-            return Ok(None);
         }
         let mut buf = vec![0u8; 256 * 1024];
         let n = self.sock.read(&mut buf).await?;
@@ -68,12 +69,48 @@ impl Streaming {
         (self.received, truncated)
     }
 
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    pub fn is_chunked(&self) -> bool {
+        self.headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"))
+    }
+
+    /// Read the whole body (decoding chunked framing); `truncated` if it ended early.
     pub async fn collect(self) -> Response {
         let status = self.status;
         let headers = self.headers.clone();
-        let mut body = Vec::new();
-        let (_, truncated) = self.drain(|_, c| body.extend_from_slice(c)).await;
-        Response { status, headers, body, truncated }
+        let chunked = self.is_chunked();
+        let mut raw = Vec::new();
+        let (_, truncated) = self.drain(|_, c| raw.extend_from_slice(c)).await;
+        if chunked {
+            let (body, complete) = decode_chunked(&raw);
+            return Response { status, headers, body, truncated: !complete };
+        }
+        Response { status, headers, body: raw, truncated }
+    }
+}
+
+/// Decode a chunked body; `complete` only if the terminating zero-size chunk arrived.
+pub fn decode_chunked(mut raw: &[u8]) -> (Vec<u8>, bool) {
+    let mut body = Vec::new();
+    loop {
+        let Some(eol) = raw.windows(2).position(|w| w == b"\r\n") else { return (body, false) };
+        let size_str = String::from_utf8_lossy(&raw[..eol]);
+        let Ok(size) = usize::from_str_radix(size_str.split(';').next().unwrap_or("").trim(), 16) else {
+            return (body, false);
+        };
+        raw = &raw[eol + 2..];
+        if size == 0 {
+            return (body, raw.starts_with(b"\r\n"));
+        }
+        if raw.len() < size + 2 {
+            body.extend_from_slice(&raw[..raw.len().min(size)]);
+            return (body, false);
+        }
+        body.extend_from_slice(&raw[..size]);
+        raw = &raw[size + 2..];
     }
 }
 

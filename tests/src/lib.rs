@@ -10,10 +10,12 @@
 
 pub mod client;
 pub mod proxy;
+pub mod tmpfs;
 pub mod upstream;
 
 pub use client::{get, http, Response};
 pub use proxy::{Proxy, ProxyBuilder};
+pub use tmpfs::Tmpfs;
 pub use upstream::{Body, Route, Upstream};
 
 /// Byte `i` of a generated body: cheap to produce and to check without storing it.

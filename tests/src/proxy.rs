@@ -21,6 +21,7 @@ pub fn proxy_bin() -> PathBuf {
 pub struct ProxyBuilder {
     config: Option<String>,
     args: Vec<String>,
+    env: Vec<(String, String)>,
     cache_dir: PathBuf,
 }
 
@@ -33,6 +34,11 @@ impl ProxyBuilder {
 
     pub fn arg(mut self, a: &str) -> Self {
         self.args.push(a.to_string());
+        self
+    }
+
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.env.push((k.into(), v.into()));
         self
     }
 
@@ -59,7 +65,7 @@ impl ProxyBuilder {
             args.push(p.display().to_string());
         }
         args.extend(self.args.iter().cloned());
-        Proxy::spawn(args, self.cache_dir)
+        Proxy::spawn(args, self.env, self.cache_dir)
     }
 }
 
@@ -69,21 +75,23 @@ pub struct Proxy {
     pub admin: SocketAddr,
     pub cache_dir: PathBuf,
     args: Vec<String>,
+    env: Vec<(String, String)>,
     child: Child,
     stderr_path: PathBuf,
 }
 
 impl Proxy {
     pub fn builder(cache_dir: &Path) -> ProxyBuilder {
-        ProxyBuilder { config: None, args: Vec::new(), cache_dir: cache_dir.to_path_buf() }
+        ProxyBuilder { config: None, args: Vec::new(), env: Vec::new(), cache_dir: cache_dir.to_path_buf() }
     }
 
-    fn spawn(args: Vec<String>, cache_dir: PathBuf) -> Proxy {
+    fn spawn(args: Vec<String>, env: Vec<(String, String)>, cache_dir: PathBuf) -> Proxy {
         let stderr_path = cache_dir.with_extension(format!("stderr.{}", std::process::id()));
         let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
         let mut child = Command::new(proxy_bin())
             .args(&args)
             .env("RUST_LOG", "warn")
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::piped())
             .stderr(stderr)
             .spawn()
@@ -99,7 +107,7 @@ impl Proxy {
                 .expect("address")
         };
         let (addr, admin) = (field("listen="), field("admin="));
-        Proxy { addr, admin, cache_dir, args, child, stderr_path }
+        Proxy { addr, admin, cache_dir, args, env, child, stderr_path }
     }
 
     pub fn pid(&self) -> u32 {
@@ -123,7 +131,7 @@ impl Proxy {
     /// Start again with the same arguments (and so the same cache dir) on new ports.
     pub fn restart(&mut self) {
         let args: Vec<String> = self.args.iter().map(|a| if a.starts_with("127.0.0.1:") { "127.0.0.1:0".into() } else { a.clone() }).collect();
-        let next = Proxy::spawn(args, self.cache_dir.clone());
+        let next = Proxy::spawn(args, self.env.clone(), self.cache_dir.clone());
         let old = std::mem::replace(self, next);
         drop(old);
     }

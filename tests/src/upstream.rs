@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, AsyncBufReadExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
@@ -41,6 +41,8 @@ pub struct Route {
     pub hold_at: Option<(u64, Arc<Semaphore>)>,
     /// Wait before sending the response head.
     pub delay: Option<Duration>,
+    /// Send the body with chunked transfer-encoding instead of Content-Length.
+    pub chunked: bool,
 }
 
 impl Route {
@@ -52,6 +54,7 @@ impl Route {
             truncate_at: None,
             hold_at: None,
             delay: None,
+            chunked: false,
         }
     }
 
@@ -83,6 +86,11 @@ impl Route {
         self
     }
 
+    pub fn chunked(mut self) -> Self {
+        self.chunked = true;
+        self
+    }
+
     pub fn delay(mut self, d: Duration) -> Self {
         self.delay = Some(d);
         self
@@ -108,6 +116,7 @@ struct State {
     routes: Mutex<HashMap<String, Route>>,
     seen: Mutex<Vec<SeenRequest>>,
     connections: Mutex<Vec<tokio::task::AbortHandle>>,
+    tls_failures: AtomicUsize,
     total: AtomicUsize,
 }
 
@@ -119,6 +128,22 @@ pub struct Upstream {
 
 impl Upstream {
     pub async fn start() -> Upstream {
+        Self::start_with(None).await
+    }
+
+    /// An HTTPS upstream presenting `cert_pem` (chain) and `key_pem`.
+    pub async fn start_tls(cert_pem: &[u8], key_pem: &[u8]) -> Upstream {
+        let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
+        let certs = rustls_pemfile::certs(&mut &cert_pem[..]).collect::<Result<Vec<_>, _>>().expect("certs");
+        let key = rustls_pemfile::private_key(&mut &key_pem[..]).expect("key").expect("a key");
+        let config = tokio_rustls::rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .expect("server config");
+        Self::start_with(Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))).await
+    }
+
+    async fn start_with(tls: Option<tokio_rustls::TlsAcceptor>) -> Upstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind upstream");
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(State::default());
@@ -127,8 +152,18 @@ impl Upstream {
             loop {
                 let Ok((sock, _)) = listener.accept().await else { return };
                 let st2 = st.clone();
+                let tls = tls.clone();
                 let conn = tokio::spawn(async move {
-                    let _ = serve_conn(sock, st2).await;
+                    let _ = match tls {
+                        Some(acceptor) => match acceptor.accept(sock).await {
+                            Ok(stream) => serve_conn(stream, st2).await,
+                            Err(_) => {
+                                st2.tls_failures.fetch_add(1, Ordering::SeqCst);
+                                Ok(())
+                            }
+                        },
+                        None => serve_conn(sock, st2).await,
+                    };
                 });
                 st.connections.lock().unwrap().push(conn.abort_handle());
             }
@@ -138,6 +173,16 @@ impl Upstream {
 
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// `https://localhost:PORT`, for certificates issued to `localhost`.
+    pub fn tls_url(&self) -> String {
+        format!("https://localhost:{}", self.addr.port())
+    }
+
+    /// TLS handshakes that failed (e.g. the client rejected the certificate).
+    pub fn tls_failures(&self) -> usize {
+        self.state.tls_failures.load(Ordering::SeqCst)
     }
 
     pub fn route(&self, path: &str, route: Route) {
@@ -172,7 +217,7 @@ impl Drop for Upstream {
     }
 }
 
-async fn serve_conn(sock: TcpStream, st: Arc<State>) -> std::io::Result<()> {
+async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(sock: S, st: Arc<State>) -> std::io::Result<()> {
     let mut reader = BufReader::new(sock);
     loop {
         let mut line = String::new();
@@ -210,7 +255,12 @@ async fn serve_conn(sock: TcpStream, st: Arc<State>) -> std::io::Result<()> {
             tokio::time::sleep(d).await;
         }
         let sock = reader.get_mut();
-        let mut head = format!("HTTP/1.1 {} X\r\nContent-Length: {}\r\n", route.status, route.body.len());
+        let framing = if route.chunked {
+            "Transfer-Encoding: chunked".to_string()
+        } else {
+            format!("Content-Length: {}", route.body.len())
+        };
+        let mut head = format!("HTTP/1.1 {} X\r\n{framing}\r\n", route.status);
         for (k, v) in &route.headers {
             head.push_str(&format!("{k}: {v}\r\n"));
         }
@@ -243,8 +293,17 @@ async fn serve_conn(sock: TcpStream, st: Arc<State>) -> std::io::Result<()> {
                     }
                 }
             }
-            sock.write_all(&buf[..n as usize]).await?;
+            if route.chunked {
+                sock.write_all(format!("{n:x}\r\n").as_bytes()).await?;
+                sock.write_all(&buf[..n as usize]).await?;
+                sock.write_all(b"\r\n").await?;
+            } else {
+                sock.write_all(&buf[..n as usize]).await?;
+            }
             sent += n;
+        }
+        if route.chunked && limit == total {
+            sock.write_all(b"0\r\n\r\n").await?;
         }
         sock.flush().await?;
         if route.truncate_at.is_some() && limit < total {

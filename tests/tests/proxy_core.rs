@@ -144,6 +144,39 @@ async fn truncated_upstream_body_is_not_cached_and_the_client_sees_an_error() {
     assert_eq!(tmp, 0, "no temp file left behind");
 }
 
+/// pingora issue #932: a reader of an abandoned fill must see an error. With chunked framing a
+/// clean end of body would be indistinguishable from a complete (but short) object.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_chunked_fill_is_an_error_to_every_reader_not_a_short_object() {
+    let up = Upstream::start().await;
+    let gate = Arc::new(Semaphore::new(0));
+    up.route("/chunky", Route::pattern(4, 1 << 20).chunked().hold_at(128 * 1024, gate.clone()).truncate_at(600 * 1024));
+    let dir = cache_dir();
+    let proxy = Proxy::builder(dir.path()).upstream("/", &up.url()).start();
+
+    // Both response heads arrive while the upstream holds the body: the fill is in progress
+    // and the second request is reading it. (Bodies are read whole below, to decode framing.)
+    let writer = http(proxy.addr, "GET", "/chunky", &[]).await.unwrap();
+    assert!(writer.is_chunked());
+    let joined = http(proxy.addr, "GET", "/chunky", &[]).await.unwrap();
+    assert_eq!(joined.header("x-hangar-cache"), Some("hit"), "joined the fill in progress");
+    gate.add_permits(1);
+    for (who, resp) in [("writer", writer), ("joined reader", joined)] {
+        let r = tokio::time::timeout(GUARD, resp.collect()).await.unwrap();
+        assert!(r.truncated, "{who}: the cut body ended with a terminating chunk ({} bytes), as if complete", r.body.len());
+        assert!(r.body.len() >= 128 * 1024, "{who} received the bytes sent before the cut");
+        assert!(r.body[..] == pattern(4, r.body.len() as u64)[..]);
+    }
+    assert_eq!(up.hits("/chunky"), 1);
+    up.route("/chunky", Route::pattern(4, 1 << 20).chunked());
+    let full = get(proxy.addr, "/chunky").await;
+    assert_eq!(full.cache(), "miss", "nothing was cached from the cut fill");
+    let full = http(proxy.addr, "GET", "/chunky", &[]).await.unwrap().collect().await;
+    assert!(!full.truncated);
+    assert!(full.body == pattern(4, 1 << 20));
+    assert_eq!(full.cache(), "hit");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disk_budget_holds_under_a_stream_of_distinct_objects() {
     let up = Upstream::start().await;

@@ -20,7 +20,7 @@ use std::io::{ErrorKind, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
 use pingora::cache::key::CompactCacheKey;
@@ -31,6 +31,8 @@ use super::StorageError;
 const MAGIC: &[u8; 4] = b"HGR1";
 const CHECKSUM_LEN: usize = 16;
 const LOCK_STRIPES: usize = 64;
+/// After the filesystem reports it is full, admit nothing new for this long.
+const FULL_BACKOFF: Duration = Duration::from_secs(30);
 
 /// What the meta file of one entry records.
 #[derive(Debug, Clone)]
@@ -140,6 +142,10 @@ pub struct DiskTier {
     objects: PathBuf,
     tmp: PathBuf,
     fsync: bool,
+    /// Free space to leave on the filesystem; fills that would eat into it are not stored.
+    min_free: u64,
+    /// Unix seconds until which the filesystem is treated as full (set on ENOSPC/EDQUOT).
+    full_until: AtomicU64,
     next_generation: AtomicU64,
     next_temp: AtomicU64,
     /// Serialises commits, meta updates and removals of one key (striped by hash).
@@ -155,7 +161,7 @@ fn nanos_now() -> u64 {
 
 impl DiskTier {
     /// Open `root`, wipe partial writes and orphans, and list the complete entries.
-    pub fn open(root: &Path, fsync: bool) -> Result<(Self, Vec<(CompactCacheKey, usize)>), StorageError> {
+    pub fn open(root: &Path, fsync: bool, min_free: u64) -> Result<(Self, Vec<(CompactCacheKey, usize)>), StorageError> {
         let objects = root.join("objects");
         let tmp = root.join("tmp");
         for d in [root, &objects, &tmp] {
@@ -170,6 +176,8 @@ impl DiskTier {
             objects,
             tmp,
             fsync,
+            min_free,
+            full_until: AtomicU64::new(0),
             next_generation: AtomicU64::new(nanos_now()),
             next_temp: AtomicU64::new(0),
             stripes: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
@@ -255,6 +263,30 @@ impl DiskTier {
             }
         }
         Ok(found)
+    }
+
+    /// Whether a fill of `len` bytes (if known) should be stored. A full disk must degrade to
+    /// passing responses through uncached, not to failing them.
+    pub fn has_room(&self, len: Option<u64>) -> bool {
+        let now = nanos_now() / 1_000_000_000;
+        if self.full_until.load(Ordering::Relaxed) > now {
+            return false;
+        }
+        match free_bytes(&self.tmp) {
+            Some(free) => free.checked_sub(len.unwrap_or(0)).is_some_and(|rest| rest >= self.min_free) && free > 0,
+            None => true,
+        }
+    }
+
+    /// Note a write error; if it says the filesystem is full, stop admitting for a while.
+    pub fn note_write_error(&self, e: &StorageError) {
+        if let StorageError::Io { source, .. } = e {
+            if matches!(source.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)) {
+                let until = nanos_now() / 1_000_000_000 + FULL_BACKOFF.as_secs();
+                self.full_until.store(until, Ordering::Relaxed);
+                tracing::warn!(dir = %self.root.display(), "cache filesystem is full; serving uncached for {}s", FULL_BACKOFF.as_secs());
+            }
+        }
     }
 
     /// A fresh temp file for a fill.
@@ -374,6 +406,15 @@ impl DiskTier {
         self.write_meta(combined, &header)?;
         Ok(true)
     }
+}
+
+fn free_bytes(path: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated path and `st` is a properly sized out-parameter.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+    (rc == 0).then(|| st.f_bavail as u64 * st.f_frsize as u64)
 }
 
 /// Read a whole (small) body.

@@ -56,14 +56,6 @@ impl HandleHit for MemoryHit {
         Ok(Some(self.body.slice(self.start..self.end)))
     }
 
-    async fn finish(
-        self: Box<Self>,
-        _storage: &'static (dyn Storage + Sync),
-        _key: &CacheKey,
-        _trace: &SpanHandle,
-    ) -> Result<()> {
-        Ok(())
-    }
 
     fn can_seek(&self) -> bool {
         true
@@ -81,13 +73,16 @@ impl HandleHit for MemoryHit {
         self.body.len()
     }
 
-    fn as_any(&self) -> &(dyn std::any::Any + Send + Sync) {
-        self
+    async fn finish(
+        self: Box<Self>,
+        _storage: &'static (dyn Storage + Sync),
+        _key: &CacheKey,
+        _trace: &SpanHandle,
+    ) -> Result<()> {
+        Ok(())
     }
 
-    fn as_any_mut(&mut self) -> &mut (dyn std::any::Any + Send + Sync) {
-        self
-    }
+    hit_handler_plumbing!();
 }
 
 /// A body on disk, read in bounded chunks with `pread` so it never sits whole in memory.
@@ -126,14 +121,6 @@ impl HandleHit for DiskHit {
         Ok(Some(buf.freeze()))
     }
 
-    async fn finish(
-        self: Box<Self>,
-        _storage: &'static (dyn Storage + Sync),
-        _key: &CacheKey,
-        _trace: &SpanHandle,
-    ) -> Result<()> {
-        Ok(())
-    }
 
     fn can_seek(&self) -> bool {
         true
@@ -150,11 +137,14 @@ impl HandleHit for DiskHit {
         self.len as usize
     }
 
-    fn as_any(&self) -> &(dyn std::any::Any + Send + Sync) {
-        self
+    async fn finish(
+        self: Box<Self>,
+        _storage: &'static (dyn Storage + Sync),
+        _key: &CacheKey,
+        _trace: &SpanHandle,
+    ) -> Result<()> {
+        Ok(())
     }
 
-    fn as_any_mut(&mut self) -> &mut (dyn std::any::Any + Send + Sync) {
-        self
-    }
+    hit_handler_plumbing!();
 }

@@ -187,6 +187,11 @@ impl HandleHit for PartialHit {
         }
     }
 
+
+    fn should_count_access(&self) -> bool {
+        false
+    }
+
     async fn finish(
         self: Box<Self>,
         _storage: &'static (dyn Storage + Sync),
@@ -196,15 +201,5 @@ impl HandleHit for PartialHit {
         Ok(())
     }
 
-    fn should_count_access(&self) -> bool {
-        false
-    }
-
-    fn as_any(&self) -> &(dyn std::any::Any + Send + Sync) {
-        self
-    }
-
-    fn as_any_mut(&mut self) -> &mut (dyn std::any::Any + Send + Sync) {
-        self
-    }
+    hit_handler_plumbing!();
 }

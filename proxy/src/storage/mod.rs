@@ -15,6 +15,20 @@
 //! save/load itself). The memory tier evicts on its own; dropping an object from memory never
 //! drops it from disk.
 
+/// The `Any` casts every Hangar hit handler implements the same way. (`finish` stays in each
+/// impl: `async_trait` rewrites async fns before a macro in the impl block would expand.)
+macro_rules! hit_handler_plumbing {
+    () => {
+        fn as_any(&self) -> &(dyn std::any::Any + Send + Sync) {
+            self
+        }
+
+        fn as_any_mut(&mut self) -> &mut (dyn std::any::Any + Send + Sync) {
+            self
+        }
+    };
+}
+
 pub mod disk;
 pub mod eviction;
 mod hit;
@@ -49,6 +63,7 @@ pub struct StorageOptions {
     pub memory_max_object_bytes: u64,
     pub disk_bytes: u64,
     pub fsync: bool,
+    pub min_free_disk_bytes: u64,
 }
 
 /// Errors of the storage layer, converted to pingora errors at the trait boundary.
@@ -98,7 +113,7 @@ impl TieredStorage {
         opts: &StorageOptions,
         metrics: Arc<Metrics>,
     ) -> std::result::Result<(Self, Vec<(CompactCacheKey, usize)>), StorageError> {
-        let (disk, entries) = DiskTier::open(dir, opts.fsync)?;
+        let (disk, entries) = DiskTier::open(dir, opts.fsync, opts.min_free_disk_bytes)?;
         let storage = TieredStorage {
             disk,
             memory: MemoryTier::new(opts.memory_bytes, metrics.clone()),
@@ -193,7 +208,10 @@ impl Storage for TieredStorage {
             .get(http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok());
-        let (file, tmp_path) = self.disk.create_temp().map_err(to_pingora)?;
+        let (file, tmp_path) = self.disk.create_temp().map_err(|e| {
+            self.disk.note_write_error(&e);
+            to_pingora(e)
+        })?;
         let write = self.inflight.insert(combined.clone(), meta_bytes, file, tmp_path);
         Ok(Box::new(TieredMissHandler {
             storage: self,
@@ -266,6 +284,7 @@ impl HandleMiss for TieredMissHandler {
             return Ok(());
         }
         if let Err(e) = self.write.append(self.written, &data) {
+            self.storage.disk.note_write_error(&e);
             self.write.fail();
             return Err(to_pingora(e));
         }
@@ -297,6 +316,7 @@ impl HandleMiss for TieredMissHandler {
             generation: 0,
         };
         if let Err(e) = self.storage.disk.commit(&self.write, header) {
+            self.storage.disk.note_write_error(&e);
             self.write.fail();
             return Err(to_pingora(e));
         }
@@ -342,4 +362,133 @@ fn join_chunks(chunks: Vec<Bytes>, len: usize) -> Bytes {
         buf.extend_from_slice(&c);
     }
     Bytes::from(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    //! The storage contract on a real directory: visibility only on commit, errors for readers of
+    //! abandoned fills, survival across reopen.
+
+    use super::*;
+    use pingora::cache::trace::Span;
+    use pingora::http::ResponseHeader;
+    use std::time::{Duration, SystemTime};
+
+    fn storage(dir: &Path) -> &'static TieredStorage {
+        let opts = StorageOptions {
+            memory_bytes: 1 << 20,
+            memory_max_object_bytes: 64 << 10,
+            disk_bytes: 1 << 30,
+            fsync: false,
+            min_free_disk_bytes: 0,
+        };
+        Box::leak(Box::new(TieredStorage::open(dir, &opts, Arc::new(Metrics::new())).unwrap().0))
+    }
+
+    fn meta(len: Option<usize>) -> CacheMeta {
+        let mut h = ResponseHeader::build(200, None).unwrap();
+        if let Some(len) = len {
+            h.insert_header("content-length", len.to_string()).unwrap();
+        }
+        let now = SystemTime::now();
+        CacheMeta::new(now + Duration::from_secs(60), now, 0, 0, h)
+    }
+
+    async fn read_all(hit: &mut HitHandler) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        while let Some(b) = hit.read_body().await? {
+            out.extend_from_slice(&b);
+        }
+        Ok(out)
+    }
+
+    #[tokio::test]
+    async fn a_reader_of_an_abandoned_fill_gets_an_error_not_an_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = storage(dir.path());
+        let span = Span::inactive().handle();
+        let key = CacheKey::new("k1", "t");
+        let mut miss = s.get_miss_handler(&key, &meta(None), &span).await.unwrap();
+        miss.write_body(Bytes::from_static(b"partial"), false).await.unwrap();
+        let (_, mut reader) = s.lookup(&key, &span).await.unwrap().expect("fill in progress is visible to readers");
+        assert_eq!(&reader.read_body().await.unwrap().unwrap()[..], b"partial");
+        drop(miss); // abandoned: e.g. the upstream connection died
+        assert!(reader.read_body().await.is_err(), "an abandoned fill must fail its readers");
+        assert!(s.lookup(&key, &span).await.unwrap().is_none(), "nothing was stored");
+        assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_fill_shorter_than_its_content_length_is_never_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = storage(dir.path());
+        let span = Span::inactive().handle();
+        let key = CacheKey::new("k2", "t");
+        let mut miss = s.get_miss_handler(&key, &meta(Some(10)), &span).await.unwrap();
+        let (_, mut reader) = s.lookup(&key, &span).await.unwrap().unwrap();
+        miss.write_body(Bytes::from_static(b"12345"), true).await.unwrap();
+        assert!(miss.finish().await.is_err());
+        assert!(read_all(&mut reader).await.is_err());
+        assert!(s.lookup(&key, &span).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn committed_entries_survive_reopen_and_torn_ones_do_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let span = Span::inactive().handle();
+        let big = vec![7u8; 200 << 10]; // over the memory limit: disk only
+        {
+            let s = storage(dir.path());
+            for (k, body) in [("small", &b"tiny"[..]), ("big", &big[..])] {
+                let key = CacheKey::new(k, "t");
+                let mut miss = s.get_miss_handler(&key, &meta(Some(body.len())), &span).await.unwrap();
+                miss.write_body(Bytes::copy_from_slice(body), true).await.unwrap();
+                miss.finish().await.unwrap();
+            }
+            // A fill in progress when the process "dies".
+            let mut miss = s.get_miss_handler(&CacheKey::new("torn", "t"), &meta(Some(100)), &span).await.unwrap();
+            miss.write_body(Bytes::from_static(b"half"), false).await.unwrap();
+            std::mem::forget(miss);
+        }
+        let s = storage(dir.path());
+        let big_key = CacheKey::new("big", "t");
+        let (_, mut hit) = s.lookup(&big_key, &span).await.unwrap().expect("big survives reopen");
+        assert_eq!(read_all(&mut hit).await.unwrap(), big);
+        let (_, mut hit) = s.lookup(&CacheKey::new("small", "t"), &span).await.unwrap().unwrap();
+        assert_eq!(read_all(&mut hit).await.unwrap(), b"tiny");
+        assert!(s.lookup(&CacheKey::new("torn", "t"), &span).await.unwrap().is_none());
+
+        // Cut the big entry's body on disk: it must be discarded, not served.
+        let combined = big_key.combined();
+        let body = std::fs::read_dir(dir.path().join("objects").join(&combined[..2]))
+            .unwrap()
+            .flatten()
+            .find(|f| f.file_name().to_string_lossy().ends_with(".body"))
+            .unwrap()
+            .path();
+        std::fs::OpenOptions::new().write(true).open(&body).unwrap().set_len(10).unwrap();
+        let s = storage(dir.path());
+        assert!(s.lookup(&big_key, &span).await.unwrap().is_none(), "a body of the wrong length is never served");
+    }
+
+    #[tokio::test]
+    async fn range_reads_seek_on_both_tiers() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = storage(dir.path());
+        let span = Span::inactive().handle();
+        for (k, len) in [("mem", 1000usize), ("disk", 300 << 10)] {
+            let body: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let key = CacheKey::new(k, "t");
+            let mut miss = s.get_miss_handler(&key, &meta(Some(len)), &span).await.unwrap();
+            miss.write_body(Bytes::from(body.clone()), true).await.unwrap();
+            miss.finish().await.unwrap();
+            let (_, mut hit) = s.lookup(&key, &span).await.unwrap().unwrap();
+            assert!(hit.can_seek());
+            hit.seek(100, Some(200)).unwrap();
+            assert_eq!(read_all(&mut hit).await.unwrap(), &body[100..200]);
+            hit.seek(len - 3, None).unwrap();
+            assert_eq!(read_all(&mut hit).await.unwrap(), &body[len - 3..]);
+            assert!(hit.seek(len, None).is_err());
+        }
+    }
 }
