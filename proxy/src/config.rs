@@ -48,6 +48,10 @@ pub struct Config {
     /// Worker threads of the proxy service.
     #[serde(default = "default_threads")]
     pub threads: usize,
+    /// SO_SNDBUF of client connections; 0 leaves the kernel's autotuning. A fixed, modest
+    /// buffer keeps in-flight data in CPU cache: see bench/README.md for the measurements.
+    #[serde(default = "default_send_buffer")]
+    pub send_buffer_bytes: ByteSize,
     /// How long a graceful shutdown waits for in-flight requests.
     #[serde(default = "default_shutdown_grace")]
     pub shutdown_grace: HumanDuration,
@@ -164,6 +168,9 @@ fn default_admin() -> String {
 fn default_threads() -> usize {
     1
 }
+fn default_send_buffer() -> ByteSize {
+    ByteSize(512 << 10)
+}
 fn default_shutdown_grace() -> HumanDuration {
     HumanDuration(Duration::from_secs(5))
 }
@@ -204,6 +211,7 @@ impl Default for Config {
             listen: default_listen(),
             admin_listen: default_admin(),
             threads: default_threads(),
+            send_buffer_bytes: default_send_buffer(),
             shutdown_grace: default_shutdown_grace(),
             cache: CacheConfig::default(),
             repositories: Vec::new(),

@@ -87,6 +87,54 @@ impl Default for Metrics {
     }
 }
 
+/// The results `X-Hangar-Cache` can carry.
+pub const CACHE_RESULTS: [&str; 6] = ["hit", "miss", "stale", "revalidated", "expired", "bypass"];
+const CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "other"];
+
+/// One repository's counters, resolved from the label vectors once at startup.
+pub struct RepoMetrics {
+    get: [IntCounter; 6],
+    head: [IntCounter; 6],
+    requests: IntCounterVec,
+    name: String,
+    results: [IntCounter; 6],
+    served: IntCounter,
+    fetched: IntCounter,
+}
+
+impl RepoMetrics {
+    pub fn new(m: &Metrics, repo: &str) -> Self {
+        let by_class = |method: &str| CLASSES.map(|c| m.requests.with_label_values(&[repo, method, c]));
+        RepoMetrics {
+            get: by_class("GET"),
+            head: by_class("HEAD"),
+            requests: m.requests.clone(),
+            name: repo.to_string(),
+            results: CACHE_RESULTS.map(|r| m.cache_results.with_label_values(&[repo, r])),
+            served: m.bytes_served.with_label_values(&[repo]),
+            fetched: m.bytes_upstream.with_label_values(&[repo]),
+        }
+    }
+
+    pub fn record(&self, method: &http::Method, status: u16, result: &str, served: u64, fetched: u64) {
+        let class = CLASSES.iter().position(|c| *c == status_class(status)).unwrap_or(5);
+        if method == http::Method::GET {
+            self.get[class].inc();
+        } else if method == http::Method::HEAD {
+            self.head[class].inc();
+        } else {
+            self.requests.with_label_values(&[&self.name, method.as_str(), CLASSES[class]]).inc();
+        }
+        if let Some(i) = CACHE_RESULTS.iter().position(|r| *r == result) {
+            self.results[i].inc();
+        }
+        self.served.inc_by(served);
+        if fetched > 0 {
+            self.fetched.inc_by(fetched);
+        }
+    }
+}
+
 /// `2xx`, `4xx`... for a status code.
 pub fn status_class(status: u16) -> &'static str {
     match status {

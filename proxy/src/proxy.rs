@@ -180,7 +180,13 @@ impl ProxyHttp for HangarProxy {
         primary.extend_from_slice(repo.name.as_bytes());
         primary.push(0);
         primary.extend_from_slice(path.as_bytes());
-        Ok(CacheKey::new(primary, repo.name.clone()))
+        // Hash once here: pingora otherwise re-hashes the primary key (BLAKE2) every time the
+        // cache, the lock and eviction ask for it.
+        let mut hash = [0u8; 16];
+        hash.copy_from_slice(&blake3::hash(&primary).as_bytes()[..16]);
+        let mut key = CacheKey::new(primary, repo.name.clone());
+        key.set_primary_bin_override(hash);
+        Ok(key)
     }
 
     fn response_cache_filter(
@@ -346,14 +352,18 @@ impl ProxyHttp for HangarProxy {
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
-        let repo = ctx.repo_name().to_string();
-        let method = session.req_header().method.as_str().to_string();
-        let m = &self.metrics;
-        m.requests.with_label_values(&[&repo, &method, status_class(status)]).inc();
         let result = ctx.local_result.unwrap_or_else(|| cache_result(session.cache.phase()));
-        m.cache_results.with_label_values(&[&repo, result]).inc();
-        m.bytes_served.with_label_values(&[&repo]).inc_by(session.body_bytes_sent() as u64);
-        m.bytes_upstream.with_label_values(&[&repo]).inc_by(session.upstream_body_bytes_received() as u64);
+        let method = &session.req_header().method;
+        let (served, fetched) = (session.body_bytes_sent() as u64, session.upstream_body_bytes_received() as u64);
+        match ctx.repo.as_ref() {
+            Some(repo) => repo.metrics.record(method, status, result, served, fetched),
+            None => {
+                let m = &self.metrics;
+                m.requests.with_label_values(&["-", method.as_str(), status_class(status)]).inc();
+                m.cache_results.with_label_values(&["-", result]).inc();
+                m.bytes_served.with_label_values(&["-"]).inc_by(served);
+            }
+        }
     }
 }
 

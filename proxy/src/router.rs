@@ -5,6 +5,7 @@ use std::sync::Arc;
 use crate::config::{normalize_prefix, RepositoryConfig, TimeoutConfig};
 use crate::format::Format;
 use crate::freshness::FreshnessPolicy;
+use crate::metrics::{Metrics, RepoMetrics};
 use crate::upstream::UpstreamUrl;
 
 /// One mounted repository, ready to serve.
@@ -15,10 +16,12 @@ pub struct Repository {
     pub upstream: UpstreamUrl,
     pub timeouts: TimeoutConfig,
     pub format: Box<dyn Format>,
+    /// Counters resolved once, so the per-request path does no label lookups.
+    pub metrics: RepoMetrics,
 }
 
 impl Repository {
-    pub fn from_config(cfg: &RepositoryConfig) -> Result<Self, String> {
+    pub fn from_config(cfg: &RepositoryConfig, metrics: &Metrics) -> Result<Self, String> {
         let upstream = UpstreamUrl::parse(&cfg.upstream).map_err(|e| e.to_string())?;
         let freshness = FreshnessPolicy::from_config(&cfg.freshness)?;
         Ok(Repository {
@@ -27,6 +30,7 @@ impl Repository {
             upstream,
             timeouts: cfg.timeouts.clone(),
             format: cfg.format.build(freshness),
+            metrics: RepoMetrics::new(metrics, &cfg.name),
         })
     }
 }
@@ -77,7 +81,7 @@ mod tests {
             upstream: "http://127.0.0.1:1/".into(),
             timeouts: Default::default(),
             freshness: Default::default(),
-        })
+        }, &Metrics::new())
         .unwrap()
     }
 

@@ -101,7 +101,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let repos = config
         .repositories
         .iter()
-        .map(|r| Repository::from_config(r).map_err(|e| anyhow::anyhow!("repository {}: {e}", r.name)))
+        .map(|r| Repository::from_config(r, &metrics).map_err(|e| anyhow::anyhow!("repository {}: {e}", r.name)))
         .collect::<anyhow::Result<Vec<_>>>()?;
     for r in &repos {
         tracing::info!(repository = %r.name, prefix = %r.prefix, format = r.format.kind().as_str(), "repository enabled");
@@ -114,7 +114,9 @@ pub fn run(config: Config) -> anyhow::Result<()> {
 
     let conf = ServerConf {
         threads: config.threads,
-        work_stealing: true,
+        // One runtime per worker thread, no stealing: cheaper scheduling on the hit path, and
+        // the default is one thread.
+        work_stealing: false,
         grace_period_seconds: Some(0),
         graceful_shutdown_timeout_seconds: Some(config.shutdown_grace.0.as_secs()),
         ..ServerConf::default()
@@ -133,6 +135,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let socket_opts = || {
         let mut o = TcpSocketOptions::default();
         o.so_reuseport = Some(true);
+        o.tcp_snd_buf = (config.send_buffer_bytes.0 > 0).then_some(config.send_buffer_bytes.0 as usize);
         o
     };
     let mut proxy_service = pingora::proxy::http_proxy_service_with_name(&server.configuration, proxy, "hangar-proxy");

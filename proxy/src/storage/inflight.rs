@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -19,6 +19,7 @@ use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
 use pingora::cache::storage::{HandleHit, Storage};
 use pingora::cache::trace::SpanHandle;
+use pingora::cache::key::HashBinary;
 use pingora::cache::{CacheKey, CacheMeta};
 use pingora::{Error, Result};
 use tokio::sync::watch;
@@ -39,6 +40,8 @@ pub(crate) enum Progress {
 pub(crate) struct InflightWrite {
     pub id: u64,
     pub tag: [u8; 8],
+    pub key_bin: HashBinary,
+    /// Hex form of the key, as the disk tier names files.
     pub key: String,
     pub meta: (Vec<u8>, Vec<u8>),
     pub file: Arc<File>,
@@ -88,19 +91,21 @@ impl InflightWrite {
 #[derive(Default)]
 pub(crate) struct InflightWrites {
     next_id: AtomicU64,
+    /// Fills in progress; lets the hit path skip the lock when there are none.
+    active: AtomicUsize,
     inner: Mutex<InflightIndex>,
 }
 
 #[derive(Default)]
 struct InflightIndex {
-    by_key: HashMap<String, u64>,
+    by_key: HashMap<HashBinary, u64>,
     by_id: HashMap<u64, Arc<InflightWrite>>,
 }
 
 impl InflightWrites {
     pub fn insert(
         &self,
-        key: String,
+        key: HashBinary,
         meta: (Vec<u8>, Vec<u8>),
         file: File,
         tmp_path: PathBuf,
@@ -110,7 +115,8 @@ impl InflightWrites {
         let write = Arc::new(InflightWrite {
             id,
             tag: id.to_be_bytes(),
-            key: key.clone(),
+            key_bin: key,
+            key: hex::encode(key),
             meta,
             file: Arc::new(file),
             tmp_path,
@@ -119,10 +125,14 @@ impl InflightWrites {
         let mut idx = self.inner.lock();
         idx.by_key.insert(key, id);
         idx.by_id.insert(id, write.clone());
+        self.active.store(idx.by_id.len(), Ordering::Release);
         write
     }
 
-    pub fn latest(&self, key: &str) -> Option<Arc<InflightWrite>> {
+    pub fn latest(&self, key: &HashBinary) -> Option<Arc<InflightWrite>> {
+        if self.active.load(Ordering::Acquire) == 0 {
+            return None;
+        }
         let idx = self.inner.lock();
         idx.by_key.get(key).and_then(|id| idx.by_id.get(id)).cloned()
     }
@@ -134,9 +144,10 @@ impl InflightWrites {
     pub fn remove(&self, write: &InflightWrite) {
         let mut idx = self.inner.lock();
         idx.by_id.remove(&write.id);
-        if idx.by_key.get(&write.key) == Some(&write.id) {
-            idx.by_key.remove(&write.key);
+        if idx.by_key.get(&write.key_bin) == Some(&write.id) {
+            idx.by_key.remove(&write.key_bin);
         }
+        self.active.store(idx.by_id.len(), Ordering::Release);
     }
 }
 

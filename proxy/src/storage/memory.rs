@@ -3,23 +3,84 @@
 //! TinyUFO (TinyLFU admission + S3-FIFO eviction) keeps one-hit wonders from flushing the hot
 //! set, which plain LRU does on package-registry traces. Its weights are `u16`, so weights are
 //! kept in KiB; object sizes are capped well below 64 MiB by config validation.
+//!
+//! Objects keep their metadata *parsed* ([`MetaTemplate`]): rebuilding pingora's `CacheMeta`
+//! from it costs a header clone, where deserializing the stored form costs a zstd
+//! decompression per hit (the largest single item in the hit-path profile).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use bytes::Bytes;
+use pingora::cache::key::HashBinary;
+use pingora::cache::CacheMeta;
+use pingora::http::ResponseHeader;
 use tinyufo::TinyUfo;
 
 use crate::metrics::Metrics;
 
+/// Everything needed to rebuild an equivalent `CacheMeta` without deserializing.
+pub struct MetaTemplate {
+    fresh_until: SystemTime,
+    created: SystemTime,
+    epoch: Option<SystemTime>,
+    stale_while_revalidate_sec: u32,
+    stale_if_error_sec: u32,
+    variance: Option<HashBinary>,
+    header: ResponseHeader,
+}
+
+impl MetaTemplate {
+    pub fn from_meta(m: &CacheMeta) -> Self {
+        let epoch = m.epoch_override().or((m.updated() != m.created()).then(|| m.updated()));
+        MetaTemplate {
+            fresh_until: m.fresh_until(),
+            created: m.created(),
+            epoch,
+            stale_while_revalidate_sec: m.stale_while_revalidate_sec(),
+            stale_if_error_sec: m.stale_if_error_sec(),
+            variance: m.variance(),
+            header: m.response_header_copy(),
+        }
+    }
+
+    pub fn to_meta(&self) -> CacheMeta {
+        let mut m = CacheMeta::new(
+            self.fresh_until,
+            self.created,
+            self.stale_while_revalidate_sec,
+            self.stale_if_error_sec,
+            self.header.clone(),
+        );
+        if let Some(e) = self.epoch {
+            m.set_epoch_override(e);
+        }
+        if let Some(v) = self.variance {
+            m.set_variance(v);
+        }
+        m
+    }
+
+    fn approx_size(&self) -> usize {
+        self.header.headers.iter().map(|(k, v)| k.as_str().len() + v.len() + 32).sum::<usize>() + 128
+    }
+}
+
 pub struct MemoryObject {
-    pub meta: (Vec<u8>, Vec<u8>),
+    pub meta: MetaTemplate,
     pub body: Bytes,
 }
 
+impl MemoryObject {
+    fn size(&self) -> u64 {
+        (self.body.len() + self.meta.approx_size()) as u64
+    }
+}
+
 struct Slot {
-    /// Full key, to tell apart two keys whose 64-bit hashes collide.
-    key: Box<str>,
+    /// Full key, to tell apart two keys whose 64-bit prefixes collide.
+    key: HashBinary,
     obj: Arc<MemoryObject>,
 }
 
@@ -30,14 +91,12 @@ pub struct MemoryTier {
     metrics: Arc<Metrics>,
 }
 
-fn slot_key(combined: &str) -> u64 {
-    // `combined` is already a hex hash; its first 16 hex digits are a good 64-bit key.
-    u64::from_str_radix(&combined[..16.min(combined.len())], 16).unwrap_or(0)
+fn slot_key(key: &HashBinary) -> u64 {
+    u64::from_le_bytes(key[..8].try_into().expect("16-byte hash"))
 }
 
-fn weight_kib(obj: &MemoryObject) -> u16 {
-    let bytes = obj.body.len() + obj.meta.0.len() + obj.meta.1.len();
-    bytes.div_ceil(1024).clamp(1, u16::MAX as usize) as u16
+fn weight_kib(size: u64) -> u16 {
+    size.div_ceil(1024).clamp(1, u16::MAX as u64) as u16
 }
 
 impl MemoryTier {
@@ -52,29 +111,25 @@ impl MemoryTier {
         }
     }
 
-    pub fn get(&self, combined: &str) -> Option<Arc<MemoryObject>> {
-        let slot = self.cache.as_ref()?.get(&slot_key(combined))?;
-        (&*slot.key == combined).then(|| slot.obj.clone())
+    pub fn get(&self, key: &HashBinary) -> Option<Arc<MemoryObject>> {
+        let slot = self.cache.as_ref()?.get(&slot_key(key))?;
+        (slot.key == *key).then(|| slot.obj.clone())
     }
 
-    pub fn put(&self, combined: &str, obj: Arc<MemoryObject>) {
+    pub fn put(&self, key: &HashBinary, obj: Arc<MemoryObject>) {
         let Some(cache) = self.cache.as_ref() else {
             return;
         };
-        let weight = weight_kib(&obj);
-        let size = (obj.body.len() + obj.meta.0.len() + obj.meta.1.len()) as u64;
-        let k = slot_key(combined);
+        let size = obj.size();
+        let k = slot_key(key);
         // Replacing an existing object: account for the old one leaving.
         if let Some(old) = cache.remove(&k) {
             self.forget(&old);
         }
-        let slot = Arc::new(Slot {
-            key: combined.into(),
-            obj,
-        });
+        let slot = Arc::new(Slot { key: *key, obj });
         self.bytes.fetch_add(size, Ordering::Relaxed);
         self.objects.fetch_add(1, Ordering::Relaxed);
-        for evicted in cache.put(k, slot.clone(), weight) {
+        for evicted in cache.put(k, slot.clone(), weight_kib(size)) {
             self.forget(&evicted.data);
             // The admission filter may turn the newcomer away; that is not an eviction.
             if !Arc::ptr_eq(&evicted.data, &slot) {
@@ -84,18 +139,17 @@ impl MemoryTier {
     }
 
     fn forget(&self, slot: &Slot) {
-        let size = (slot.obj.body.len() + slot.obj.meta.0.len() + slot.obj.meta.1.len()) as u64;
-        self.bytes.fetch_sub(size, Ordering::Relaxed);
+        self.bytes.fetch_sub(slot.obj.size(), Ordering::Relaxed);
         self.objects.fetch_sub(1, Ordering::Relaxed);
     }
 
-    pub fn remove(&self, combined: &str) -> bool {
+    pub fn remove(&self, key: &HashBinary) -> bool {
         let Some(cache) = self.cache.as_ref() else {
             return false;
         };
-        let k = slot_key(combined);
+        let k = slot_key(key);
         match cache.get(&k) {
-            Some(slot) if &*slot.key == combined => {
+            Some(slot) if slot.key == *key => {
                 if let Some(old) = cache.remove(&k) {
                     self.forget(&old);
                 }
@@ -106,12 +160,12 @@ impl MemoryTier {
     }
 
     /// Swap in new headers after a revalidation, keeping the body.
-    pub fn update_meta(&self, combined: &str, meta: (Vec<u8>, Vec<u8>)) {
-        if let Some(old) = self.get(combined) {
+    pub fn update_meta(&self, key: &HashBinary, meta: &CacheMeta) {
+        if let Some(old) = self.get(key) {
             self.put(
-                combined,
+                key,
                 Arc::new(MemoryObject {
-                    meta,
+                    meta: MetaTemplate::from_meta(meta),
                     body: old.body.clone(),
                 }),
             );

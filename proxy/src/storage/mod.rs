@@ -41,7 +41,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use pingora::cache::key::{CacheHashKey, CompactCacheKey};
+use pingora::cache::key::{CacheHashKey, CompactCacheKey, HashBinary};
 use pingora::cache::storage::{
     HandleMiss, HitHandler, MissFinishType, MissHandler, PurgeOutcome, PurgeTarget, PurgeType,
     Storage,
@@ -54,7 +54,7 @@ use crate::metrics::Metrics;
 use disk::{DiskTier, EntryHeader};
 use hit::{DiskHit, MemoryHit};
 use inflight::{InflightWrite, InflightWrites};
-use memory::{MemoryObject, MemoryTier};
+use memory::{MemoryObject, MemoryTier, MetaTemplate};
 
 /// Sizes of the two tiers.
 #[derive(Debug, Clone)]
@@ -132,9 +132,9 @@ impl TieredStorage {
         &self.memory
     }
 
-    fn remove_entry(&self, combined: &str) -> bool {
-        let in_memory = self.memory.remove(combined);
-        let on_disk = self.disk.remove(combined);
+    fn remove_entry(&self, key: &HashBinary) -> bool {
+        let in_memory = self.memory.remove(key);
+        let on_disk = self.disk.remove(&hex::encode(key));
         in_memory || on_disk
     }
 }
@@ -146,17 +146,17 @@ impl Storage for TieredStorage {
         key: &CacheKey,
         _trace: &SpanHandle,
     ) -> Result<Option<(CacheMeta, HitHandler)>> {
-        let combined = key.combined();
+        let bin = key.combined_bin();
         // A fill in progress wins over a stored copy: otherwise an expired entry being refreshed
         // would keep being served until the refresh completes.
-        if let Some(write) = self.inflight.latest(&combined) {
+        if let Some(write) = self.inflight.latest(&bin) {
             let meta = write.cache_meta()?;
             return Ok(Some((meta, Box::new(write.reader()))));
         }
-        if let Some(obj) = self.memory.get(&combined) {
-            let meta = CacheMeta::deserialize(&obj.meta.0, &obj.meta.1)?;
-            return Ok(Some((meta, Box::new(MemoryHit::new(obj.body.clone())))));
+        if let Some(obj) = self.memory.get(&bin) {
+            return Ok(Some((obj.meta.to_meta(), Box::new(MemoryHit::new(obj.body.clone())))));
         }
+        let combined = hex::encode(bin);
         let Some((header, file)) = self.disk.lookup(&combined).map_err(to_pingora)? else {
             return Ok(None);
         };
@@ -166,9 +166,9 @@ impl Storage for TieredStorage {
             let body = disk::read_all(&file, header.body_len, &combined).map_err(to_pingora)?;
             let body = Bytes::from(body);
             self.memory.put(
-                &combined,
+                &bin,
                 Arc::new(MemoryObject {
-                    meta: header.meta,
+                    meta: MetaTemplate::from_meta(&meta),
                     body: body.clone(),
                 }),
             );
@@ -201,7 +201,7 @@ impl Storage for TieredStorage {
         meta: &CacheMeta,
         _trace: &SpanHandle,
     ) -> Result<MissHandler> {
-        let combined = key.combined();
+        let bin = key.combined_bin();
         let meta_bytes = meta.serialize()?;
         let expected_len = meta
             .headers()
@@ -212,14 +212,15 @@ impl Storage for TieredStorage {
             self.disk.note_write_error(&e);
             to_pingora(e)
         })?;
-        let write = self.inflight.insert(combined.clone(), meta_bytes, file, tmp_path);
+        let write = self.inflight.insert(bin, meta_bytes, file, tmp_path);
         Ok(Box::new(TieredMissHandler {
             storage: self,
             write,
             compact: key.to_compact(),
             written: 0,
             expected_len,
-            memory_chunks: Some(Vec::new()),
+            memory_chunks: (self.memory_max_object > 0).then(Vec::new),
+            template: Some(MetaTemplate::from_meta(meta)),
             finished: false,
         }))
     }
@@ -230,8 +231,7 @@ impl Storage for TieredStorage {
         purge_type: PurgeType,
         _trace: &SpanHandle,
     ) -> Result<PurgeOutcome> {
-        let combined = target.key().combined();
-        let removed = self.remove_entry(&combined);
+        let removed = self.remove_entry(&target.key().combined_bin());
         if removed && matches!(purge_type, PurgeType::Eviction) {
             self.metrics.evictions.with_label_values(&["disk"]).inc();
         }
@@ -248,10 +248,10 @@ impl Storage for TieredStorage {
         meta: &CacheMeta,
         _trace: &SpanHandle,
     ) -> Result<bool> {
-        let combined = key.combined();
+        let bin = key.combined_bin();
         let meta_bytes = meta.serialize()?;
-        let updated = self.disk.update_meta(&combined, &meta_bytes).map_err(to_pingora)?;
-        self.memory.update_meta(&combined, meta_bytes);
+        let updated = self.disk.update_meta(&hex::encode(bin), &meta_bytes).map_err(to_pingora)?;
+        self.memory.update_meta(&bin, meta);
         Ok(updated)
     }
 
@@ -274,6 +274,8 @@ struct TieredMissHandler {
     /// The body's chunks while it is still small enough for the memory tier (refcounted, not
     /// copied); dropped as soon as it outgrows it.
     memory_chunks: Option<Vec<Bytes>>,
+    /// Parsed metadata for the memory tier, if the body ends up small enough for it.
+    template: Option<MetaTemplate>,
     finished: bool,
 }
 
@@ -320,15 +322,9 @@ impl HandleMiss for TieredMissHandler {
             self.write.fail();
             return Err(to_pingora(e));
         }
-        if let Some(chunks) = self.memory_chunks.take() {
+        if let (Some(chunks), Some(meta)) = (self.memory_chunks.take(), self.template.take()) {
             let body = join_chunks(chunks, self.written as usize);
-            self.storage.memory.put(
-                &self.write.key,
-                Arc::new(MemoryObject {
-                    meta: self.write.meta.clone(),
-                    body,
-                }),
-            );
+            self.storage.memory.put(&self.write.key_bin, Arc::new(MemoryObject { meta, body }));
         }
         self.finished = true;
         self.storage.inflight.remove(&self.write);

@@ -1,0 +1,198 @@
+//! The caches under test, each started pinned to CPU 0 in front of the same origin.
+//!
+//! Each runs as its operator would run it for this job: nginx with `proxy_cache` (one worker,
+//! `sendfile` on or off), Varnish with malloc storage (one thread pool), and hangar-proxy with
+//! one worker thread. Cache sizes are the same for all.
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum Kind {
+    #[serde(rename = "hangar")]
+    Hangar,
+    #[serde(rename = "nginx-sendfile")]
+    NginxSendfile,
+    #[serde(rename = "nginx")]
+    Nginx,
+    #[serde(rename = "varnish")]
+    Varnish,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Hangar => "hangar",
+            Kind::NginxSendfile => "nginx-sendfile",
+            Kind::Nginx => "nginx",
+            Kind::Varnish => "varnish",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Kind> {
+        [Kind::Hangar, Kind::NginxSendfile, Kind::Nginx, Kind::Varnish].into_iter().find(|k| k.name() == s)
+    }
+}
+
+/// Sizes every cache gets.
+#[derive(Debug, Clone, Copy)]
+pub struct CacheSize {
+    /// Disk (nginx, hangar) or total storage (varnish malloc) budget.
+    pub storage_bytes: u64,
+    /// Hangar's memory tier.
+    pub memory_bytes: u64,
+    pub memory_max_object_bytes: u64,
+}
+
+pub struct Peer {
+    pub kind: Kind,
+    pub addr: SocketAddr,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        if self.kind == Kind::Hangar {
+            let _ = self.child.kill();
+        } else {
+            // nginx and varnish master processes take their workers down on TERM.
+            unsafe {
+                libc::kill(self.child.id() as i32, libc::SIGTERM);
+            }
+        }
+        let _ = self.child.wait();
+    }
+}
+
+impl Peer {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+/// A free loopback port for servers that take a port number in their config (nginx, varnish).
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn wait_listening(addr: SocketAddr, child: &mut Child, what: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_err() {
+        if let Some(status) = child.try_wait()? {
+            bail!("{what} exited with {status} before listening on {addr}");
+        }
+        if Instant::now() > deadline {
+            bail!("{what} did not listen on {addr} within 30s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+pub fn start(kind: Kind, origin: SocketAddr, size: CacheSize, proxy_bin: &Path, cpu: usize) -> anyhow::Result<Peer> {
+    let dir = tempfile::Builder::new().prefix("hangar-bench-").tempdir_in("/var/tmp")?;
+    let cpu = cpu.to_string();
+    match kind {
+        Kind::Hangar => {
+            let conf = dir.path().join("hangar.toml");
+            std::fs::write(
+                &conf,
+                format!(
+                    "threads = 1\n[cache]\ndir = \"{}\"\ndisk_bytes = {}\nmemory_bytes = {}\nmemory_max_object_bytes = {}\nfsync = false\nmin_free_disk_bytes = 0\n[[repository]]\nname = \"bench\"\nprefix = \"/\"\nupstream = \"http://{origin}\"\n",
+                    dir.path().join("cache").display(),
+                    size.storage_bytes,
+                    size.memory_bytes,
+                    size.memory_max_object_bytes
+                ),
+            )?;
+            let mut child = Command::new("taskset")
+                .args(["-c", &cpu])
+                .arg(proxy_bin)
+                .args(["--config", conf.to_str().unwrap(), "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--log", "error"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .with_context(|| format!("starting {}", proxy_bin.display()))?;
+            let mut line = String::new();
+            BufReader::new(child.stdout.take().unwrap()).read_line(&mut line)?;
+            let addr = line
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("listen="))
+                .with_context(|| format!("hangar-proxy did not report its address: {line:?}"))?
+                .parse()?;
+            Ok(Peer { kind, addr, child, _dir: dir })
+        }
+        Kind::Nginx | Kind::NginxSendfile => {
+            let port = free_port()?;
+            let d = dir.path().display();
+            let sendfile = if kind == Kind::NginxSendfile { "on" } else { "off" };
+            let conf = format!(
+                "user root;\nworker_processes 1;\ndaemon off;\nmaster_process on;\npid {d}/nginx.pid;\nerror_log {d}/error.log error;\n\
+                 events {{ worker_connections 4096; multi_accept on; }}\n\
+                 http {{\n  access_log off;\n  sendfile {sendfile};\n  tcp_nopush on;\n  tcp_nodelay on;\n  keepalive_requests 100000000;\n  keepalive_timeout 120s;\n\
+                 client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy_tmp;\n  fastcgi_temp_path {d}/fcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+                 proxy_cache_path {d}/cache levels=1:2 keys_zone=bench:64m max_size={} inactive=7d use_temp_path=off;\n\
+                 upstream origin {{ server {origin}; keepalive 64; }}\n\
+                 server {{\n    listen 127.0.0.1:{port} reuseport backlog=4096;\n    location / {{\n      proxy_pass http://origin;\n      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      proxy_cache bench;\n      proxy_cache_lock on;\n      proxy_cache_lock_timeout 600s;\n      proxy_cache_valid 200 7d;\n      proxy_max_temp_file_size 0;\n    }}\n  }}\n}}\n",
+                size.storage_bytes
+            );
+            let file = dir.path().join("nginx.conf");
+            std::fs::write(&file, conf)?;
+            let mut child = Command::new("taskset")
+                .args(["-c", &cpu, "nginx", "-p"])
+                .arg(dir.path())
+                .arg("-c")
+                .arg(&file)
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .context("starting nginx (apt-get install nginx)")?;
+            let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+            wait_listening(addr, &mut child, "nginx")?;
+            Ok(Peer { kind, addr, child, _dir: dir })
+        }
+        Kind::Varnish => {
+            let port = free_port()?;
+            let workdir: PathBuf = dir.path().join("varnish");
+            let mut child = Command::new("taskset")
+                .args(["-c", &cpu, "varnishd", "-F", "-j", "none", "-n"])
+                .arg(&workdir)
+                .args(["-a", &format!("127.0.0.1:{port}"), "-b", &origin.to_string()])
+                .args(["-s", &format!("malloc,{}", size.storage_bytes)])
+                .args(["-p", "thread_pools=1", "-p", "default_ttl=604800", "-p", "thread_pool_min=100"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("starting varnishd (apt-get install varnish)")?;
+            let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+            wait_listening(addr, &mut child, "varnishd")?;
+            Ok(Peer { kind, addr, child, _dir: dir })
+        }
+    }
+}
+
+/// Peak resident memory (VmHWM) of a process and its children (nginx and varnish workers).
+pub fn peak_rss(pid: u32) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![pid];
+    while let Some(p) = stack.pop() {
+        if let Ok(status) = std::fs::read_to_string(format!("/proc/{p}/status")) {
+            total += status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                .unwrap_or(0)
+                * 1024;
+        }
+        if let Ok(children) = std::fs::read_to_string(format!("/proc/{p}/task/{p}/children")) {
+            stack.extend(children.split_whitespace().filter_map(|c| c.parse::<u32>().ok()));
+        }
+    }
+    total
+}
