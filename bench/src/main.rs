@@ -131,6 +131,8 @@ struct ZipfResult {
     requests: usize,
     working_set_bytes: u64,
     cache_bytes: u64,
+    /// Largest size of the cache's directory seen during the run (sampled every 100 ms).
+    peak_stored_bytes: u64,
     hit_ratio: f64,
     upstream_requests: u64,
     upstream_bytes: u64,
@@ -291,12 +293,27 @@ async fn zipf(o: &Options, origin: &Origin, report: &mut Report) -> anyhow::Resu
         human(working_set as f64),
         human(cache_bytes as f64)
     );
-    println!("{:<15} {:>9} {:>12} {:>14} {:>8} {:>12}", "cache", "hit ratio", "upstream req", "upstream bytes", "secs", "MB/s");
+    println!("{:<15} {:>9} {:>12} {:>14} {:>8} {:>12} {:>12}", "cache", "hit ratio", "upstream req", "upstream bytes", "secs", "MB/s", "peak stored");
     let size = CacheSize { storage_bytes: cache_bytes, memory_bytes: (cache_bytes / 8).max(1 << 20), memory_max_object_bytes: 1 << 20 };
     let paths: std::sync::Arc<Vec<String>> = std::sync::Arc::new(seq.iter().map(|&i| format!("/obj/{}/z{i}", sizes[i])).collect());
     for &kind in o.peers.iter().filter(|k| matches!(k, Kind::Hangar | Kind::NginxSendfile)) {
         let peer = peers::start(kind, origin.addr, size, &o.proxy_bin, CACHE_CPU)?;
         let (req0, bytes0) = (origin.requests(), origin.bytes());
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let sampler = {
+            let (dir, done) = (peer.cache_dir(), done.clone());
+            tokio::task::spawn_blocking(move || {
+                let mut peak = 0;
+                while let Some(d) = dir.as_ref() {
+                    peak = peak.max(peers::dir_bytes(d));
+                    if done.load(std::sync::atomic::Ordering::Relaxed) {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                peak
+            })
+        };
         let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let start = std::time::Instant::now();
         let mut workers = Vec::new();
@@ -320,15 +337,27 @@ async fn zipf(o: &Options, origin: &Origin, report: &mut Report) -> anyhow::Resu
             served += w.await??;
         }
         let secs = start.elapsed().as_secs_f64();
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        let peak_stored = sampler.await?;
         let (up_req, up_bytes) = (origin.requests() - req0, origin.bytes() - bytes0);
         let hit_ratio = 1.0 - up_req as f64 / requests as f64;
-        println!("{:<15} {:>9.3} {:>12} {:>14} {:>8.2} {:>12.1}", kind.name(), hit_ratio, up_req, human(up_bytes as f64), secs, served as f64 / secs / 1e6);
+        println!(
+            "{:<15} {:>9.3} {:>12} {:>14} {:>8.2} {:>12.1} {:>12}",
+            kind.name(),
+            hit_ratio,
+            up_req,
+            human(up_bytes as f64),
+            secs,
+            served as f64 / secs / 1e6,
+            human(peak_stored as f64)
+        );
         report.zipf.push(ZipfResult {
             cache: kind,
             objects,
             requests,
             working_set_bytes: working_set,
             cache_bytes,
+            peak_stored_bytes: peak_stored,
             hit_ratio,
             upstream_requests: up_req,
             upstream_bytes: up_bytes,

@@ -74,6 +74,31 @@ impl Peer {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+
+    /// Where this cache keeps its objects on disk (none for Varnish's malloc storage).
+    pub fn cache_dir(&self) -> Option<PathBuf> {
+        match self.kind {
+            Kind::Varnish => None,
+            _ => Some(self._dir.path().join("cache")),
+        }
+    }
+}
+
+/// Bytes of regular files under `dir`.
+pub fn dir_bytes(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        for e in rd.flatten() {
+            match e.metadata() {
+                Ok(m) if m.is_dir() => stack.push(e.path()),
+                Ok(m) => total += m.len(),
+                Err(_) => {}
+            }
+        }
+    }
+    total
 }
 
 /// A free loopback port for servers that take a port number in their config (nginx, varnish).
