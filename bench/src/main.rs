@@ -131,8 +131,11 @@ struct ZipfResult {
     requests: usize,
     working_set_bytes: u64,
     cache_bytes: u64,
-    /// Largest size of the cache's directory seen during the run (sampled every 100 ms).
+    /// Largest size of the cache's directory seen during the run (sampled every 100 ms),
+    /// in-flight fills included.
     peak_stored_bytes: u64,
+    /// Hangar only: largest size of its committed entries (`objects/`), what the budget bounds.
+    peak_committed_bytes: Option<u64>,
     hit_ratio: f64,
     upstream_requests: u64,
     upstream_bytes: u64,
@@ -302,16 +305,20 @@ async fn zipf(o: &Options, origin: &Origin, report: &mut Report) -> anyhow::Resu
         let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let sampler = {
             let (dir, done) = (peer.cache_dir(), done.clone());
+            let committed_dir = (kind == Kind::Hangar).then(|| dir.as_ref().map(|d| d.join("objects"))).flatten();
             tokio::task::spawn_blocking(move || {
-                let mut peak = 0;
+                let (mut peak, mut peak_committed) = (0, 0);
                 while let Some(d) = dir.as_ref() {
                     peak = peak.max(peers::dir_bytes(d));
+                    if let Some(c) = committed_dir.as_ref() {
+                        peak_committed = peak_committed.max(peers::dir_bytes(c));
+                    }
                     if done.load(std::sync::atomic::Ordering::Relaxed) {
                         break;
                     }
                     std::thread::sleep(Duration::from_millis(100));
                 }
-                peak
+                (peak, committed_dir.is_some().then_some(peak_committed))
             })
         };
         let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -338,7 +345,7 @@ async fn zipf(o: &Options, origin: &Origin, report: &mut Report) -> anyhow::Resu
         }
         let secs = start.elapsed().as_secs_f64();
         done.store(true, std::sync::atomic::Ordering::Relaxed);
-        let peak_stored = sampler.await?;
+        let (peak_stored, peak_committed) = sampler.await?;
         let (up_req, up_bytes) = (origin.requests() - req0, origin.bytes() - bytes0);
         let hit_ratio = 1.0 - up_req as f64 / requests as f64;
         println!(
@@ -358,6 +365,7 @@ async fn zipf(o: &Options, origin: &Origin, report: &mut Report) -> anyhow::Resu
             working_set_bytes: working_set,
             cache_bytes,
             peak_stored_bytes: peak_stored,
+            peak_committed_bytes: peak_committed,
             hit_ratio,
             upstream_requests: up_req,
             upstream_bytes: up_bytes,
@@ -372,12 +380,14 @@ async fn zipf(o: &Options, origin: &Origin, report: &mut Report) -> anyhow::Resu
 fn main() -> anyhow::Result<()> {
     let o = parse_args()?;
     anyhow::ensure!(o.proxy_bin.exists(), "{} not found (cargo build --release --bins, or --proxy-bin)", o.proxy_bin.display());
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    anyhow::ensure!(cpus >= 2, "the benchmark pins the caches to CPU {CACHE_CPU} and the load to CPU {LOAD_CPU}: it needs 2 CPUs");
     pin_self(LOAD_CPU);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let mut report = Report {
         commit: std::process::Command::new("git").args(["rev-parse", "--short", "HEAD"]).output().ok().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default(),
         quick: o.quick,
-        cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        cpus,
         ..Report::default()
     };
     rt.block_on(async {

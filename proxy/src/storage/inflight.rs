@@ -6,6 +6,11 @@
 //! does not disturb it. The terminal state is explicit: `Done(len)` ends the body, `Failed`
 //! (or the writer vanishing) is an error to every reader, so a cut-short fill can never look
 //! like a complete, shorter object (pingora issue #932).
+//!
+//! The most recent [`RECENT_WINDOW`] bytes of each fill also stay in memory as the refcounted
+//! `Bytes` the upstream delivered: readers keeping up with the fill (the usual case in a
+//! stampede behind a slower upstream) are handed those without a copy or a syscall, and only
+//! readers further behind read the file.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -28,6 +33,40 @@ use super::StorageError;
 
 /// Largest read a streaming reader makes at once.
 const READ_CHUNK: usize = 256 * 1024;
+/// Bytes of the latest chunks of a fill kept in memory for readers at its head.
+pub(crate) const RECENT_WINDOW: usize = 8 << 20;
+
+/// The tail of a fill as the chunks the upstream delivered, oldest first.
+#[derive(Default)]
+struct RecentChunks {
+    chunks: std::collections::VecDeque<(u64, Bytes)>,
+    bytes: usize,
+}
+
+impl RecentChunks {
+    fn push(&mut self, offset: u64, data: Bytes) {
+        self.bytes += data.len();
+        self.chunks.push_back((offset, data));
+        while self.bytes > RECENT_WINDOW && self.chunks.len() > 1 {
+            if let Some((_, old)) = self.chunks.pop_front() {
+                self.bytes -= old.len();
+            }
+        }
+    }
+
+    /// The bytes from `offset` to the end of the chunk holding it, if still in the window.
+    fn slice_from(&self, offset: u64, limit: u64) -> Option<Bytes> {
+        let first = self.chunks.front()?.0;
+        if offset < first {
+            return None;
+        }
+        let i = self.chunks.partition_point(|(o, _)| *o <= offset).checked_sub(1)?;
+        let (start, data) = &self.chunks[i];
+        let from = (offset - start) as usize;
+        let to = (data.len() as u64).min(limit - start) as usize;
+        (from < to).then(|| data.slice(from..to))
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Progress {
@@ -47,13 +86,16 @@ pub(crate) struct InflightWrite {
     pub file: Arc<File>,
     pub tmp_path: PathBuf,
     progress: watch::Sender<Progress>,
+    recent: Mutex<RecentChunks>,
 }
 
 impl InflightWrite {
-    pub fn append(&self, offset: u64, data: &[u8]) -> std::result::Result<(), StorageError> {
+    pub fn append(&self, offset: u64, data: &Bytes) -> std::result::Result<(), StorageError> {
         self.file
             .write_all_at(data, offset)
-            .map_err(|e| StorageError::io(&self.tmp_path, e))
+            .map_err(|e| StorageError::io(&self.tmp_path, e))?;
+        self.recent.lock().push(offset, data.clone());
+        Ok(())
     }
 
     pub fn publish(&self, written: u64) {
@@ -121,6 +163,7 @@ impl InflightWrites {
             file: Arc::new(file),
             tmp_path,
             progress,
+            recent: Mutex::new(RecentChunks::default()),
         });
         let mut idx = self.inner.lock();
         idx.by_key.insert(key, id);
@@ -167,6 +210,27 @@ impl PartialHit {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_window_serves_the_tail_and_forgets_the_rest() {
+        let mut r = RecentChunks::default();
+        let chunk = Bytes::from(vec![1u8; 1 << 20]);
+        for i in 0..12u64 {
+            r.push(i << 20, chunk.clone());
+        }
+        assert!(r.bytes <= RECENT_WINDOW);
+        assert!(r.slice_from(0, 12 << 20).is_none(), "old bytes come from the file");
+        let tail = r.slice_from((11 << 20) + 10, 12 << 20).unwrap();
+        assert_eq!(tail.len(), (1 << 20) - 10);
+        let capped = r.slice_from(11 << 20, (11 << 20) + 5).unwrap();
+        assert_eq!(capped.len(), 5, "never past what was published");
+        assert!(r.slice_from(12 << 20, 12 << 20).is_none());
+    }
+}
+
 #[async_trait]
 impl HandleHit for PartialHit {
     async fn read_body(&mut self) -> Result<Option<Bytes>> {
@@ -179,6 +243,10 @@ impl HandleHit for PartialHit {
                 Progress::Done(n) => n,
             };
             if available > self.read {
+                if let Some(piece) = self.write.recent.lock().slice_from(self.read, available) {
+                    self.read += piece.len() as u64;
+                    return Ok(Some(piece));
+                }
                 let len = ((available - self.read) as usize).min(READ_CHUNK);
                 let mut buf = BytesMut::zeroed(len);
                 self.write
