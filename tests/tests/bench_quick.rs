@@ -38,12 +38,15 @@ fn the_benchmark_runs_in_quick_mode_and_reports_every_cache() {
     // A stampede on one cold object reaches the upstream once.
     assert_eq!(field("cold", "hangar", "upstream_requests"), 1.0);
     // Hangar's committed entries stay within the budget while the trace runs (the working set
-    // is five times the budget, so a cache that did not evict would blow through it).
+    // is five times the budget, so a cache that did not evict would blow through it). Between
+    // a commit and the purges it triggers the store can be one object (at most 4 MiB in
+    // quick mode) over.
     let budget = field("zipf", "hangar", "cache_bytes");
     let committed = field("zipf", "hangar", "peak_committed_bytes");
     let working_set = field("zipf", "hangar", "working_set_bytes");
     assert!(working_set > budget * 4.0);
-    assert!(committed <= budget * 1.01 + 64.0 * 1024.0, "{committed} bytes committed on a {budget}-byte budget");
+    let largest = 4.0 * 1024.0 * 1024.0;
+    assert!(committed <= budget * 1.01 + largest, "{committed} bytes committed on a {budget}-byte budget");
     assert!(committed > budget / 2.0, "the cache was used: {committed} bytes");
     assert!(field("zipf", "hangar", "hit_ratio") > 0.0);
 }
