@@ -377,8 +377,45 @@ async fn zipf(o: &Options, origin: &Origin, report: &mut Report) -> anyhow::Resu
     Ok(())
 }
 
+/// Install the peers and the load generator from Debian when they are missing.
+fn ensure_tools(peers: &[Kind]) -> anyhow::Result<()> {
+    let have = |bin: &str| {
+        ["/usr/bin", "/usr/sbin", "/bin", "/sbin", "/usr/local/bin"].iter().any(|d| std::path::Path::new(d).join(bin).exists())
+    };
+    let mut missing = Vec::new();
+    if !have("wrk") {
+        missing.push("wrk");
+    }
+    if peers.iter().any(|k| matches!(k, Kind::Nginx | Kind::NginxSendfile)) && !have("nginx") {
+        missing.push("nginx");
+    }
+    if peers.contains(&Kind::Varnish) && !have("varnishd") {
+        missing.push("varnish");
+    }
+    if !have("taskset") {
+        missing.push("util-linux");
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    println!("installing from Debian: {}", missing.join(" "));
+    let apt = |args: &[&str]| -> anyhow::Result<()> {
+        let status = std::process::Command::new("apt-get").args(args).env("DEBIAN_FRONTEND", "noninteractive").status().context("running apt-get")?;
+        anyhow::ensure!(status.success(), "apt-get {} failed", args.join(" "));
+        Ok(())
+    };
+    apt(&["update", "-qq"])?;
+    let mut args = vec!["install", "-y", "-qq"];
+    args.extend(missing);
+    apt(&args)
+}
+
 fn main() -> anyhow::Result<()> {
     let o = parse_args()?;
+    ensure_tools(&o.peers)?;
+    // Debian puts nginx and varnishd in sbin, which a non-login PATH may lack.
+    let path = std::env::var("PATH").unwrap_or_default();
+    std::env::set_var("PATH", format!("{path}:/usr/sbin:/sbin"));
     anyhow::ensure!(o.proxy_bin.exists(), "{} not found (cargo build --release --bins, or --proxy-bin)", o.proxy_bin.display());
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     anyhow::ensure!(cpus >= 2, "the benchmark pins the caches to CPU {CACHE_CPU} and the load to CPU {LOAD_CPU}: it needs 2 CPUs");

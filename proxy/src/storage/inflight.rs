@@ -210,27 +210,6 @@ impl PartialHit {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_window_serves_the_tail_and_forgets_the_rest() {
-        let mut r = RecentChunks::default();
-        let chunk = Bytes::from(vec![1u8; 1 << 20]);
-        for i in 0..12u64 {
-            r.push(i << 20, chunk.clone());
-        }
-        assert!(r.bytes <= RECENT_WINDOW);
-        assert!(r.slice_from(0, 12 << 20).is_none(), "old bytes come from the file");
-        let tail = r.slice_from((11 << 20) + 10, 12 << 20).unwrap();
-        assert_eq!(tail.len(), (1 << 20) - 10);
-        let capped = r.slice_from(11 << 20, (11 << 20) + 5).unwrap();
-        assert_eq!(capped.len(), 5, "never past what was published");
-        assert!(r.slice_from(12 << 20, 12 << 20).is_none());
-    }
-}
-
 #[async_trait]
 impl HandleHit for PartialHit {
     async fn read_body(&mut self) -> Result<Option<Bytes>> {
@@ -281,4 +260,25 @@ impl HandleHit for PartialHit {
     }
 
     hit_handler_plumbing!();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_window_serves_the_tail_and_forgets_the_rest() {
+        let mut r = RecentChunks::default();
+        let chunk = Bytes::from(vec![1u8; 1 << 20]);
+        for i in 0..12u64 {
+            r.push(i << 20, chunk.clone());
+        }
+        assert!(r.bytes <= RECENT_WINDOW);
+        assert!(r.slice_from(0, 12 << 20).is_none(), "old bytes come from the file");
+        let tail = r.slice_from((11 << 20) + 10, 12 << 20).unwrap();
+        assert_eq!(tail.len(), (1 << 20) - 10);
+        let capped = r.slice_from(11 << 20, (11 << 20) + 5).unwrap();
+        assert_eq!(capped.len(), 5, "never past what was published");
+        assert!(r.slice_from(12 << 20, 12 << 20).is_none());
+    }
 }
