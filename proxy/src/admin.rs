@@ -1,4 +1,5 @@
-//! The admin listener: `/metrics`, `/healthz`, `/readyz`.
+//! The admin listener: `/metrics`, `/healthz`, `/readyz`, and the offline switch:
+//! `GET /offline`, `PUT|DELETE /offline` (global), `PUT|DELETE /offline/<repository>`.
 
 use std::sync::Arc;
 
@@ -9,6 +10,7 @@ use pingora::cache::eviction::EvictionManager;
 use pingora::protocols::http::ServerSession;
 
 use crate::metrics::Metrics;
+use crate::offline::OfflineSwitch;
 use crate::storage::TieredStorage;
 
 pub struct AdminApp {
@@ -17,6 +19,7 @@ pub struct AdminApp {
     pub eviction: &'static (dyn EvictionManager + Sync),
     /// Repositories enabled; a proxy with none is alive but not ready to serve.
     pub repositories: usize,
+    pub offline: Arc<OfflineSwitch>,
 }
 
 fn reply(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
@@ -42,6 +45,27 @@ impl AdminApp {
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let path = session.req_header().uri.path().to_string();
+        let method = session.req_header().method.clone();
+        if let Some(rest) = path.strip_prefix("/offline") {
+            let on = match method.as_str() {
+                "GET" => None,
+                "PUT" | "POST" => Some(true),
+                "DELETE" => Some(false),
+                _ => return reply(405, "application/json", b"{\"error\":\"use GET, PUT or DELETE\"}\n".to_vec()),
+            };
+            if let Some(on) = on {
+                match rest.strip_prefix('/') {
+                    None | Some("") => self.offline.set_global(on),
+                    Some(repo) => {
+                        if !self.offline.set_repo(repo, on) {
+                            return reply(404, "application/json", b"{\"error\":\"no such repository\"}\n".to_vec());
+                        }
+                    }
+                }
+                tracing::warn!(target = %rest, offline = on, "offline switch changed");
+            }
+            return reply(200, "application/json", self.offline.to_json().into_bytes());
+        }
         match path.as_str() {
             "/metrics" => {
                 self.refresh_gauges();

@@ -55,6 +55,9 @@ pub struct Config {
     /// How long a graceful shutdown waits for in-flight requests.
     #[serde(default = "default_shutdown_grace")]
     pub shutdown_grace: HumanDuration,
+    /// Never contact any upstream; serve whatever is cached (air-gapped or incident use).
+    #[serde(default)]
+    pub offline: bool,
     #[serde(default)]
     pub cache: CacheConfig,
     #[serde(default, rename = "repository")]
@@ -118,6 +121,9 @@ pub struct RepositoryConfig {
     pub timeouts: TimeoutConfig,
     #[serde(default)]
     pub freshness: FreshnessConfig,
+    /// Never contact this repository's upstream; serve whatever is cached.
+    #[serde(default)]
+    pub offline: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -144,7 +150,7 @@ impl Default for TimeoutConfig {
 }
 
 /// Freshness overrides that take precedence over the upstream's own headers.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FreshnessConfig {
     /// Path patterns (`*` matches within a segment, `**` across segments) cached forever.
@@ -157,6 +163,33 @@ pub struct FreshnessConfig {
     /// Upper bound on any TTL the upstream asks for.
     #[serde(default)]
     pub max_ttl: Option<HumanDuration>,
+    /// How long past its freshness a mutable response may still be served when the upstream
+    /// fails (connect error, timeout, 5xx, 429). Immutable paths: without limit.
+    #[serde(default = "default_max_stale")]
+    pub max_stale: HumanDuration,
+    /// How long a 404 is remembered, so lookups of missing names do not hammer the upstream.
+    /// `0s` disables negative caching.
+    #[serde(default = "default_negative_ttl")]
+    pub negative_ttl: HumanDuration,
+}
+
+impl Default for FreshnessConfig {
+    fn default() -> Self {
+        FreshnessConfig {
+            immutable: Vec::new(),
+            default_ttl: None,
+            max_ttl: None,
+            max_stale: default_max_stale(),
+            negative_ttl: default_negative_ttl(),
+        }
+    }
+}
+
+fn default_max_stale() -> HumanDuration {
+    HumanDuration(Duration::from_secs(7 * 86400))
+}
+fn default_negative_ttl() -> HumanDuration {
+    HumanDuration(Duration::from_secs(60))
 }
 
 fn default_listen() -> String {
@@ -213,6 +246,7 @@ impl Default for Config {
             threads: default_threads(),
             send_buffer_bytes: default_send_buffer(),
             shutdown_grace: default_shutdown_grace(),
+            offline: false,
             cache: CacheConfig::default(),
             repositories: Vec::new(),
         }

@@ -108,11 +108,13 @@ impl PathPattern {
 }
 
 /// A repository's freshness rules, compiled.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct FreshnessPolicy {
     immutable: Vec<PathPattern>,
     default_ttl: Option<Duration>,
     max_ttl: Option<Duration>,
+    max_stale: Duration,
+    negative_ttl: Duration,
 }
 
 impl FreshnessPolicy {
@@ -121,6 +123,8 @@ impl FreshnessPolicy {
             immutable: cfg.immutable.iter().map(|p| PathPattern::new(p)).collect::<Result<_, _>>()?,
             default_ttl: cfg.default_ttl.map(|d| d.0),
             max_ttl: cfg.max_ttl.map(|d| d.0),
+            max_stale: cfg.max_stale.0,
+            negative_ttl: cfg.negative_ttl.0,
         })
     }
 
@@ -130,16 +134,39 @@ impl FreshnessPolicy {
 
     /// Decide whether (and for how long) `resp` to a request for `path` may be cached.
     pub fn decide(&self, path: &str, resp: &ResponseHeader, authorization: bool) -> RespCacheable {
-        if resp.status.as_u16() != 200 {
+        match resp.status.as_u16() {
+            200 => self.decide_ok(path, resp, authorization),
+            404 => self.decide_not_found(resp, authorization),
+            _ => RespCacheable::Uncacheable(NoCacheReason::OriginNotCache),
+        }
+    }
+
+    /// Negative caching: a 404 is remembered for `negative_ttl` at most (less if the upstream
+    /// says so), and never served past that on an outage.
+    fn decide_not_found(&self, resp: &ResponseHeader, authorization: bool) -> RespCacheable {
+        let cc = CacheControl::from_resp_headers(resp);
+        let refused = cc.as_ref().is_some_and(|c| c.is_cacheable() == pingora::cache::cache_control::Cacheable::No);
+        if refused || authorization || self.negative_ttl.is_zero() {
             return RespCacheable::Uncacheable(NoCacheReason::OriginNotCache);
         }
+        let now = SystemTime::now();
+        let ttl = cc.as_ref().and_then(|c| c.fresh_duration()).map_or(self.negative_ttl, |t| t.min(self.negative_ttl));
+        // A zero TTL is stored already stale: the next request asks the upstream again.
+        let until = if ttl.is_zero() { now - Duration::from_secs(1) } else { now + ttl };
+        RespCacheable::Cacheable(CacheMeta::new(until, now, 0, 0, resp.clone()))
+    }
+
+    fn decide_ok(&self, path: &str, resp: &ResponseHeader, authorization: bool) -> RespCacheable {
         let cc = CacheControl::from_resp_headers(resp);
         let now = SystemTime::now();
         let mut header = resp.clone();
         if let Some(cc) = &cc {
             cc.strip_private_headers(&mut header);
         }
-        let fresh_until = if self.is_immutable(path) {
+        let immutable = self.is_immutable(path);
+        // Stale-if-error window: immutable content never changes, so any copy beats an error.
+        let stale_if_error = if immutable { u32::MAX } else { self.max_stale.as_secs().min(u32::MAX as u64) as u32 };
+        let fresh_until = if immutable {
             // Still honour an explicit refusal: no-store/private mean "never keep this".
             let refused = cc.as_ref().is_some_and(|c| {
                 c.is_cacheable() == pingora::cache::cache_control::Cacheable::No
@@ -166,7 +193,7 @@ impl FreshnessPolicy {
                 })
         };
         match fresh_until {
-            Some(until) => RespCacheable::Cacheable(CacheMeta::new(until, now, 0, 0, header)),
+            Some(until) => RespCacheable::Cacheable(CacheMeta::new(until, now, 0, stale_if_error, header)),
             None => RespCacheable::Uncacheable(NoCacheReason::OriginNotCache),
         }
     }
@@ -207,7 +234,7 @@ mod tests {
 
     #[test]
     fn origin_headers_then_defaults_then_overrides() {
-        let none = FreshnessPolicy::default();
+        let none = FreshnessPolicy::from_config(&FreshnessConfig::default()).unwrap();
         assert_eq!(ttl(none.decide("/x", &resp(&[("cache-control", "max-age=60")]), false)), Some(60));
         assert_eq!(ttl(none.decide("/x", &resp(&[]), false)), None, "nothing said, no default: not cached");
         let day_old = httpdate::fmt_http_date(SystemTime::now() - Duration::from_secs(86400));
@@ -220,6 +247,7 @@ mod tests {
             immutable: vec!["*.tgz".into()],
             default_ttl: Some(crate::units::HumanDuration(Duration::from_secs(300))),
             max_ttl: Some(crate::units::HumanDuration(Duration::from_secs(3600))),
+            ..FreshnessConfig::default()
         };
         let p = FreshnessPolicy::from_config(&cfg).unwrap();
         assert_eq!(ttl(p.decide("/x", &resp(&[]), false)), Some(300));
@@ -227,8 +255,11 @@ mod tests {
         assert_eq!(ttl(p.decide("/a.tgz", &resp(&[("cache-control", "max-age=5")]), false)), Some(IMMUTABLE_TTL.as_secs()));
         assert_eq!(ttl(p.decide("/a.tgz", &resp(&[("cache-control", "no-store")]), false)), None);
         assert_eq!(ttl(p.decide("/x", &resp(&[]), true)), None, "authorized responses need explicit permission");
-        let mut not_found = resp(&[("cache-control", "max-age=60")]);
+        let mut not_found = resp(&[("cache-control", "max-age=600")]);
         not_found.set_status(404).unwrap();
-        assert_eq!(ttl(p.decide("/x", &not_found, false)), None);
+        assert_eq!(ttl(p.decide("/x", &not_found, false)), Some(60), "404s are remembered briefly");
+        let mut gone = resp(&[]);
+        gone.set_status(410).unwrap();
+        assert_eq!(ttl(p.decide("/x", &gone, false)), None);
     }
 }

@@ -9,6 +9,7 @@ pub mod config;
 pub mod format;
 pub mod freshness;
 pub mod metrics;
+pub mod offline;
 pub mod path;
 pub mod proxy;
 pub mod router;

@@ -80,6 +80,7 @@ fn apply_flags(cli: &Cli, mut config: Config) -> anyhow::Result<Config> {
             upstream: url.to_string(),
             timeouts: Default::default(),
             freshness: Default::default(),
+            offline: false,
         });
     }
     config.validate("command line")?;

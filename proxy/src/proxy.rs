@@ -16,13 +16,14 @@ use bytes::Bytes;
 use http::{header, Method};
 use pingora::cache::eviction::EvictionManager;
 use pingora::cache::lock::CacheKeyLockImpl;
-use pingora::cache::{CacheKey, CachePhase, NoCacheReason, RespCacheable};
+use pingora::cache::{CacheKey, CacheMeta, CachePhase, ForcedFreshness, HitHandler, NoCacheReason, RespCacheable};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType};
 
 use crate::metrics::{status_class, Metrics};
+use crate::offline::OfflineSwitch;
 use crate::path::RequestPath;
 use crate::router::{Repository, Router};
 use crate::storage::TieredStorage;
@@ -46,6 +47,7 @@ pub struct HangarProxy {
     pub cache_lock: &'static CacheKeyLockImpl,
     pub resolver: SharedResolver,
     pub metrics: Arc<Metrics>,
+    pub offline: Arc<OfflineSwitch>,
 }
 
 /// Per-request state.
@@ -64,6 +66,8 @@ pub struct RequestCtx {
     upstream_started: Option<Instant>,
     /// Label for a response the proxy generated itself.
     local_result: Option<&'static str>,
+    /// An expired entry served because the repository is offline.
+    offline_stale: bool,
 }
 
 impl RequestCtx {
@@ -189,6 +193,30 @@ impl ProxyHttp for HangarProxy {
         Ok(key)
     }
 
+    async fn cache_hit_filter(
+        &self,
+        _session: &mut Session,
+        _meta: &CacheMeta,
+        _hit_handler: &mut HitHandler,
+        is_fresh: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<ForcedFreshness>> {
+        // Offline: whatever is cached is served, however old.
+        if !is_fresh && ctx.repo.as_ref().is_some_and(|r| self.offline.is_offline(&r.name)) {
+            ctx.offline_stale = true;
+            return Ok(Some(ForcedFreshness::ForceFresh));
+        }
+        Ok(None)
+    }
+
+    async fn proxy_upstream_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        if ctx.repo.as_ref().is_some_and(|r| self.offline.is_offline(&r.name)) {
+            respond_local(session, ctx, 504, "repository is offline and this is not cached", &[]).await?;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
     fn response_cache_filter(
         &self,
         session: &Session,
@@ -256,6 +284,14 @@ impl ProxyHttp for HangarProxy {
         if let Some(started) = ctx.upstream_started.take() {
             self.metrics.upstream_latency.with_label_values(&[&repo_name]).observe(started.elapsed().as_secs_f64());
         }
+        // Rate limiting is an outage too: with a stale copy at hand, serve it (pingora does this
+        // itself for 5xx and connection failures).
+        if resp.status.as_u16() == 429 && session.cache.can_serve_stale_error() {
+            self.metrics.upstream_errors.with_label_values(&[&repo_name, "rate_limited"]).inc();
+            let mut e = Error::explain(ErrorType::HTTPStatus(429), "upstream rate limited");
+            e.set_retry(false);
+            return Err(e.into_up());
+        }
         let redirect = matches!(resp.status.as_u16(), 301 | 302 | 303 | 307 | 308);
         // Only follow for GET (pingora turns a cacheable HEAD into GET upstream).
         if !redirect || session.req_header().method != Method::GET && session.req_header().method != Method::HEAD {
@@ -309,7 +345,7 @@ impl ProxyHttp for HangarProxy {
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let result = ctx.local_result.unwrap_or_else(|| cache_result(session.cache.phase()));
+        let result = if ctx.offline_stale { "stale" } else { ctx.local_result.unwrap_or_else(|| cache_result(session.cache.phase())) };
         resp.insert_header(CACHE_HEADER, result)?;
         Ok(())
     }
@@ -352,7 +388,7 @@ impl ProxyHttp for HangarProxy {
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
-        let result = ctx.local_result.unwrap_or_else(|| cache_result(session.cache.phase()));
+        let result = if ctx.offline_stale { "stale" } else { ctx.local_result.unwrap_or_else(|| cache_result(session.cache.phase())) };
         let method = &session.req_header().method;
         let (served, fetched) = (session.body_bytes_sent() as u64, session.upstream_body_bytes_received() as u64);
         match ctx.repo.as_ref() {

@@ -81,6 +81,7 @@ mod tests {
             upstream: "http://127.0.0.1:1/".into(),
             timeouts: Default::default(),
             freshness: Default::default(),
+            offline: false,
         }, &Metrics::new())
         .unwrap()
     }

@@ -17,6 +17,7 @@ use pingora::services::listening::Service;
 use crate::admin::AdminApp;
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::offline::OfflineSwitch;
 use crate::proxy::HangarProxy;
 use crate::router::{Repository, Router};
 use crate::storage::eviction::DiskEviction;
@@ -107,6 +108,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         tracing::info!(repository = %r.name, prefix = %r.prefix, format = r.format.kind().as_str(), "repository enabled");
     }
     let repo_count = repos.len();
+    let offline = Arc::new(OfflineSwitch::new(config.offline, config.repositories.iter().map(|r| (r.name.clone(), r.offline))));
     let lock: &'static CacheKeyLockImpl = Box::leak(CacheLock::new_boxed(config.cache.lock_timeout.0));
 
     let listen = reserve(&config.listen)?;
@@ -131,6 +133,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         cache_lock: lock,
         resolver: Arc::new(Resolver::from_system()),
         metrics: metrics.clone(),
+        offline: offline.clone(),
     };
     let socket_opts = || {
         let mut o = TcpSocketOptions::default();
@@ -142,7 +145,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     proxy_service.add_tcp_with_settings(&listen.addr.to_string(), socket_opts());
     let mut admin_service = Service::new(
         "hangar-admin".to_string(),
-        AdminApp { metrics, storage, eviction, repositories: repo_count },
+        AdminApp { metrics, storage, eviction, repositories: repo_count, offline },
     );
     admin_service.add_tcp_with_settings(&admin_listen.addr.to_string(), socket_opts());
     server.add_service(proxy_service);

@@ -1,0 +1,135 @@
+//! Builds keep running when the upstream fails: stale copies on outages, negative caching,
+//! offline mode. Entries are stored already stale (`max-age=0`), so no test waits for a TTL.
+
+use hangar_e2e::{get, http, Proxy, Route, Upstream};
+
+fn config(up: &Upstream, freshness: &str) -> String {
+    format!("[[repository]]\nname = \"r\"\nprefix = \"/\"\nupstream = \"{}\"\n[repository.freshness]\n{freshness}\n", up.url())
+}
+
+fn stale_route(body: &str) -> Route {
+    Route::ok(body.as_bytes().to_vec()).header("Cache-Control", "max-age=0").header("ETag", "\"v1\"")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_outage_serves_all_cached_objects_stale() {
+    let up = Upstream::start().await;
+    for i in 0..100 {
+        up.route(&format!("/o{i}"), stale_route(&format!("object {i}")));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = Proxy::builder(dir.path()).config(&config(&up, "")).start();
+    for i in 0..100 {
+        assert_eq!(get(proxy.addr, &format!("/o{i}")).await.cache(), "miss");
+    }
+    up.stop();
+    for i in 0..100 {
+        let r = get(proxy.addr, &format!("/o{i}")).await;
+        assert_eq!((r.status, r.cache()), (200, "stale"), "/o{i}");
+        assert_eq!(r.body, format!("object {i}").as_bytes());
+        assert!(r.header("age").is_some());
+    }
+    assert_eq!(proxy.metric("hangar_cache_results_total", &[("result", "stale")]).await, 100.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_and_rate_limits_serve_stale_but_not_found_is_not_an_outage() {
+    let up = Upstream::start().await;
+    for p in ["/e503", "/e429", "/gone"] {
+        up.route(p, stale_route(p));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = Proxy::builder(dir.path()).config(&config(&up, "")).start();
+    for p in ["/e503", "/e429", "/gone"] {
+        get(proxy.addr, p).await;
+    }
+    up.route("/e503", Route::ok(b"down".to_vec()).status(503).header("Cache-Control", "no-store"));
+    up.route("/e429", Route::ok(b"slow down".to_vec()).status(429).header("Cache-Control", "no-store"));
+    up.route("/gone", Route::ok(b"deleted".to_vec()).status(404).header("Cache-Control", "no-store"));
+    for p in ["/e503", "/e429"] {
+        let r = get(proxy.addr, p).await;
+        assert_eq!((r.status, r.cache(), r.body.as_slice()), (200, "stale", p.as_bytes()), "{p}");
+    }
+    let r = get(proxy.addr, "/gone").await;
+    assert_eq!(r.status, 404, "a 404 from the upstream is an answer, not an outage");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_stale_bounds_how_old_a_copy_may_be_served() {
+    let up = Upstream::start().await;
+    up.route("/m", stale_route("mutable"));
+    up.route("/pkg.tgz", stale_route("immutable"));
+    let dir = tempfile::tempdir().unwrap();
+    // No stale window for mutable paths; immutable ones have no limit.
+    let proxy = Proxy::builder(dir.path()).config(&config(&up, "max_stale = \"0s\"\nimmutable = [\"*.tgz\"]")).start();
+    get(proxy.addr, "/m").await;
+    assert_eq!(get(proxy.addr, "/pkg.tgz").await.cache(), "miss");
+    up.stop();
+    assert_eq!(get(proxy.addr, "/m").await.status, 502, "past max-stale: the error, not an old copy");
+    let r = get(proxy.addr, "/pkg.tgz").await;
+    assert_eq!((r.status, r.cache()), (200, "hit"), "immutable paths are fresh forever");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn not_found_is_cached_briefly_then_asked_again() {
+    let up = Upstream::start().await;
+    up.route("/missing", Route::ok(b"no such package".to_vec()).status(404).header("Cache-Control", "max-age=600"));
+    up.route("/missing-short", Route::ok(b"no".to_vec()).status(404).header("Cache-Control", "max-age=0"));
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = Proxy::builder(dir.path()).config(&config(&up, "")).start();
+    assert_eq!(get(proxy.addr, "/missing").await.cache(), "miss");
+    let r = get(proxy.addr, "/missing").await;
+    assert_eq!((r.status, r.cache(), r.body.as_slice()), (404, "hit", &b"no such package"[..]));
+    assert_eq!(up.hits("/missing"), 1, "repeated lookups of a missing name do not hammer the upstream");
+    // An expired negative entry goes back to the upstream: a new publish becomes visible.
+    get(proxy.addr, "/missing-short").await;
+    up.route("/missing-short", Route::ok(b"published".to_vec()));
+    let r = get(proxy.addr, "/missing-short").await;
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"published"[..]));
+
+    let dir2 = tempfile::tempdir().unwrap();
+    let off = Proxy::builder(dir2.path()).config(&config(&up, "negative_ttl = \"0s\"")).start();
+    get(off.addr, "/missing").await;
+    assert_eq!(get(off.addr, "/missing").await.cache(), "miss", "negative_ttl = 0 disables it");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_mode_serves_everything_cached_without_the_upstream() {
+    let up = Upstream::start().await;
+    up.route("/fresh", Route::ok(b"fresh".to_vec()));
+    up.route("/old", stale_route("old"));
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = Proxy::builder(dir.path()).config(&config(&up, "")).start();
+    get(proxy.addr, "/fresh").await;
+    get(proxy.addr, "/old").await;
+    let seen = up.total();
+
+    let r = http(proxy.admin, "PUT", "/offline/r", &[("Content-Length", "0")]).await.unwrap().collect().await;
+    assert_eq!(r.status, 200);
+    assert!(String::from_utf8_lossy(&r.body).contains("\"r\":true"));
+    let r = get(proxy.addr, "/fresh").await;
+    assert_eq!((r.status, r.cache(), r.body.as_slice()), (200, "hit", &b"fresh"[..]));
+    let r = get(proxy.addr, "/old").await;
+    assert_eq!((r.status, r.cache(), r.body.as_slice()), (200, "stale", &b"old"[..]));
+    let r = get(proxy.addr, "/never-fetched").await;
+    assert_eq!(r.status, 504);
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    assert_eq!(up.total(), seen, "offline: the upstream was not contacted");
+
+    // Back online: the stale entry is refreshed from the upstream again.
+    let r = http(proxy.admin, "DELETE", "/offline/r", &[]).await.unwrap().collect().await;
+    assert_eq!(r.status, 200);
+    get(proxy.addr, "/old").await;
+    assert_eq!(up.total(), seen + 1);
+    assert_eq!(http(proxy.admin, "PUT", "/offline/nope", &[("Content-Length", "0")]).await.unwrap().collect().await.status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn global_offline_from_config_never_contacts_the_upstream() {
+    let up = Upstream::start().await;
+    up.route("/x", Route::ok(b"x".to_vec()));
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = Proxy::builder(dir.path()).config(&format!("offline = true\n{}", config(&up, ""))).start();
+    assert_eq!(get(proxy.addr, "/x").await.status, 504);
+    assert_eq!(up.total(), 0);
+}
