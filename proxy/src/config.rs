@@ -124,6 +124,33 @@ pub struct RepositoryConfig {
     /// Never contact this repository's upstream; serve whatever is cached.
     #[serde(default)]
     pub offline: bool,
+    #[serde(default)]
+    pub breaker: BreakerConfig,
+}
+
+/// When to stop sending requests to a failing upstream, and for how long.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerConfig {
+    /// Consecutive failures (connect errors, timeouts, 5xx, 429) that open the breaker.
+    #[serde(default = "default_breaker_failures")]
+    pub failures: u32,
+    /// How long it stays open before one probe request is let through.
+    #[serde(default = "default_breaker_cooldown")]
+    pub cooldown: HumanDuration,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        BreakerConfig { failures: default_breaker_failures(), cooldown: default_breaker_cooldown() }
+    }
+}
+
+fn default_breaker_failures() -> u32 {
+    5
+}
+fn default_breaker_cooldown() -> HumanDuration {
+    HumanDuration(Duration::from_secs(30))
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -5,6 +5,7 @@
 //! memory and disk tiers), [`upstream`] (where misses go), [`admin`] and [`metrics`].
 
 pub mod admin;
+pub mod breaker;
 pub mod config;
 pub mod format;
 pub mod freshness;

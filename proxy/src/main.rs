@@ -81,6 +81,7 @@ fn apply_flags(cli: &Cli, mut config: Config) -> anyhow::Result<Config> {
             timeouts: Default::default(),
             freshness: Default::default(),
             offline: false,
+            breaker: Default::default(),
         });
     }
     config.validate("command line")?;

@@ -22,6 +22,9 @@ pub struct Metrics {
     /// Cacheable responses not stored, by reason (`disk_full`).
     pub cache_skipped: IntCounterVec,
     pub upstream_redirects: IntCounterVec,
+    /// 0 closed, 1 open, 2 half-open.
+    pub breaker_state: IntGaugeVec,
+    pub breaker_trips: IntCounterVec,
     pub upstream_errors: IntCounterVec,
 }
 
@@ -55,6 +58,8 @@ impl Metrics {
         let abandoned_fills = IntCounter::new("cache_abandoned_fills_total", "Cache fills abandoned before completion").expect("valid metric");
         registry.register(Box::new(abandoned_fills.clone())).expect("unique metric");
         let cache_skipped = counter_vec("cache_skipped_total", "Cacheable responses passed through unstored", &["repository", "reason"]);
+        let breaker_state = gauge_vec("upstream_breaker_state", "Circuit breaker per repository: 0 closed, 1 open, 2 half-open", &["repository"]);
+        let breaker_trips = counter_vec("upstream_breaker_trips_total", "Times the circuit breaker opened", &["repository"]);
         let upstream_redirects = counter_vec("upstream_redirects_total", "Upstream redirects followed", &["repository"]);
         let upstream_errors = counter_vec("upstream_errors_total", "Upstream failures by kind", &["repository", "kind"]);
         Metrics {
@@ -70,6 +75,8 @@ impl Metrics {
             abandoned_fills,
             cache_skipped,
             upstream_redirects,
+            breaker_state,
+            breaker_trips,
             upstream_errors,
         }
     }

@@ -22,6 +22,7 @@ use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType};
 
+use crate::breaker::Admission;
 use crate::metrics::{status_class, Metrics};
 use crate::offline::OfflineSwitch;
 use crate::path::RequestPath;
@@ -68,6 +69,8 @@ pub struct RequestCtx {
     local_result: Option<&'static str>,
     /// An expired entry served because the repository is offline.
     offline_stale: bool,
+    /// An upstream attempt is under way whose outcome the breaker has not been told yet.
+    breaker_pending: bool,
 }
 
 impl RequestCtx {
@@ -123,6 +126,20 @@ async fn respond_local(
     session.write_response_header(Box::new(resp), false).await?;
     session.write_response_body(Some(body), true).await?;
     Ok(true)
+}
+
+impl HangarProxy {
+    fn breaker_outcome(&self, repo: &Repository, ok: bool) {
+        if ok {
+            if repo.breaker.success() {
+                tracing::info!(repository = %repo.name, "upstream recovered; circuit breaker closed");
+            }
+        } else if repo.breaker.failure() {
+            tracing::warn!(repository = %repo.name, "upstream failing; circuit breaker open");
+            self.metrics.breaker_trips.with_label_values(&[&repo.name]).inc();
+        }
+        self.metrics.breaker_state.with_label_values(&[&repo.name]).set(repo.breaker.state());
+    }
 }
 
 #[async_trait]
@@ -244,8 +261,22 @@ impl ProxyHttp for HangarProxy {
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
         let repo = ctx.repo.as_ref().ok_or_else(|| Error::explain(ErrorType::InternalError, "no repository"))?;
+        // A redirect hop belongs to the attempt already admitted.
+        if !ctx.redirect_pending {
+            if repo.breaker.admit() == Admission::Reject {
+                self.metrics.upstream_errors.with_label_values(&[&repo.name, "breaker_open"]).inc();
+                // Fails at once; pingora serves a stale copy if there is one.
+                let mut e = Error::explain(ErrorType::HTTPStatus(503), "upstream circuit breaker is open");
+                e.set_retry(false);
+                return Err(e.into_up());
+            }
+            ctx.breaker_pending = true;
+        }
         let (up, _) = ctx.target.as_ref().ok_or_else(|| Error::explain(ErrorType::InternalError, "no target"))?;
         let addr = self.resolver.resolve(&up.host, up.port).await.map_err(|e| {
+            if std::mem::take(&mut ctx.breaker_pending) {
+                self.breaker_outcome(repo, false);
+            }
             self.metrics.upstream_errors.with_label_values(&[&repo.name, "dns"]).inc();
             let mut err = Error::explain(ErrorType::ConnectError, e.to_string());
             err.set_retry(false);
@@ -281,6 +312,13 @@ impl ProxyHttp for HangarProxy {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         let repo_name = ctx.repo_name().to_string();
+        if ctx.breaker_pending {
+            ctx.breaker_pending = false;
+            let failed = resp.status.is_server_error() || resp.status.as_u16() == 429;
+            if let Some(repo) = ctx.repo.as_ref() {
+                self.breaker_outcome(repo, !failed);
+            }
+        }
         if let Some(started) = ctx.upstream_started.take() {
             self.metrics.upstream_latency.with_label_values(&[&repo_name]).observe(started.elapsed().as_secs_f64());
         }
@@ -329,12 +367,42 @@ impl ProxyHttp for HangarProxy {
         client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("Peer: {peer}"));
+        if ctx.breaker_pending {
+            ctx.breaker_pending = false;
+            if let Some(repo) = ctx.repo.as_ref() {
+                self.breaker_outcome(repo, false);
+            }
+        }
         if ctx.redirect_pending {
             e.set_retry(true);
         } else if !session.req_header().method.is_idempotent() || session.as_ref().retry_buffer_truncated() {
             e.set_retry(false);
         } else {
             e.retry.decide_reuse(client_reused);
+        }
+        e
+    }
+
+    /// Pingora asks this before serving a stale copy on an upstream error; a 5xx that is
+    /// answered from cache this way never reaches `upstream_response_filter`, so the breaker
+    /// hears about it here.
+    fn should_serve_stale(&self, _session: &mut Session, ctx: &mut RequestCtx, error: Option<&Error>) -> bool {
+        if let Some(e) = error {
+            if matches!(e.etype(), ErrorType::HTTPStatus(_)) && std::mem::take(&mut ctx.breaker_pending) {
+                if let Some(repo) = ctx.repo.as_ref() {
+                    self.breaker_outcome(repo, false);
+                }
+            }
+        }
+        error.is_some_and(|e| e.esource() == &ErrorSource::Upstream)
+    }
+
+    fn fail_to_connect(&self, _session: &mut Session, _peer: &HttpPeer, ctx: &mut RequestCtx, e: Box<Error>) -> Box<Error> {
+        if ctx.breaker_pending {
+            ctx.breaker_pending = false;
+            if let Some(repo) = ctx.repo.as_ref() {
+                self.breaker_outcome(repo, false);
+            }
         }
         e
     }
@@ -374,6 +442,7 @@ impl ProxyHttp for HangarProxy {
         if code > 0 && session.response_written().is_none() {
             let message = match code {
                 502 => "upstream failed",
+                503 => "upstream unavailable (circuit breaker open)",
                 504 => "upstream timed out",
                 _ => "request failed",
             };

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use crate::breaker::Breaker;
 use crate::config::{normalize_prefix, RepositoryConfig, TimeoutConfig};
 use crate::format::Format;
 use crate::freshness::FreshnessPolicy;
@@ -18,6 +19,7 @@ pub struct Repository {
     pub format: Box<dyn Format>,
     /// Counters resolved once, so the per-request path does no label lookups.
     pub metrics: RepoMetrics,
+    pub breaker: Breaker,
 }
 
 impl Repository {
@@ -31,6 +33,7 @@ impl Repository {
             timeouts: cfg.timeouts.clone(),
             format: cfg.format.build(freshness),
             metrics: RepoMetrics::new(metrics, &cfg.name),
+            breaker: Breaker::new(cfg.breaker.failures, cfg.breaker.cooldown.0),
         })
     }
 }
@@ -82,6 +85,7 @@ mod tests {
             timeouts: Default::default(),
             freshness: Default::default(),
             offline: false,
+            breaker: Default::default(),
         }, &Metrics::new())
         .unwrap()
     }

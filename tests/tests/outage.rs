@@ -133,3 +133,61 @@ async fn global_offline_from_config_never_contacts_the_upstream() {
     assert_eq!(get(proxy.addr, "/x").await.status, 504);
     assert_eq!(up.total(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn once_the_breaker_opens_nobody_waits_for_the_dead_upstream() {
+    let up = Upstream::start().await;
+    for i in 0..100 {
+        up.route(&format!("/o{i}"), stale_route(&format!("object {i}")));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let toml = format!(
+        "[[repository]]\nname = \"r\"\nprefix = \"/\"\nupstream = \"{}\"\n[repository.timeouts]\nread = \"1s\"\n[repository.breaker]\nfailures = 3\ncooldown = \"1h\"\n",
+        up.url()
+    );
+    let proxy = Proxy::builder(dir.path()).config(&toml).start();
+    for i in 0..100 {
+        get(proxy.addr, &format!("/o{i}")).await;
+    }
+    let before = up.total();
+    // The upstream now accepts requests and never answers: every attempt ends in a read timeout.
+    for i in 0..100 {
+        up.route(&format!("/o{i}"), stale_route("late").delay(std::time::Duration::from_secs(3600)));
+    }
+    for i in 0..100 {
+        let r = get(proxy.addr, &format!("/o{i}")).await;
+        assert_eq!((r.status, r.cache(), r.body.as_slice()), (200, "stale", format!("object {i}").as_bytes()));
+    }
+    assert_eq!(up.total() - before, 3, "only the attempts that opened the breaker reached the upstream");
+    assert_eq!(proxy.metric("hangar_upstream_breaker_state", &[("repository", "r")]).await, 1.0);
+    assert_eq!(proxy.metric("hangar_upstream_breaker_trips_total", &[("repository", "r")]).await, 1.0);
+    assert_eq!(proxy.metric("hangar_upstream_errors_total", &[("kind", "breaker_open")]).await, 97.0);
+    // Nothing cached and the breaker open: a clear error at once.
+    let r = get(proxy.addr, "/not-cached").await;
+    assert_eq!(r.status, 503);
+    assert_eq!(up.total() - before, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_open_probe_closes_the_breaker_when_the_upstream_recovers() {
+    let up = Upstream::start().await;
+    up.route("/a", stale_route("cached"));
+    let dir = tempfile::tempdir().unwrap();
+    let toml = format!(
+        "[[repository]]\nname = \"r\"\nprefix = \"/\"\nupstream = \"{}\"\n[repository.breaker]\nfailures = 2\ncooldown = \"0s\"\n",
+        up.url()
+    );
+    let proxy = Proxy::builder(dir.path()).config(&toml).start();
+    get(proxy.addr, "/a").await;
+    up.route("/a", Route::ok(b"down".to_vec()).status(503).header("Cache-Control", "no-store"));
+    for _ in 0..3 {
+        assert_eq!(get(proxy.addr, "/a").await.cache(), "stale");
+    }
+    // Two failures opened it; with no cool-down the third request was a probe, which failed.
+    assert_eq!(proxy.metric("hangar_upstream_breaker_trips_total", &[("repository", "r")]).await, 2.0);
+    up.route("/a", stale_route("fresh again"));
+    let r = get(proxy.addr, "/a").await;
+    assert_eq!(r.body, b"fresh again");
+    assert_eq!(proxy.metric("hangar_upstream_breaker_state", &[("repository", "r")]).await, 0.0, "closed");
+    assert_eq!(up.hits("/a"), 5);
+}
