@@ -1,5 +1,7 @@
 //! The admin listener: `/metrics`, `/healthz`, `/readyz`, and the offline switch:
-//! `GET /offline`, `PUT|DELETE /offline` (global), `PUT|DELETE /offline/<repository>`.
+//! `GET /offline`, `PUT|DELETE /offline` (global), `PUT|DELETE /offline/<repository>`; and
+//! purges: `DELETE /cache/<repository>/<path>` drops one entry, a trailing `*` drops every
+//! entry under that prefix (`DELETE /cache/<repository>/*`: the whole repository).
 
 use std::sync::Arc;
 
@@ -11,6 +13,7 @@ use pingora::protocols::http::ServerSession;
 
 use crate::metrics::Metrics;
 use crate::offline::OfflineSwitch;
+use crate::router::{cache_key, Router};
 use crate::storage::TieredStorage;
 
 pub struct AdminApp {
@@ -20,6 +23,7 @@ pub struct AdminApp {
     /// Repositories enabled; a proxy with none is alive but not ready to serve.
     pub repositories: usize,
     pub offline: Arc<OfflineSwitch>,
+    pub router: Arc<Router>,
 }
 
 fn reply(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
@@ -32,6 +36,42 @@ fn reply(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
 }
 
 impl AdminApp {
+    /// `rest` is `<repository>/<path>`, the path as the client would request it below the
+    /// repository's prefix; a trailing `*` makes it a prefix.
+    async fn purge(&self, rest: &str) -> Response<Vec<u8>> {
+        use pingora::cache::storage::{PurgeOutcome, PurgeTarget, PurgeType, Storage};
+        let (name, rel) = rest.split_once('/').unwrap_or((rest, "*"));
+        let Some(repo) = self.router.by_name(name) else {
+            return reply(404, "application/json", b"{\"error\":\"no such repository\"}\n".to_vec());
+        };
+        let (rel, prefix) = match rel.strip_suffix('*') {
+            Some(p) => (p, true),
+            None => (rel, false),
+        };
+        let upstream_path = format!("{}{}", repo.upstream.base_path, rel);
+        let key = cache_key(&repo.name, &upstream_path);
+        let purged = if prefix {
+            let keys = self.storage.purge_prefix(key.primary_key());
+            for k in &keys {
+                self.eviction.remove(pingora::cache::CacheEntryKeyRef::from_entry_id(k, None));
+            }
+            keys.len()
+        } else {
+            let compact = key.to_compact();
+            let span = pingora::cache::trace::Span::inactive().handle();
+            match self.storage.purge(PurgeTarget::Active(&compact), PurgeType::Invalidation, &span).await {
+                Ok(PurgeOutcome::Purged(_)) => {
+                    self.eviction.remove(pingora::cache::CacheEntryKeyRef::from_entry_id(&compact, None));
+                    1
+                }
+                Ok(_) => 0,
+                Err(e) => return reply(500, "application/json", format!("{{\"error\":\"{}\"}}\n", e.to_string().replace('"', "'")).into_bytes()),
+            }
+        };
+        tracing::info!(repository = %repo.name, path = %rel, prefix, purged, "cache purge");
+        reply(200, "application/json", format!("{{\"purged\":{purged}}}\n").into_bytes())
+    }
+
     fn refresh_gauges(&self) {
         let m = &self.metrics;
         m.tier_bytes.with_label_values(&["memory"]).set(self.storage.memory().bytes() as i64);
@@ -46,6 +86,12 @@ impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let path = session.req_header().uri.path().to_string();
         let method = session.req_header().method.clone();
+        if let Some(rest) = path.strip_prefix("/cache/") {
+            if method != http::Method::DELETE {
+                return reply(405, "application/json", b"{\"error\":\"use DELETE\"}\n".to_vec());
+            }
+            return self.purge(rest).await;
+        }
         if let Some(rest) = path.strip_prefix("/offline") {
             let on = match method.as_str() {
                 "GET" => None,

@@ -42,7 +42,7 @@ pub const CACHE_HEADER: &str = "x-hangar-cache";
 
 /// Everything the phases share; one per process.
 pub struct HangarProxy {
-    pub router: Router,
+    pub router: Arc<Router>,
     pub storage: &'static TieredStorage,
     pub eviction: &'static (dyn EvictionManager + Sync),
     pub cache_lock: &'static CacheKeyLockImpl,
@@ -196,18 +196,7 @@ impl ProxyHttp for HangarProxy {
     fn cache_key_callback(&self, _session: &Session, ctx: &mut RequestCtx) -> Result<CacheKey> {
         let repo = ctx.repo.as_ref().ok_or_else(|| Error::explain(ErrorType::InternalError, "no repository"))?;
         let (_, path) = ctx.target.as_ref().ok_or_else(|| Error::explain(ErrorType::InternalError, "no target"))?;
-        // Repository names cannot contain NUL, so the two parts cannot run into each other.
-        let mut primary = Vec::with_capacity(repo.name.len() + 1 + path.len());
-        primary.extend_from_slice(repo.name.as_bytes());
-        primary.push(0);
-        primary.extend_from_slice(path.as_bytes());
-        // Hash once here: pingora otherwise re-hashes the primary key (BLAKE2) every time the
-        // cache, the lock and eviction ask for it.
-        let mut hash = [0u8; 16];
-        hash.copy_from_slice(&blake3::hash(&primary).as_bytes()[..16]);
-        let mut key = CacheKey::new(primary, repo.name.clone());
-        key.set_primary_bin_override(hash);
-        Ok(key)
+        Ok(crate::router::cache_key(&repo.name, path))
     }
 
     async fn cache_hit_filter(

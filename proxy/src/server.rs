@@ -108,6 +108,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         tracing::info!(repository = %r.name, prefix = %r.prefix, format = r.format.kind().as_str(), "repository enabled");
     }
     let repo_count = repos.len();
+    let router = Arc::new(Router::new(repos));
     let offline = Arc::new(OfflineSwitch::new(config.offline, config.repositories.iter().map(|r| (r.name.clone(), r.offline))));
     let lock: &'static CacheKeyLockImpl = Box::leak(CacheLock::new_boxed(config.cache.lock_timeout.0));
 
@@ -127,7 +128,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     server.bootstrap();
 
     let proxy = HangarProxy {
-        router: Router::new(repos),
+        router: router.clone(),
         storage,
         eviction,
         cache_lock: lock,
@@ -145,7 +146,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     proxy_service.add_tcp_with_settings(&listen.addr.to_string(), socket_opts());
     let mut admin_service = Service::new(
         "hangar-admin".to_string(),
-        AdminApp { metrics, storage, eviction, repositories: repo_count, offline },
+        AdminApp { metrics, storage, eviction, repositories: repo_count, offline, router },
     );
     admin_service.add_tcp_with_settings(&admin_listen.addr.to_string(), socket_opts());
     server.add_service(proxy_service);

@@ -191,3 +191,36 @@ async fn a_half_open_probe_closes_the_breaker_when_the_upstream_recovers() {
     assert_eq!(proxy.metric("hangar_upstream_breaker_state", &[("repository", "r")]).await, 0.0, "closed");
     assert_eq!(up.hits("/a"), 5);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_drops_one_entry_a_prefix_or_a_repository_at_once() {
+    let up = Upstream::start().await;
+    for p in ["/pkg/a/1", "/pkg/a/2", "/pkg/b/1", "/other"] {
+        up.route(p, Route::ok(p.as_bytes().to_vec()));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = Proxy::builder(dir.path()).config(&config(&up, "")).start();
+    let warm = |p: &'static str| async move { get(proxy.addr, p).await.cache().to_string() };
+    for p in ["/pkg/a/1", "/pkg/a/2", "/pkg/b/1", "/other"] {
+        assert_eq!(warm(p).await, "miss");
+        assert_eq!(warm(p).await, "hit");
+    }
+    let purge = |target: &'static str| async move {
+        let r = http(proxy.admin, "DELETE", target, &[]).await.unwrap().collect().await;
+        (r.status, String::from_utf8_lossy(&r.body).trim().to_string())
+    };
+    assert_eq!(purge("/cache/r/pkg/b/1").await, (200, "{\"purged\":1}".to_string()));
+    assert_eq!(warm("/pkg/b/1").await, "miss", "purged: fetched again");
+    assert_eq!(warm("/pkg/a/1").await, "hit", "others untouched");
+
+    assert_eq!(purge("/cache/r/pkg/a/*").await, (200, "{\"purged\":2}".to_string()));
+    assert_eq!((warm("/pkg/a/1").await, warm("/pkg/a/2").await), ("miss".to_string(), "miss".to_string()));
+    assert_eq!(warm("/other").await, "hit");
+
+    assert_eq!(purge("/cache/r/*").await.0, 200);
+    assert_eq!(warm("/other").await, "miss");
+    assert_eq!(purge("/cache/r/never-cached").await, (200, "{\"purged\":0}".to_string()));
+    assert_eq!(purge("/cache/nope/x").await.0, 404);
+    assert_eq!(up.hits("/pkg/b/1"), 2);
+    assert_eq!(up.hits("/other"), 2);
+}

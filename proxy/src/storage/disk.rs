@@ -28,7 +28,7 @@ use pingora::cache::key::CompactCacheKey;
 use super::inflight::InflightWrite;
 use super::StorageError;
 
-const MAGIC: &[u8; 4] = b"HGR1";
+const MAGIC: &[u8; 4] = b"HGR2";
 const CHECKSUM_LEN: usize = 16;
 const LOCK_STRIPES: usize = 64;
 /// After the filesystem reports it is full, admit nothing new for this long.
@@ -38,6 +38,8 @@ const FULL_BACKOFF: Duration = Duration::from_secs(30);
 #[derive(Debug, Clone)]
 pub struct EntryHeader {
     pub key: CompactCacheKey,
+    /// The unhashed primary key (repository and upstream path), for purges by prefix.
+    pub primary: Vec<u8>,
     pub body_len: u64,
     pub generation: u64,
     pub meta: (Vec<u8>, Vec<u8>),
@@ -65,7 +67,7 @@ impl EntryHeader {
         let tag = self.key.user_tag.as_bytes();
         b.extend_from_slice(&(tag.len().min(u16::MAX as usize) as u16).to_le_bytes());
         b.extend_from_slice(&tag[..tag.len().min(u16::MAX as usize)]);
-        for part in [&self.meta.0, &self.meta.1] {
+        for part in [&self.primary, &self.meta.0, &self.meta.1] {
             b.extend_from_slice(&(part.len() as u32).to_le_bytes());
             b.extend_from_slice(part);
         }
@@ -98,6 +100,8 @@ impl EntryHeader {
         let user_tag = std::str::from_utf8(r.take(tag_len)?)
             .map_err(|_| "user tag not utf-8")?
             .into();
+        let np = r.u32()? as usize;
+        let primary_key = r.take(np)?.to_vec();
         let n0 = r.u32()? as usize;
         let m0 = r.take(n0)?.to_vec();
         let n1 = r.u32()? as usize;
@@ -111,6 +115,7 @@ impl EntryHeader {
                 variance,
                 user_tag,
             },
+            primary: primary_key,
             body_len,
             generation,
             meta: (m0, m1),
@@ -417,6 +422,28 @@ fn free_bytes(path: &Path) -> Option<u64> {
     (rc == 0).then(|| st.f_bavail as u64 * st.f_frsize as u64)
 }
 
+impl DiskTier {
+    /// Every committed entry whose primary key starts with `prefix`: (hex name, key). Walks
+    /// all meta files; an admin operation, not a request-path one.
+    pub fn matching(&self, prefix: &[u8]) -> Vec<(String, CompactCacheKey)> {
+        let mut out = Vec::new();
+        let Ok(shards) = fs::read_dir(&self.objects) else { return out };
+        for shard in shards.flatten() {
+            let Ok(files) = fs::read_dir(shard.path()) else { continue };
+            for f in files.flatten() {
+                let name = f.file_name().to_string_lossy().into_owned();
+                let Some(h) = name.strip_suffix(".meta") else { continue };
+                if let Ok(header) = fs::read(f.path()).map_err(|e| e.to_string()).and_then(|b| EntryHeader::decode(&b)) {
+                    if header.primary.starts_with(prefix) {
+                        out.push((h.to_string(), header.key));
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
 /// Read a whole (small) body.
 pub fn read_all(file: &File, len: u64, key: &str) -> Result<Vec<u8>, StorageError> {
     let mut buf = vec![0u8; len as usize];
@@ -439,13 +466,14 @@ mod tests {
                 variance: Some(Box::new([9; 16])),
                 user_tag: "repo".into(),
             },
+            primary: b"repo\0/a/b".to_vec(),
             body_len: 12345,
             generation: 42,
             meta: (vec![1, 2, 3], vec![4, 5]),
         };
         let enc = h.encode();
         let dec = EntryHeader::decode(&enc).unwrap();
-        assert_eq!(dec.key, h.key);
+        assert_eq!((dec.key.clone(), dec.primary.clone()), (h.key.clone(), h.primary.clone()));
         assert_eq!((dec.body_len, dec.generation, dec.meta.clone()), (12345, 42, h.meta.clone()));
         for i in 0..enc.len() {
             let mut bad = enc.clone();

@@ -132,6 +132,19 @@ impl TieredStorage {
         &self.memory
     }
 
+    /// Remove every committed entry whose primary key starts with `prefix`; returns their keys
+    /// (for the eviction manager to forget).
+    pub fn purge_prefix(&self, prefix: &[u8]) -> Vec<CompactCacheKey> {
+        let found = self.disk.matching(prefix);
+        let mut purged = Vec::with_capacity(found.len());
+        for (_, key) in found {
+            if self.remove_entry(&key.combined_bin()) {
+                purged.push(key);
+            }
+        }
+        purged
+    }
+
     fn remove_entry(&self, key: &HashBinary) -> bool {
         let in_memory = self.memory.remove(key);
         let on_disk = self.disk.remove(&hex::encode(key));
@@ -217,6 +230,7 @@ impl Storage for TieredStorage {
             storage: self,
             write,
             compact: key.to_compact(),
+            primary: key.primary_key().to_vec(),
             written: 0,
             expected_len,
             memory_chunks: (self.memory_max_object > 0).then(Vec::new),
@@ -269,6 +283,7 @@ struct TieredMissHandler {
     storage: &'static TieredStorage,
     write: Arc<InflightWrite>,
     compact: CompactCacheKey,
+    primary: Vec<u8>,
     written: u64,
     expected_len: Option<u64>,
     /// The body's chunks while it is still small enough for the memory tier (refcounted, not
@@ -313,6 +328,7 @@ impl HandleMiss for TieredMissHandler {
         }
         let header = EntryHeader {
             key: self.compact.clone(),
+            primary: std::mem::take(&mut self.primary),
             body_len: self.written,
             meta: self.write.meta.clone(),
             generation: 0,
@@ -448,10 +464,10 @@ mod tests {
         }
         let s = storage(dir.path());
         let big_key = CacheKey::new("big", "t");
+        assert_eq!(s.purge_prefix(b"sm").len(), 1, "purge by prefix of the primary key");
+        assert!(s.lookup(&CacheKey::new("small", "t"), &span).await.unwrap().is_none());
         let (_, mut hit) = s.lookup(&big_key, &span).await.unwrap().expect("big survives reopen");
         assert_eq!(read_all(&mut hit).await.unwrap(), big);
-        let (_, mut hit) = s.lookup(&CacheKey::new("small", "t"), &span).await.unwrap().unwrap();
-        assert_eq!(read_all(&mut hit).await.unwrap(), b"tiny");
         assert!(s.lookup(&CacheKey::new("torn", "t"), &span).await.unwrap().is_none());
 
         // Cut the big entry's body on disk: it must be discarded, not served.
