@@ -38,8 +38,7 @@ fn reply(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
 impl AdminApp {
     /// `rest` is `<repository>/<path>`, the path as the client would request it below the
     /// repository's prefix; a trailing `*` makes it a prefix.
-    async fn purge(&self, rest: &str) -> Response<Vec<u8>> {
-        use pingora::cache::storage::{PurgeOutcome, PurgeTarget, PurgeType, Storage};
+    fn purge(&self, rest: &str) -> Response<Vec<u8>> {
         let (name, rel) = rest.split_once('/').unwrap_or((rest, "*"));
         let Some(repo) = self.router.by_name(name) else {
             return reply(404, "application/json", b"{\"error\":\"no such repository\"}\n".to_vec());
@@ -50,24 +49,12 @@ impl AdminApp {
         };
         let upstream_path = format!("{}{}", repo.upstream.base_path, rel);
         let key = cache_key(&repo.name, &upstream_path);
-        let purged = if prefix {
-            let keys = self.storage.purge_prefix(key.primary_key());
-            for k in &keys {
-                self.eviction.remove(pingora::cache::CacheEntryKeyRef::from_entry_id(k, None));
-            }
-            keys.len()
-        } else {
-            let compact = key.to_compact();
-            let span = pingora::cache::trace::Span::inactive().handle();
-            match self.storage.purge(PurgeTarget::Active(&compact), PurgeType::Invalidation, &span).await {
-                Ok(PurgeOutcome::Purged(_)) => {
-                    self.eviction.remove(pingora::cache::CacheEntryKeyRef::from_entry_id(&compact, None));
-                    1
-                }
-                Ok(_) => 0,
-                Err(e) => return reply(500, "application/json", format!("{{\"error\":\"{}\"}}\n", e.to_string().replace('"', "'")).into_bytes()),
-            }
-        };
+        // Exact purges match every Vary variant of the URL too.
+        let keys = self.storage.purge_primary(key.primary_key(), prefix);
+        for k in &keys {
+            self.eviction.remove(pingora::cache::CacheEntryKeyRef::from_entry_id(k, None));
+        }
+        let purged = keys.len();
         tracing::info!(repository = %repo.name, path = %rel, prefix, purged, "cache purge");
         reply(200, "application/json", format!("{{\"purged\":{purged}}}\n").into_bytes())
     }
@@ -90,7 +77,7 @@ impl ServeHttp for AdminApp {
             if method != http::Method::DELETE {
                 return reply(405, "application/json", b"{\"error\":\"use DELETE\"}\n".to_vec());
             }
-            return self.purge(rest).await;
+            return self.purge(rest);
         }
         if let Some(rest) = path.strip_prefix("/offline") {
             let on = match method.as_str() {

@@ -169,7 +169,12 @@ impl ProxyHttp for HangarProxy {
         let repo = repo.clone();
         ctx.repo = Some(repo.clone());
         if !repo.format.allows_method(&method) {
-            return respond_local(session, ctx, 405, "method not allowed", &[(header::ALLOW, "GET, HEAD")]).await;
+            let allow = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
+                .into_iter()
+                .filter(|m| repo.format.allows_method(&m.parse().expect("standard method")))
+                .collect::<Vec<_>>()
+                .join(", ");
+            return respond_local(session, ctx, 405, "method not allowed", &[(header::ALLOW, &allow)]).await;
         }
         let rel = match repo.format.upstream_path(&RequestPath { relative: rest, query: query.as_deref() }) {
             Ok(rel) => rel,
@@ -223,6 +228,26 @@ impl ProxyHttp for HangarProxy {
         Ok(true)
     }
 
+    /// Vary: each listed request header (value normalised for whitespace) picks the variant.
+    fn cache_vary_filter(&self, meta: &CacheMeta, _ctx: &mut RequestCtx, req: &RequestHeader) -> Option<pingora::cache::key::HashBinary> {
+        let mut builder = pingora::cache::VarianceBuilder::new();
+        for vary in meta.headers().get_all(header::VARY) {
+            for name in vary.to_str().unwrap_or("").split(',').map(str::trim).filter(|n| !n.is_empty()) {
+                let name = name.to_ascii_lowercase();
+                let value: Vec<u8> = req
+                    .headers
+                    .get_all(name.as_str())
+                    .iter()
+                    .map(|v| v.to_str().unwrap_or("").split(',').map(str::trim).collect::<Vec<_>>().join(","))
+                    .collect::<Vec<_>>()
+                    .join(",")
+                    .into_bytes();
+                builder.add_owned_name_value(name, value);
+            }
+        }
+        builder.finalize()
+    }
+
     fn response_cache_filter(
         &self,
         session: &Session,
@@ -233,6 +258,11 @@ impl ProxyHttp for HangarProxy {
             return Ok(RespCacheable::Uncacheable(NoCacheReason::NeverEnabled));
         };
         let authorization = session.req_header().headers.contains_key(header::AUTHORIZATION);
+        // `Vary: *`: no request can be known to match, so nothing is stored (RFC 9111 §4.1).
+        let vary_any = resp.headers.get_all(header::VARY).iter().any(|v| v.to_str().unwrap_or("").split(',').any(|n| n.trim() == "*"));
+        if vary_any {
+            return Ok(RespCacheable::Uncacheable(NoCacheReason::OriginNotCache));
+        }
         let decision = repo.format.cacheability(&ctx.rel_path, resp, authorization);
         if decision.is_cacheable() {
             let len = resp
@@ -402,6 +432,17 @@ impl ProxyHttp for HangarProxy {
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        // RFC 9111 §4.4: a non-error response to an unsafe method invalidates the target URI.
+        let method = &session.req_header().method;
+        if !method.is_safe() && resp.status.as_u16() < 400 {
+            if let (Some(repo), Some((_, path))) = (ctx.repo.as_ref(), ctx.target.as_ref()) {
+                let key = crate::router::cache_key(&repo.name, path);
+                let purged = self.storage.purge_primary(key.primary_key(), false);
+                for k in &purged {
+                    self.eviction.remove(pingora::cache::CacheEntryKeyRef::from_entry_id(k, None));
+                }
+            }
+        }
         let result = if ctx.offline_stale { "stale" } else { ctx.local_result.unwrap_or_else(|| cache_result(session.cache.phase())) };
         resp.insert_header(CACHE_HEADER, result)?;
         Ok(())

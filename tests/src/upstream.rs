@@ -43,6 +43,8 @@ pub struct Route {
     pub delay: Option<Duration>,
     /// Send the body with chunked transfer-encoding instead of Content-Length.
     pub chunked: bool,
+    /// Answer with the value of this request header as the body (for Vary tests).
+    pub echo_header: Option<String>,
 }
 
 impl Route {
@@ -55,6 +57,7 @@ impl Route {
             hold_at: None,
             delay: None,
             chunked: false,
+            echo_header: None,
         }
     }
 
@@ -83,6 +86,11 @@ impl Route {
 
     pub fn hold_at(mut self, n: u64, gate: Arc<Semaphore>) -> Self {
         self.hold_at = Some((n, gate));
+        self
+    }
+
+    pub fn echo_header(mut self, name: &str) -> Self {
+        self.echo_header = Some(name.to_string());
         self
     }
 
@@ -250,7 +258,11 @@ async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(sock: S, st: Arc<State>) 
         st.seen.lock().unwrap().push(req);
         st.total.fetch_add(1, Ordering::SeqCst);
         let route = st.routes.lock().unwrap().get(path.split('?').next().unwrap_or("")).cloned();
-        let route = route.unwrap_or_else(|| Route::ok(b"not found\n".to_vec()).status(404).header("Cache-Control", "no-store"));
+        let mut route = route.unwrap_or_else(|| Route::ok(b"not found\n".to_vec()).status(404).header("Cache-Control", "no-store"));
+        if let Some(name) = route.echo_header.clone() {
+            let seen = st.seen.lock().unwrap().last().and_then(|r| r.header(&name).map(str::to_string));
+            route.body = Body::Bytes(seen.unwrap_or_else(|| "none".into()).into_bytes());
+        }
         if let Some(d) = route.delay {
             tokio::time::sleep(d).await;
         }

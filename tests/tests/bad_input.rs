@@ -34,9 +34,10 @@ async fn bad_requests_get_clear_errors_and_never_escape_the_repository() {
     assert_eq!(unknown.header("content-type"), Some("application/json"));
     assert!(String::from_utf8_lossy(&unknown.body).contains("\"error\""));
 
-    let post = http(proxy.addr, "POST", "/files/ok.txt", &[("Content-Length", "0")]).await.unwrap().collect().await;
-    assert_eq!(post.status, 405);
-    assert_eq!(post.header("allow"), Some("GET, HEAD"));
+    let trace = http(proxy.addr, "TRACE", "/files/ok.txt", &[]).await.unwrap().collect().await;
+    assert_eq!(trace.status, 405);
+    assert_eq!(trace.header("allow"), Some("GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS"));
+    assert_eq!(http(proxy.addr, "CONNECT", "/files/ok.txt", &[]).await.unwrap().collect().await.status, 405);
 
     let long = format!("/files/{}", "a".repeat(10_000));
     assert_eq!(get(proxy.addr, &long).await.status, 414);

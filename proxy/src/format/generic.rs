@@ -21,6 +21,14 @@ impl Format for Generic {
         FormatKind::Generic
     }
 
+    /// Plain HTTP: every standard method is forwarded (only GET and HEAD are cached; unsafe
+    /// methods invalidate). CONNECT and TRACE are refused: a cache is not a tunnel, and TRACE
+    /// reflects credentials back.
+    fn allows_method(&self, method: &http::Method) -> bool {
+        use http::Method;
+        [Method::GET, Method::HEAD, Method::POST, Method::PUT, Method::DELETE, Method::PATCH, Method::OPTIONS].contains(method)
+    }
+
     fn cacheability(&self, path: &str, resp: &ResponseHeader, authorization: bool) -> RespCacheable {
         self.freshness.decide(path, resp, authorization)
     }

@@ -132,10 +132,11 @@ impl TieredStorage {
         &self.memory
     }
 
-    /// Remove every committed entry whose primary key starts with `prefix`; returns their keys
-    /// (for the eviction manager to forget).
-    pub fn purge_prefix(&self, prefix: &[u8]) -> Vec<CompactCacheKey> {
-        let found = self.disk.matching(prefix);
+    /// Remove every committed entry whose primary key starts with `prefix` (or, with
+    /// `prefix == false`, equals it: every variant of one URL); returns their keys for the
+    /// eviction manager to forget.
+    pub fn purge_primary(&self, primary: &[u8], prefix: bool) -> Vec<CompactCacheKey> {
+        let found = self.disk.matching(primary, prefix);
         let mut purged = Vec::with_capacity(found.len());
         for (_, key) in found {
             if self.remove_entry(&key.combined_bin()) {
@@ -464,7 +465,8 @@ mod tests {
         }
         let s = storage(dir.path());
         let big_key = CacheKey::new("big", "t");
-        assert_eq!(s.purge_prefix(b"sm").len(), 1, "purge by prefix of the primary key");
+        assert_eq!(s.purge_primary(b"sm", false).len(), 0, "exact match only");
+        assert_eq!(s.purge_primary(b"sm", true).len(), 1, "purge by prefix of the primary key");
         assert!(s.lookup(&CacheKey::new("small", "t"), &span).await.unwrap().is_none());
         let (_, mut hit) = s.lookup(&big_key, &span).await.unwrap().expect("big survives reopen");
         assert_eq!(read_all(&mut hit).await.unwrap(), big);
