@@ -49,8 +49,8 @@ impl AdminApp {
         };
         let upstream_path = format!("{}{}", repo.upstream.base_path, rel);
         let key = cache_key(&repo.name, &upstream_path);
-        // Exact purges match every Vary variant of the URL too.
-        let keys = self.storage.purge_primary(key.primary_key(), prefix);
+        // Exact purges drop every Vary variant of the URL too.
+        let keys = if prefix { self.storage.purge_prefix(key.primary_key()) } else { self.storage.purge_url(&key.to_compact()) };
         for k in &keys {
             self.eviction.remove(pingora::cache::CacheEntryKeyRef::from_entry_id(k, None));
         }

@@ -437,7 +437,7 @@ impl ProxyHttp for HangarProxy {
         if !method.is_safe() && resp.status.as_u16() < 400 {
             if let (Some(repo), Some((_, path))) = (ctx.repo.as_ref(), ctx.target.as_ref()) {
                 let key = crate::router::cache_key(&repo.name, path);
-                let purged = self.storage.purge_primary(key.primary_key(), false);
+                let purged = self.storage.purge_url(&key.to_compact());
                 for k in &purged {
                     self.eviction.remove(pingora::cache::CacheEntryKeyRef::from_entry_id(k, None));
                 }

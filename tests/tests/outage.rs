@@ -3,8 +3,13 @@
 
 use hangar_e2e::{get, http, Proxy, Route, Upstream};
 
+/// One repository `r` at `/` in front of `up`, with extra `[repository.*]` sections.
+fn repo(up: &Upstream, sections: &str) -> String {
+    format!("[[repository]]\nname = \"r\"\nprefix = \"/\"\nupstream = \"{}\"\n{sections}\n", up.url())
+}
+
 fn config(up: &Upstream, freshness: &str) -> String {
-    format!("[[repository]]\nname = \"r\"\nprefix = \"/\"\nupstream = \"{}\"\n[repository.freshness]\n{freshness}\n", up.url())
+    repo(up, &format!("[repository.freshness]\n{freshness}"))
 }
 
 fn stale_route(body: &str) -> Route {
@@ -141,10 +146,7 @@ async fn once_the_breaker_opens_nobody_waits_for_the_dead_upstream() {
         up.route(&format!("/o{i}"), stale_route(&format!("object {i}")));
     }
     let dir = tempfile::tempdir().unwrap();
-    let toml = format!(
-        "[[repository]]\nname = \"r\"\nprefix = \"/\"\nupstream = \"{}\"\n[repository.timeouts]\nread = \"1s\"\n[repository.breaker]\nfailures = 3\ncooldown = \"1h\"\n",
-        up.url()
-    );
+    let toml = repo(&up, "[repository.timeouts]\nread = \"1s\"\n[repository.breaker]\nfailures = 3\ncooldown = \"1h\"");
     let proxy = Proxy::builder(dir.path()).config(&toml).start();
     for i in 0..100 {
         get(proxy.addr, &format!("/o{i}")).await;
@@ -173,10 +175,7 @@ async fn a_half_open_probe_closes_the_breaker_when_the_upstream_recovers() {
     let up = Upstream::start().await;
     up.route("/a", stale_route("cached"));
     let dir = tempfile::tempdir().unwrap();
-    let toml = format!(
-        "[[repository]]\nname = \"r\"\nprefix = \"/\"\nupstream = \"{}\"\n[repository.breaker]\nfailures = 2\ncooldown = \"0s\"\n",
-        up.url()
-    );
+    let toml = repo(&up, "[repository.breaker]\nfailures = 2\ncooldown = \"0s\"");
     let proxy = Proxy::builder(dir.path()).config(&toml).start();
     get(proxy.addr, "/a").await;
     up.route("/a", Route::ok(b"down".to_vec()).status(503).header("Cache-Control", "no-store"));

@@ -423,9 +423,9 @@ fn free_bytes(path: &Path) -> Option<u64> {
 }
 
 impl DiskTier {
-    /// Every committed entry whose primary key starts with (or, `prefix == false`, equals)
-    /// `primary`: (hex name, key). Walks all meta files: for purges, not for the hit path.
-    pub fn matching(&self, primary: &[u8], prefix: bool) -> Vec<(String, CompactCacheKey)> {
+    /// Every committed entry whose primary key starts with `prefix`: (hex name, key). Walks
+    /// all meta files: for admin purges, never for the request path.
+    pub fn matching(&self, prefix: &[u8]) -> Vec<(String, CompactCacheKey)> {
         let mut out = Vec::new();
         let Ok(shards) = fs::read_dir(&self.objects) else { return out };
         for shard in shards.flatten() {
@@ -434,8 +434,7 @@ impl DiskTier {
                 let name = f.file_name().to_string_lossy().into_owned();
                 let Some(h) = name.strip_suffix(".meta") else { continue };
                 if let Ok(header) = fs::read(f.path()).map_err(|e| e.to_string()).and_then(|b| EntryHeader::decode(&b)) {
-                    let hit = if prefix { header.primary.starts_with(primary) } else { header.primary == primary };
-                    if hit {
+                    if header.primary.starts_with(prefix) {
                         out.push((h.to_string(), header.key));
                     }
                 }

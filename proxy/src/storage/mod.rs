@@ -103,6 +103,9 @@ pub struct TieredStorage {
     inflight: InflightWrites,
     memory_max_object: u64,
     metrics: Arc<Metrics>,
+    /// Vary variants stored per URL (primary key hash), so invalidating a URL removes them
+    /// without walking the disk. Only entries with a variance are listed.
+    variants: parking_lot::Mutex<std::collections::HashMap<HashBinary, Vec<CompactCacheKey>>>,
 }
 
 impl TieredStorage {
@@ -120,7 +123,11 @@ impl TieredStorage {
             inflight: InflightWrites::default(),
             memory_max_object: opts.memory_max_object_bytes,
             metrics,
+            variants: Default::default(),
         };
+        for (key, _) in &entries {
+            storage.note_variant(key);
+        }
         Ok((storage, entries))
     }
 
@@ -132,18 +139,46 @@ impl TieredStorage {
         &self.memory
     }
 
-    /// Remove every committed entry whose primary key starts with `prefix` (or, with
-    /// `prefix == false`, equals it: every variant of one URL); returns their keys for the
-    /// eviction manager to forget.
-    pub fn purge_primary(&self, primary: &[u8], prefix: bool) -> Vec<CompactCacheKey> {
-        let found = self.disk.matching(primary, prefix);
-        let mut purged = Vec::with_capacity(found.len());
-        for (_, key) in found {
-            if self.remove_entry(&key.combined_bin()) {
-                purged.push(key);
+    fn note_variant(&self, key: &CompactCacheKey) {
+        if key.variance.is_some() {
+            let mut v = self.variants.lock();
+            let list = v.entry(key.primary).or_default();
+            if !list.contains(key) {
+                list.push(key.clone());
             }
         }
-        purged
+    }
+
+    fn forget_variant(&self, key: &CompactCacheKey) {
+        if key.variance.is_some() {
+            let mut v = self.variants.lock();
+            if let Some(list) = v.get_mut(&key.primary) {
+                list.retain(|k| k != key);
+                if list.is_empty() {
+                    v.remove(&key.primary);
+                }
+            }
+        }
+    }
+
+    fn remove_key(&self, key: &CompactCacheKey) -> bool {
+        self.forget_variant(key);
+        self.remove_entry(&key.combined_bin())
+    }
+
+    /// Remove every stored variant of one URL: the entry without variance and the ones listed
+    /// for `url` (a key without variance). Cost: the URL's variants, not the cache's size.
+    /// Returns the removed keys for the eviction manager to forget.
+    pub fn purge_url(&self, url: &CompactCacheKey) -> Vec<CompactCacheKey> {
+        let mut keys = self.variants.lock().get(&url.primary).cloned().unwrap_or_default();
+        keys.push(CompactCacheKey { variance: None, ..url.clone() });
+        keys.into_iter().filter(|k| self.remove_key(k)).collect()
+    }
+
+    /// Remove every committed entry whose primary key starts with `prefix`, by walking the
+    /// disk tier's meta files (an admin operation); returns the removed keys.
+    pub fn purge_prefix(&self, prefix: &[u8]) -> Vec<CompactCacheKey> {
+        self.disk.matching(prefix).into_iter().map(|(_, k)| k).filter(|k| self.remove_key(k)).collect()
     }
 
     fn remove_entry(&self, key: &HashBinary) -> bool {
@@ -246,7 +281,7 @@ impl Storage for TieredStorage {
         purge_type: PurgeType,
         _trace: &SpanHandle,
     ) -> Result<PurgeOutcome> {
-        let removed = self.remove_entry(&target.key().combined_bin());
+        let removed = self.remove_key(target.key());
         if removed && matches!(purge_type, PurgeType::Eviction) {
             self.metrics.evictions.with_label_values(&["disk"]).inc();
         }
@@ -339,6 +374,7 @@ impl HandleMiss for TieredMissHandler {
             self.write.fail();
             return Err(to_pingora(e));
         }
+        self.storage.note_variant(&self.compact);
         if let (Some(chunks), Some(meta)) = (self.memory_chunks.take(), self.template.take()) {
             let body = join_chunks(chunks, self.written as usize);
             self.storage.memory.put(&self.write.key_bin, Arc::new(MemoryObject { meta, body }));
@@ -465,8 +501,7 @@ mod tests {
         }
         let s = storage(dir.path());
         let big_key = CacheKey::new("big", "t");
-        assert_eq!(s.purge_primary(b"sm", false).len(), 0, "exact match only");
-        assert_eq!(s.purge_primary(b"sm", true).len(), 1, "purge by prefix of the primary key");
+        assert_eq!(s.purge_prefix(b"sm").len(), 1, "purge by prefix of the primary key");
         assert!(s.lookup(&CacheKey::new("small", "t"), &span).await.unwrap().is_none());
         let (_, mut hit) = s.lookup(&big_key, &span).await.unwrap().expect("big survives reopen");
         assert_eq!(read_all(&mut hit).await.unwrap(), big);
@@ -483,6 +518,38 @@ mod tests {
         std::fs::OpenOptions::new().write(true).open(&body).unwrap().set_len(10).unwrap();
         let s = storage(dir.path());
         assert!(s.lookup(&big_key, &span).await.unwrap().is_none(), "a body of the wrong length is never served");
+    }
+
+    #[tokio::test]
+    async fn purging_a_url_drops_all_its_variants_including_after_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let span = Span::inactive().handle();
+        let variant = |url: &str, v: Option<u8>| {
+            let mut k = CacheKey::new(url, "t");
+            if let Some(v) = v {
+                k.set_variance_key([v; 16]);
+            }
+            k
+        };
+        {
+            let s = storage(dir.path());
+            for key in [variant("u", None), variant("u", Some(1)), variant("u", Some(2)), variant("other", Some(1))] {
+                let mut miss = s.get_miss_handler(&key, &meta(Some(1)), &span).await.unwrap();
+                miss.write_body(Bytes::from_static(b"x"), true).await.unwrap();
+                miss.finish().await.unwrap();
+            }
+            // An evicted variant is forgotten by the index.
+            let evicted = variant("u", Some(2)).to_compact();
+            s.purge(PurgeTarget::Active(&evicted), PurgeType::Eviction, &span).await.unwrap();
+        }
+        let s = storage(dir.path());
+        let purged = s.purge_url(&variant("u", None).to_compact());
+        assert_eq!(purged.len(), 2, "the plain entry and the remaining variant");
+        for v in [None, Some(1), Some(2)] {
+            assert!(s.lookup(&variant("u", v), &span).await.unwrap().is_none());
+        }
+        assert!(s.lookup(&variant("other", Some(1)), &span).await.unwrap().is_some(), "other URLs untouched");
+        assert!(s.variants.lock().get(&variant("u", None).to_compact().primary).is_none());
     }
 
     #[tokio::test]
