@@ -183,8 +183,24 @@ pub struct FreshnessConfig {
     /// Path patterns (`*` matches within a segment, `**` across segments) cached forever.
     #[serde(default)]
     pub immutable: Vec<String>,
-    /// TTL for responses that carry no freshness information of their own.
-    /// Unset: such responses are not cached.
+    /// Path patterns of mutable metadata (indexes, package listings): refreshed every
+    /// `metadata_ttl` and served stale while a background refresh runs.
+    #[serde(default)]
+    pub metadata: Vec<String>,
+    /// Freshness of metadata paths, replacing whatever the upstream says. Unset: the
+    /// upstream's headers decide, as for any other path.
+    #[serde(default)]
+    pub metadata_ttl: Option<HumanDuration>,
+    /// How long past its freshness a metadata response is still served at once while one
+    /// background request refreshes it, so no client waits on the refresh.
+    #[serde(default = "default_stale_while_revalidate")]
+    pub stale_while_revalidate: HumanDuration,
+    /// Obey clients' Cache-Control request directives (no-cache, max-age, min-fresh,
+    /// max-stale, only-if-cached, no-store).
+    #[serde(default = "default_true")]
+    pub honor_request_directives: bool,
+    /// TTL for responses that carry neither freshness information nor validators
+    /// (ETag/Last-Modified). Unset: such responses are not reused.
     #[serde(default)]
     pub default_ttl: Option<HumanDuration>,
     /// Upper bound on any TTL the upstream asks for.
@@ -204,6 +220,10 @@ impl Default for FreshnessConfig {
     fn default() -> Self {
         FreshnessConfig {
             immutable: Vec::new(),
+            metadata: Vec::new(),
+            metadata_ttl: None,
+            stale_while_revalidate: default_stale_while_revalidate(),
+            honor_request_directives: true,
             default_ttl: None,
             max_ttl: None,
             max_stale: default_max_stale(),
@@ -214,6 +234,9 @@ impl Default for FreshnessConfig {
 
 fn default_max_stale() -> HumanDuration {
     HumanDuration(Duration::from_secs(7 * 86400))
+}
+fn default_stale_while_revalidate() -> HumanDuration {
+    HumanDuration(Duration::from_secs(600))
 }
 fn default_negative_ttl() -> HumanDuration {
     HumanDuration(Duration::from_secs(60))

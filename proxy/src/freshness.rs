@@ -1,23 +1,23 @@
-//! How long a response may be served from cache without asking the upstream.
+//! How long a response may be served from cache without asking the upstream, and how long
+//! past that it may still be served stale.
 //!
-//! The upstream's own headers decide by default (Cache-Control, then Expires); a repository's
-//! config can override them: paths matching an `immutable` pattern are cached for good, a
-//! `default_ttl` covers responses that say nothing, and `max_ttl` caps what the upstream asks for.
+//! RFC 9111 decides by default: the upstream's Cache-Control, Expires, Age and Date, then the
+//! Last-Modified heuristic. A repository's config overrides it by path class: immutable
+//! artefacts are cached for good, metadata gets its own TTL and stale-while-revalidate, and a
+//! default TTL covers responses that say nothing. Stale-if-error windows are what keeps builds
+//! running through an outage, so they are part of the decision made here, once, when a
+//! response is stored.
 
 use std::time::{Duration, SystemTime};
 
 use pingora::cache::cache_control::{CacheControl, InterpretCacheControl};
-use pingora::cache::filters::calculate_fresh_until;
-use pingora::cache::{CacheMeta, CacheMetaDefaults, NoCacheReason, RespCacheable};
+use pingora::cache::{CacheMeta, NoCacheReason, RespCacheable};
 use pingora::http::ResponseHeader;
 
 use crate::config::FreshnessConfig;
 
 /// "Forever" for immutable artefacts: long enough to never matter, short enough not to overflow.
 pub const IMMUTABLE_TTL: Duration = Duration::from_secs(10 * 365 * 86400);
-
-/// Pingora consults these only when the response says nothing; Hangar applies its own default.
-static NO_DEFAULTS: CacheMetaDefaults = CacheMetaDefaults::new(|_| None, 0, 0);
 
 /// Longest heuristic freshness granted (RFC 9111 §4.2.2 suggests a fraction of the age,
 /// and warns against long heuristics).
@@ -107,35 +107,136 @@ impl PathPattern {
     }
 }
 
+/// What a path holds, which decides how its freshness is judged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathClass {
+    /// Versioned artefacts: cached for good, never revalidated, served stale without limit.
+    Immutable,
+    /// Indexes that change when something is published: the repository's `metadata_ttl`
+    /// (when set) replaces the upstream's freshness, and stale-while-revalidate applies.
+    Metadata,
+    /// Everything else: the upstream's headers, by RFC 9111.
+    Http,
+}
+
 /// A repository's freshness rules, compiled.
 #[derive(Debug, Clone)]
 pub struct FreshnessPolicy {
     immutable: Vec<PathPattern>,
+    metadata: Vec<PathPattern>,
+    metadata_ttl: Option<Duration>,
+    stale_while_revalidate: Duration,
     default_ttl: Option<Duration>,
     max_ttl: Option<Duration>,
     max_stale: Duration,
     negative_ttl: Duration,
+    honor_request_directives: bool,
+}
+
+/// Seconds for pingora's stale windows, saturating.
+fn secs(d: Duration) -> u32 {
+    d.as_secs().min(u32::MAX as u64) as u32
+}
+
+/// RFC 9111 §4.2.3: the age a response already had when it arrived: the larger of its `Age`
+/// header and how long ago its `Date` says it was generated.
+fn initial_age(resp: &ResponseHeader, now: SystemTime) -> Duration {
+    let age_value = resp
+        .headers
+        .get(http::header::AGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map_or(Duration::ZERO, Duration::from_secs);
+    let apparent = http_date(resp, http::header::DATE)
+        .and_then(|date| now.duration_since(date).ok())
+        .unwrap_or(Duration::ZERO);
+    age_value.max(apparent)
+}
+
+fn http_date(resp: &ResponseHeader, name: http::header::HeaderName) -> Option<SystemTime> {
+    httpdate::parse_http_date(resp.headers.get(name)?.to_str().ok()?.trim()).ok()
+}
+
+/// RFC 9111 §4.2.1: the freshness lifetime the response states, if any. `no-cache` means
+/// "stored, but validated before every use"; `s-maxage` beats `max-age` in a shared cache;
+/// `Expires` counts from the response's own `Date`, and an invalid `Expires` is in the past.
+fn explicit_lifetime(cc: Option<&CacheControl>, resp: &ResponseHeader, now: SystemTime) -> Option<Duration> {
+    if let Some(cc) = cc {
+        if cc.no_cache() {
+            return Some(Duration::ZERO);
+        }
+        if let Ok(Some(s)) = cc.s_maxage() {
+            return Some(Duration::from_secs(s.into()));
+        }
+        if let Ok(Some(s)) = cc.max_age() {
+            return Some(Duration::from_secs(s.into()));
+        }
+    }
+    let mut expires = resp.headers.get_all(http::header::EXPIRES).iter();
+    let first = expires.next()?;
+    if expires.next().is_some() {
+        return Some(Duration::ZERO);
+    }
+    let Some(at) = first.to_str().ok().and_then(|v| httpdate::parse_http_date(v.trim()).ok()) else {
+        return Some(Duration::ZERO);
+    };
+    let base = http_date(resp, http::header::DATE).unwrap_or(now);
+    Some(at.duration_since(base).unwrap_or(Duration::ZERO))
+}
+
+/// Directives by which the origin forbids serving the response stale (RFC 9111 §4.2.4).
+pub fn forbids_stale(cc: Option<&CacheControl>) -> bool {
+    cc.is_some_and(|cc| {
+        cc.must_revalidate()
+            || cc.proxy_revalidate()
+            || cc.no_cache()
+            || cc.has_directive(&pingora::cache::cache_control::DirectiveKey::SMaxAge)
+    })
+}
+
+fn has_validator(resp: &ResponseHeader) -> bool {
+    resp.headers.contains_key(http::header::ETAG) || resp.headers.contains_key(http::header::LAST_MODIFIED)
 }
 
 impl FreshnessPolicy {
     pub fn from_config(cfg: &FreshnessConfig) -> Result<Self, String> {
+        let compile = |ps: &[String]| ps.iter().map(|p| PathPattern::new(p)).collect::<Result<Vec<_>, _>>();
         Ok(FreshnessPolicy {
-            immutable: cfg.immutable.iter().map(|p| PathPattern::new(p)).collect::<Result<_, _>>()?,
+            immutable: compile(&cfg.immutable)?,
+            metadata: compile(&cfg.metadata)?,
+            metadata_ttl: cfg.metadata_ttl.map(|d| d.0),
+            stale_while_revalidate: cfg.stale_while_revalidate.0,
             default_ttl: cfg.default_ttl.map(|d| d.0),
             max_ttl: cfg.max_ttl.map(|d| d.0),
             max_stale: cfg.max_stale.0,
             negative_ttl: cfg.negative_ttl.0,
+            honor_request_directives: cfg.honor_request_directives,
         })
     }
 
-    pub fn is_immutable(&self, path: &str) -> bool {
-        self.immutable.iter().any(|p| p.matches(path))
+    /// The class the repository's own patterns give `path`, if any; they beat the format's.
+    pub fn configured_class(&self, path: &str) -> Option<PathClass> {
+        if self.immutable.iter().any(|p| p.matches(path)) {
+            Some(PathClass::Immutable)
+        } else if self.metadata.iter().any(|p| p.matches(path)) {
+            Some(PathClass::Metadata)
+        } else {
+            None
+        }
     }
 
-    /// Decide whether (and for how long) `resp` to a request for `path` may be cached.
-    pub fn decide(&self, path: &str, resp: &ResponseHeader, authorization: bool) -> RespCacheable {
+    /// Whether clients' `Cache-Control` request directives are obeyed. Package managers send
+    /// `max-age=0` on every index request (pip does), which would defeat a shared cache; a
+    /// repository can choose to ignore them.
+    pub fn honor_request_directives(&self) -> bool {
+        self.honor_request_directives
+    }
+
+    /// Decide whether (and for how long) `resp` may be cached. `authorization` is whether the
+    /// request carried credentials.
+    pub fn decide(&self, class: PathClass, resp: &ResponseHeader, authorization: bool) -> RespCacheable {
         match resp.status.as_u16() {
-            200 => self.decide_ok(path, resp, authorization),
+            200 => self.decide_ok(class, resp, authorization),
             404 => self.decide_not_found(resp, authorization),
             _ => RespCacheable::Uncacheable(NoCacheReason::OriginNotCache),
         }
@@ -156,46 +257,59 @@ impl FreshnessPolicy {
         RespCacheable::Cacheable(CacheMeta::new(until, now, 0, 0, resp.clone()))
     }
 
-    fn decide_ok(&self, path: &str, resp: &ResponseHeader, authorization: bool) -> RespCacheable {
+    fn decide_ok(&self, class: PathClass, resp: &ResponseHeader, authorization: bool) -> RespCacheable {
+        let uncacheable = RespCacheable::Uncacheable(NoCacheReason::OriginNotCache);
         let cc = CacheControl::from_resp_headers(resp);
+        // no-store and an unqualified private mean "never keep this", whatever the config says.
+        if cc.as_ref().is_some_and(|c| c.is_cacheable() == pingora::cache::cache_control::Cacheable::No) {
+            return uncacheable;
+        }
+        // RFC 9111 §3.5: a response to an authenticated request is only stored when the origin
+        // says a shared cache may (public, s-maxage or must-revalidate).
+        if authorization && !cc.as_ref().is_some_and(|c| c.allow_caching_authorized_req()) {
+            return uncacheable;
+        }
         let now = SystemTime::now();
         let mut header = resp.clone();
         if let Some(cc) = &cc {
             cc.strip_private_headers(&mut header);
         }
-        let immutable = self.is_immutable(path);
-        // Stale-if-error window: immutable content never changes, so any copy beats an error.
-        let stale_if_error = if immutable { u32::MAX } else { self.max_stale.as_secs().min(u32::MAX as u64) as u32 };
-        let fresh_until = if immutable {
-            // Still honour an explicit refusal: no-store/private mean "never keep this".
-            let refused = cc.as_ref().is_some_and(|c| {
-                c.is_cacheable() == pingora::cache::cache_control::Cacheable::No
-            });
-            if refused || authorization {
-                None
-            } else {
-                Some(now + IMMUTABLE_TTL)
-            }
-        } else {
-            calculate_fresh_until(now, cc.as_ref(), resp, authorization, &NO_DEFAULTS)
-                .or_else(|| {
-                    let refused = cc.as_ref().is_some_and(|c| {
-                        c.is_cacheable() == pingora::cache::cache_control::Cacheable::No
-                    });
-                    if refused || authorization {
-                        return None;
-                    }
-                    self.default_ttl.or_else(|| heuristic_ttl(resp, now)).map(|t| now + t)
-                })
-                .map(|until| match self.max_ttl {
-                    Some(max) => until.min(now + max),
-                    None => until,
-                })
-        };
-        match fresh_until {
-            Some(until) => RespCacheable::Cacheable(CacheMeta::new(until, now, 0, stale_if_error, header)),
-            None => RespCacheable::Uncacheable(NoCacheReason::OriginNotCache),
+        if class == PathClass::Immutable {
+            return RespCacheable::Cacheable(CacheMeta::new(now + IMMUTABLE_TTL, now, 0, u32::MAX, header));
         }
+
+        let overridden = class == PathClass::Metadata && self.metadata_ttl.is_some();
+        let (epoch, lifetime) = match (class, self.metadata_ttl) {
+            (PathClass::Metadata, Some(ttl)) => (now, ttl),
+            _ => {
+                let lifetime = explicit_lifetime(cc.as_ref(), resp, now)
+                    .or_else(|| heuristic_ttl(resp, now))
+                    // Validators but no freshness: stored, and validated before every use.
+                    .or_else(|| has_validator(resp).then_some(Duration::ZERO))
+                    // Neither: reused only if the repository says for how long.
+                    .or(self.default_ttl);
+                let Some(lifetime) = lifetime else { return uncacheable };
+                (now.checked_sub(initial_age(resp, now)).unwrap_or(now), lifetime)
+            }
+        };
+        let lifetime = self.max_ttl.map_or(lifetime, |max| lifetime.min(max));
+        let fresh_until = if lifetime.is_zero() { epoch - Duration::from_secs(1) } else { epoch + lifetime };
+
+        let no_stale = forbids_stale(cc.as_ref()) && !overridden;
+        let swr = match class {
+            _ if no_stale => Duration::ZERO,
+            PathClass::Metadata => self.stale_while_revalidate,
+            _ => cc
+                .as_ref()
+                .and_then(|c| c.stale_while_revalidate().ok().flatten())
+                .map_or(Duration::ZERO, |s| Duration::from_secs(s.into()).min(self.max_stale)),
+        };
+        let stale_if_error = if no_stale { Duration::ZERO } else { self.max_stale };
+        let mut meta = CacheMeta::new(fresh_until, now, secs(swr), secs(stale_if_error), header);
+        if epoch != now {
+            meta.set_epoch_override(epoch);
+        }
+        RespCacheable::Cacheable(meta)
     }
 }
 
@@ -206,7 +320,7 @@ mod tests {
     fn resp(headers: &[(&str, &str)]) -> ResponseHeader {
         let mut r = ResponseHeader::build(200, None).unwrap();
         for (k, v) in headers {
-            r.insert_header(k.to_string(), v.to_string()).unwrap();
+            r.append_header(k.to_string(), v.to_string()).unwrap();
         }
         r
     }
@@ -232,34 +346,105 @@ mod tests {
         assert!(!deep.matches("/dists/x"));
     }
 
-    #[test]
-    fn origin_headers_then_defaults_then_overrides() {
-        let none = FreshnessPolicy::from_config(&FreshnessConfig::default()).unwrap();
-        assert_eq!(ttl(none.decide("/x", &resp(&[("cache-control", "max-age=60")]), false)), Some(60));
-        assert_eq!(ttl(none.decide("/x", &resp(&[]), false)), None, "nothing said, no default: not cached");
-        let day_old = httpdate::fmt_http_date(SystemTime::now() - Duration::from_secs(86400));
-        assert_eq!(ttl(none.decide("/x", &resp(&[("last-modified", &day_old)]), false)), Some(8640), "10% heuristic");
-        let year_old = httpdate::fmt_http_date(SystemTime::now() - Duration::from_secs(365 * 86400));
-        assert_eq!(ttl(none.decide("/x", &resp(&[("last-modified", &year_old)]), false)), Some(86400), "capped");
-        assert_eq!(ttl(none.decide("/x", &resp(&[("cache-control", "no-store, max-age=60")]), false)), None);
+    const HTTP: PathClass = PathClass::Http;
 
-        let cfg = FreshnessConfig {
+    fn policy(cfg: FreshnessConfig) -> FreshnessPolicy {
+        FreshnessPolicy::from_config(&cfg).unwrap()
+    }
+
+    fn windows(c: RespCacheable) -> (u32, u32) {
+        match c {
+            RespCacheable::Cacheable(m) => (m.stale_while_revalidate_sec(), m.stale_if_error_sec()),
+            RespCacheable::Uncacheable(_) => panic!("not cacheable"),
+        }
+    }
+
+    fn d(secs: u64) -> Option<crate::units::HumanDuration> {
+        Some(crate::units::HumanDuration(Duration::from_secs(secs)))
+    }
+
+    #[test]
+    fn origin_headers_then_heuristics_then_defaults() {
+        let none = policy(FreshnessConfig::default());
+        assert_eq!(ttl(none.decide(HTTP, &resp(&[("cache-control", "max-age=60")]), false)), Some(60));
+        assert_eq!(ttl(none.decide(HTTP, &resp(&[("cache-control", "s-maxage=30, max-age=60")]), false)), Some(30), "s-maxage wins in a shared cache");
+        assert_eq!(ttl(none.decide(HTTP, &resp(&[]), false)), None, "nothing said, no validators, no default: not cached");
+        assert_eq!(ttl(none.decide(HTTP, &resp(&[("etag", "\"a\"")]), false)), Some(0), "validators only: stored, revalidated each use");
+        assert_eq!(ttl(none.decide(HTTP, &resp(&[("cache-control", "no-cache"), ("cache-control", "max-age=60")]), false)), Some(0));
+        let day_old = httpdate::fmt_http_date(SystemTime::now() - Duration::from_secs(86400));
+        assert_eq!(ttl(none.decide(HTTP, &resp(&[("last-modified", &day_old)]), false)), Some(8640), "10% heuristic");
+        let year_old = httpdate::fmt_http_date(SystemTime::now() - Duration::from_secs(365 * 86400));
+        assert_eq!(ttl(none.decide(HTTP, &resp(&[("last-modified", &year_old)]), false)), Some(86400), "capped");
+        assert_eq!(ttl(none.decide(HTTP, &resp(&[("cache-control", "no-store, max-age=60")]), false)), None);
+        assert_eq!(ttl(none.decide(HTTP, &resp(&[("cache-control", "private")]), false)), None);
+        assert_eq!(ttl(none.decide(HTTP, &resp(&[("cache-control", "private=\"set-cookie\", max-age=5")]), false)), Some(5), "qualified private strips fields only");
+
+        let p = policy(FreshnessConfig {
             immutable: vec!["*.tgz".into()],
-            default_ttl: Some(crate::units::HumanDuration(Duration::from_secs(300))),
-            max_ttl: Some(crate::units::HumanDuration(Duration::from_secs(3600))),
+            default_ttl: d(300),
+            max_ttl: d(3600),
             ..FreshnessConfig::default()
-        };
-        let p = FreshnessPolicy::from_config(&cfg).unwrap();
-        assert_eq!(ttl(p.decide("/x", &resp(&[]), false)), Some(300));
-        assert_eq!(ttl(p.decide("/x", &resp(&[("cache-control", "max-age=86400")]), false)), Some(3600));
-        assert_eq!(ttl(p.decide("/a.tgz", &resp(&[("cache-control", "max-age=5")]), false)), Some(IMMUTABLE_TTL.as_secs()));
-        assert_eq!(ttl(p.decide("/a.tgz", &resp(&[("cache-control", "no-store")]), false)), None);
-        assert_eq!(ttl(p.decide("/x", &resp(&[]), true)), None, "authorized responses need explicit permission");
+        });
+        assert_eq!(ttl(p.decide(HTTP, &resp(&[]), false)), Some(300));
+        assert_eq!(ttl(p.decide(HTTP, &resp(&[("cache-control", "max-age=86400")]), false)), Some(3600));
+        let imm = p.configured_class("/a.tgz").unwrap();
+        assert_eq!(ttl(p.decide(imm, &resp(&[("cache-control", "max-age=5")]), false)), Some(IMMUTABLE_TTL.as_secs()));
+        assert_eq!(ttl(p.decide(imm, &resp(&[("cache-control", "no-store")]), false)), None);
         let mut not_found = resp(&[("cache-control", "max-age=600")]);
         not_found.set_status(404).unwrap();
-        assert_eq!(ttl(p.decide("/x", &not_found, false)), Some(60), "404s are remembered briefly");
+        assert_eq!(ttl(p.decide(HTTP, &not_found, false)), Some(60), "404s are remembered briefly");
         let mut gone = resp(&[]);
         gone.set_status(410).unwrap();
-        assert_eq!(ttl(p.decide("/x", &gone, false)), None);
+        assert_eq!(ttl(p.decide(HTTP, &gone, false)), None);
+    }
+
+    #[test]
+    fn expires_counts_from_date_and_age_is_already_spent() {
+        let p = policy(FreshnessConfig::default());
+        let now = SystemTime::now();
+        let date = httpdate::fmt_http_date(now);
+        let expires = httpdate::fmt_http_date(now + Duration::from_secs(120));
+        let lifetime = ttl(p.decide(HTTP, &resp(&[("date", &date), ("expires", &expires)]), false)).unwrap();
+        assert!((119..=121).contains(&lifetime), "{lifetime}");
+        assert_eq!(ttl(p.decide(HTTP, &resp(&[("expires", "0")]), false)), Some(0), "invalid Expires is in the past");
+        match p.decide(HTTP, &resp(&[("cache-control", "max-age=100"), ("age", "40")]), false) {
+            RespCacheable::Cacheable(m) => {
+                assert!(m.age() >= Duration::from_secs(40));
+                assert!(m.fresh_until() <= SystemTime::now() + Duration::from_secs(60));
+            }
+            RespCacheable::Uncacheable(_) => panic!("cacheable"),
+        }
+    }
+
+    #[test]
+    fn authorization_needs_explicit_permission() {
+        let p = policy(FreshnessConfig { default_ttl: d(300), ..FreshnessConfig::default() });
+        assert_eq!(ttl(p.decide(HTTP, &resp(&[]), true)), None);
+        assert_eq!(ttl(p.decide(HTTP, &resp(&[("cache-control", "max-age=60")]), true)), None);
+        assert_eq!(ttl(p.decide(HTTP, &resp(&[("cache-control", "public, max-age=60")]), true)), Some(60));
+        assert_eq!(ttl(p.decide(HTTP, &resp(&[("cache-control", "s-maxage=60")]), true)), Some(60));
+        assert_eq!(ttl(p.decide(HTTP, &resp(&[("cache-control", "must-revalidate, max-age=60")]), true)), Some(60));
+    }
+
+    #[test]
+    fn stale_windows_follow_the_origin_and_the_path_class() {
+        let p = policy(FreshnessConfig {
+            metadata: vec!["/simple/**".into()],
+            metadata_ttl: d(120),
+            stale_while_revalidate: crate::units::HumanDuration(Duration::from_secs(900)),
+            max_stale: crate::units::HumanDuration(Duration::from_secs(3600)),
+            ..FreshnessConfig::default()
+        });
+        assert_eq!(windows(p.decide(HTTP, &resp(&[("cache-control", "max-age=60")]), false)), (0, 3600));
+        assert_eq!(windows(p.decide(HTTP, &resp(&[("cache-control", "max-age=60, stale-while-revalidate=30")]), false)), (30, 3600));
+        for forbid in ["must-revalidate", "proxy-revalidate", "s-maxage=60", "no-cache"] {
+            assert_eq!(windows(p.decide(HTTP, &resp(&[("cache-control", &format!("max-age=60, stale-while-revalidate=30, {forbid}"))]), false)), (0, 0), "{forbid}");
+        }
+        let meta = p.configured_class("/simple/pkg/").unwrap();
+        assert_eq!(meta, PathClass::Metadata);
+        let r = resp(&[("cache-control", "max-age=86400, must-revalidate")]);
+        assert_eq!(ttl(p.decide(meta, &r, false)), Some(120), "metadata_ttl replaces the origin's freshness");
+        assert_eq!(windows(p.decide(meta, &r, false)), (900, 3600));
+        assert_eq!(ttl(p.decide(meta, &resp(&[("cache-control", "no-store")]), false)), None, "refusals still hold");
     }
 }

@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod breaker;
 pub mod config;
+pub mod directives;
 pub mod format;
 pub mod freshness;
 pub mod metrics;

@@ -26,6 +26,8 @@ pub struct Metrics {
     pub breaker_state: IntGaugeVec,
     pub breaker_trips: IntCounterVec,
     pub upstream_errors: IntCounterVec,
+    /// Stale-while-revalidate refreshes run in the background, by upstream status class.
+    pub background_refreshes: IntCounterVec,
 }
 
 impl Metrics {
@@ -62,6 +64,7 @@ impl Metrics {
         let breaker_trips = counter_vec("upstream_breaker_trips_total", "Times the circuit breaker opened", &["repository"]);
         let upstream_redirects = counter_vec("upstream_redirects_total", "Upstream redirects followed", &["repository"]);
         let upstream_errors = counter_vec("upstream_errors_total", "Upstream failures by kind", &["repository", "kind"]);
+        let background_refreshes = counter_vec("background_refreshes_total", "Background refreshes of stale entries", &["repository", "status"]);
         Metrics {
             registry,
             requests,
@@ -78,6 +81,7 @@ impl Metrics {
             breaker_state,
             breaker_trips,
             upstream_errors,
+            background_refreshes,
         }
     }
 

@@ -9,7 +9,7 @@
 //! live in the format modules, not here.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -23,6 +23,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType};
 
 use crate::breaker::Admission;
+use crate::directives::RequestDirectives;
 use crate::metrics::{status_class, Metrics};
 use crate::offline::OfflineSwitch;
 use crate::path::RequestPath;
@@ -67,8 +68,18 @@ pub struct RequestCtx {
     upstream_started: Option<Instant>,
     /// Label for a response the proxy generated itself.
     local_result: Option<&'static str>,
-    /// An expired entry served because the repository is offline.
-    offline_stale: bool,
+    /// An expired entry served without asking the upstream: the repository is offline, or
+    /// the client's `max-stale` accepted it.
+    served_stale: bool,
+    /// The client's Cache-Control directives (empty when the repository ignores them).
+    directives: RequestDirectives,
+    /// The client asked for a validated response, so stale-while-revalidate must not answer.
+    client_revalidates: bool,
+    /// A background refresh spawned by stale-while-revalidate, not a client request.
+    background: bool,
+    /// The upstream's 304 to a revalidation, merged into the stored headers before they are
+    /// judged again.
+    not_modified: Option<Box<ResponseHeader>>,
     /// An upstream attempt is under way whose outcome the breaker has not been told yet.
     breaker_pending: bool,
 }
@@ -77,6 +88,44 @@ impl RequestCtx {
     fn repo_name(&self) -> &str {
         self.repo.as_ref().map_or("-", |r| r.name.as_str())
     }
+
+    /// The `X-Hangar-Cache` label of this request.
+    fn result(&self, session: &Session) -> &'static str {
+        if self.served_stale {
+            "stale"
+        } else {
+            self.local_result.unwrap_or_else(|| cache_result(session.cache.phase()))
+        }
+    }
+}
+
+/// RFC 9111 §3.2: a 304's header fields replace the stored ones, except those describing the
+/// stored body (its length and encoding) and hop-by-hop fields. `Age` and `Date` are the
+/// 304's or none, so the stored copy's age starts over; `Vary` keeps the stored value because
+/// pingora keeps the stored variance.
+fn merge_not_modified(stored: &ResponseHeader, not_modified: &ResponseHeader) -> ResponseHeader {
+    const KEEP: [header::HeaderName; 7] = [
+        header::CONTENT_LENGTH,
+        header::CONTENT_ENCODING,
+        header::TRANSFER_ENCODING,
+        header::CONTENT_RANGE,
+        header::CONNECTION,
+        header::VARY,
+        header::TRAILER,
+    ];
+    let mut merged = stored.clone();
+    merged.remove_header(&header::AGE);
+    merged.remove_header(&header::DATE);
+    for name in not_modified.headers.keys() {
+        if KEEP.contains(name) || name.as_str().eq_ignore_ascii_case("keep-alive") {
+            continue;
+        }
+        merged.remove_header(name);
+        for value in not_modified.headers.get_all(name) {
+            let _ = merged.append_header(name.clone(), value.clone());
+        }
+    }
+    merged
 }
 
 /// The `X-Hangar-Cache` label for where pingora's cache state machine ended.
@@ -186,6 +235,10 @@ impl ProxyHttp for HangarProxy {
             upstream_path.push_str(q);
         }
         ctx.rel_path = format!("/{rel}");
+        ctx.background = session.subrequest_ctx.is_some();
+        if repo.freshness.honor_request_directives() {
+            ctx.directives = RequestDirectives::parse(&session.req_header().headers);
+        }
         ctx.target = Some((repo.upstream.clone(), upstream_path));
         Ok(false)
     }
@@ -207,15 +260,36 @@ impl ProxyHttp for HangarProxy {
     async fn cache_hit_filter(
         &self,
         _session: &mut Session,
-        _meta: &CacheMeta,
+        meta: &CacheMeta,
         _hit_handler: &mut HitHandler,
         is_fresh: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<ForcedFreshness>> {
         // Offline: whatever is cached is served, however old.
         if !is_fresh && ctx.repo.as_ref().is_some_and(|r| self.offline.is_offline(&r.name)) {
-            ctx.offline_stale = true;
+            ctx.served_stale = true;
             return Ok(Some(ForcedFreshness::ForceFresh));
+        }
+        // RFC 9111 §5.2.1: the client's limits on what a stored response may be used for.
+        let d = &ctx.directives;
+        let now = SystemTime::now();
+        let too_old = d.max_age.is_some_and(|max| meta.age() > max);
+        let expires_too_soon = d.min_fresh.is_some_and(|min| meta.fresh_until().duration_since(now).unwrap_or_default() < min);
+        if d.no_cache || too_old || expires_too_soon {
+            ctx.client_revalidates = true;
+            // Validate with the upstream; a stale copy stays usable if the upstream fails.
+            return Ok((is_fresh).then_some(ForcedFreshness::ForceExpiredServeStale { expired_at: None }));
+        }
+        if !is_fresh {
+            if let Some(limit) = d.max_stale {
+                let staleness = now.duration_since(meta.fresh_until()).unwrap_or_default();
+                let stored_cc = pingora::cache::cache_control::CacheControl::from_headers_named("cache-control", meta.headers());
+                let forbidden = crate::freshness::forbids_stale(stored_cc.as_ref());
+                if !forbidden && limit.is_none_or(|l| staleness <= l) {
+                    ctx.served_stale = true;
+                    return Ok(Some(ForcedFreshness::ForceFresh));
+                }
+            }
         }
         Ok(None)
     }
@@ -223,6 +297,10 @@ impl ProxyHttp for HangarProxy {
     async fn proxy_upstream_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         if ctx.repo.as_ref().is_some_and(|r| self.offline.is_offline(&r.name)) {
             respond_local(session, ctx, 504, "repository is offline and this is not cached", &[]).await?;
+            return Ok(false);
+        }
+        if ctx.directives.only_if_cached {
+            respond_local(session, ctx, 504, "not in cache (only-if-cached)", &[]).await?;
             return Ok(false);
         }
         Ok(true)
@@ -263,7 +341,18 @@ impl ProxyHttp for HangarProxy {
         if vary_any {
             return Ok(RespCacheable::Uncacheable(NoCacheReason::OriginNotCache));
         }
-        let decision = repo.format.cacheability(&ctx.rel_path, resp, authorization);
+        if ctx.directives.no_store {
+            return Ok(RespCacheable::Uncacheable(NoCacheReason::Custom("request no-store")));
+        }
+        let merged;
+        let resp = match ctx.not_modified.take() {
+            Some(not_modified) => {
+                merged = merge_not_modified(resp, &not_modified);
+                &merged
+            }
+            None => resp,
+        };
+        let decision = repo.freshness.decide(repo.classify(&ctx.rel_path), resp, authorization);
         if decision.is_cacheable() {
             let len = resp
                 .headers
@@ -341,6 +430,9 @@ impl ProxyHttp for HangarProxy {
         if let Some(started) = ctx.upstream_started.take() {
             self.metrics.upstream_latency.with_label_values(&[&repo_name]).observe(started.elapsed().as_secs_f64());
         }
+        if resp.status == http::StatusCode::NOT_MODIFIED {
+            ctx.not_modified = Some(Box::new(resp.clone()));
+        }
         // Rate limiting is an outage too: with a stale copy at hand, serve it (pingora does this
         // itself for 5xx and connection failures).
         if resp.status.as_u16() == 429 && session.cache.can_serve_stale_error() {
@@ -405,15 +497,21 @@ impl ProxyHttp for HangarProxy {
     /// Pingora asks this before serving a stale copy on an upstream error; a 5xx that is
     /// answered from cache this way never reaches `upstream_response_filter`, so the breaker
     /// hears about it here.
+    ///
+    /// Without an error, pingora is asking about stale-while-revalidate: serve the stale copy
+    /// at once while one background request refreshes it, unless the client asked for a
+    /// validated response. The stored response's window (zero unless its path is metadata or
+    /// the upstream allowed it) has already been checked.
     fn should_serve_stale(&self, _session: &mut Session, ctx: &mut RequestCtx, error: Option<&Error>) -> bool {
-        if let Some(e) = error {
-            if matches!(e.etype(), ErrorType::HTTPStatus(_)) && std::mem::take(&mut ctx.breaker_pending) {
-                if let Some(repo) = ctx.repo.as_ref() {
-                    self.breaker_outcome(repo, false);
-                }
+        let Some(e) = error else {
+            return !ctx.client_revalidates && !ctx.background;
+        };
+        if matches!(e.etype(), ErrorType::HTTPStatus(_)) && std::mem::take(&mut ctx.breaker_pending) {
+            if let Some(repo) = ctx.repo.as_ref() {
+                self.breaker_outcome(repo, false);
             }
         }
-        error.is_some_and(|e| e.esource() == &ErrorSource::Upstream)
+        e.esource() == &ErrorSource::Upstream
     }
 
     fn fail_to_connect(&self, _session: &mut Session, _peer: &HttpPeer, ctx: &mut RequestCtx, e: Box<Error>) -> Box<Error> {
@@ -443,8 +541,7 @@ impl ProxyHttp for HangarProxy {
                 }
             }
         }
-        let result = if ctx.offline_stale { "stale" } else { ctx.local_result.unwrap_or_else(|| cache_result(session.cache.phase())) };
-        resp.insert_header(CACHE_HEADER, result)?;
+        resp.insert_header(CACHE_HEADER, ctx.result(session))?;
         Ok(())
     }
 
@@ -487,7 +584,11 @@ impl ProxyHttp for HangarProxy {
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
-        let result = if ctx.offline_stale { "stale" } else { ctx.local_result.unwrap_or_else(|| cache_result(session.cache.phase())) };
+        let result = ctx.result(session);
+        if ctx.background {
+            self.metrics.background_refreshes.with_label_values(&[ctx.repo_name(), status_class(status)]).inc();
+            return;
+        }
         let method = &session.req_header().method;
         let (served, fetched) = (session.body_bytes_sent() as u64, session.upstream_body_bytes_received() as u64);
         match ctx.repo.as_ref() {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use crate::breaker::Breaker;
 use crate::config::{normalize_prefix, RepositoryConfig, TimeoutConfig};
 use crate::format::Format;
-use crate::freshness::FreshnessPolicy;
+use crate::freshness::{FreshnessPolicy, PathClass};
 use crate::metrics::{Metrics, RepoMetrics};
 use crate::upstream::UpstreamUrl;
 
@@ -17,6 +17,7 @@ pub struct Repository {
     pub upstream: UpstreamUrl,
     pub timeouts: TimeoutConfig,
     pub format: Box<dyn Format>,
+    pub freshness: FreshnessPolicy,
     /// Counters resolved once, so the per-request path does no label lookups.
     pub metrics: RepoMetrics,
     pub breaker: Breaker,
@@ -31,10 +32,18 @@ impl Repository {
             prefix: normalize_prefix(&cfg.prefix),
             upstream,
             timeouts: cfg.timeouts.clone(),
-            format: cfg.format.build(freshness),
+            format: cfg.format.build(),
+            freshness,
             metrics: RepoMetrics::new(metrics, &cfg.name),
             breaker: Breaker::new(cfg.breaker.failures, cfg.breaker.cooldown.0),
         })
+    }
+}
+
+impl Repository {
+    /// What `path` holds: the repository's patterns first, then the format's knowledge.
+    pub fn classify(&self, path: &str) -> PathClass {
+        self.freshness.configured_class(path).unwrap_or_else(|| self.format.classify(path))
     }
 }
 

@@ -167,6 +167,21 @@ impl Proxy {
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
     }
+
+    /// Wait until a metric reaches `at_least`: for work the proxy finishes after the response
+    /// (a background refresh), where no response marks the moment. Polls the admin endpoint;
+    /// panics after 30 s so a missing event fails the test instead of hanging it.
+    pub async fn wait_for_metric(&self, name: &str, labels: &[(&str, &str)], at_least: f64) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let v = self.metric(name, labels).await;
+            if v >= at_least {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "{name}{labels:?} stayed at {v}, expected {at_least}");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
 }
 
 impl Drop for Proxy {

@@ -45,6 +45,10 @@ pub struct Route {
     pub chunked: bool,
     /// Answer with the value of this request header as the body (for Vary tests).
     pub echo_header: Option<String>,
+    /// Answer a matching `If-None-Match` / `If-Modified-Since` with 304 and the route's headers.
+    pub revalidates: bool,
+    /// Wait for a permit before sending the response head.
+    pub hold_head: Option<Arc<Semaphore>>,
 }
 
 impl Route {
@@ -58,7 +62,41 @@ impl Route {
             delay: None,
             chunked: false,
             echo_header: None,
+            revalidates: false,
+            hold_head: None,
         }
+    }
+
+    /// Drop a header the route would otherwise send (e.g. the default Cache-Control).
+    pub fn without(mut self, k: &str) -> Self {
+        self.headers.retain(|(hk, _)| !hk.eq_ignore_ascii_case(k));
+        self
+    }
+
+    pub fn revalidates(mut self) -> Self {
+        self.revalidates = true;
+        self
+    }
+
+    pub fn hold_head(mut self, gate: Arc<Semaphore>) -> Self {
+        self.hold_head = Some(gate);
+        self
+    }
+
+    fn header_value(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    /// RFC 9110 §13.1: does this conditional request match what the route would send?
+    fn not_modified(&self, req: &SeenRequest) -> bool {
+        if !self.revalidates || self.status != 200 {
+            return false;
+        }
+        if let Some(inm) = req.header("if-none-match") {
+            let etag = self.header_value("etag").unwrap_or("");
+            return inm.split(',').map(str::trim).any(|t| t == "*" || (!etag.is_empty() && t.trim_start_matches("W/") == etag.trim_start_matches("W/")));
+        }
+        matches!((req.header("if-modified-since"), self.header_value("last-modified")), (Some(a), Some(b)) if a == b)
     }
 
     pub fn pattern(seed: u8, len: u64) -> Self {
@@ -250,6 +288,7 @@ async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(sock: S, st: Arc<State>) 
             }
         }
         let req = SeenRequest { method: method.clone(), path: path.clone(), headers };
+        let req_for_route = req.clone();
         let content_length: u64 = req.header("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
         if content_length > 0 {
             let mut skip = vec![0u8; content_length as usize];
@@ -266,7 +305,19 @@ async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(sock: S, st: Arc<State>) 
         if let Some(d) = route.delay {
             tokio::time::sleep(d).await;
         }
+        if let Some(gate) = &route.hold_head {
+            gate.acquire().await.expect("gate open").forget();
+        }
         let sock = reader.get_mut();
+        if route.not_modified(&req_for_route) {
+            let mut head = "HTTP/1.1 304 Not Modified\r\n".to_string();
+            for (k, v) in &route.headers {
+                head.push_str(&format!("{k}: {v}\r\n"));
+            }
+            head.push_str("\r\n");
+            sock.write_all(head.as_bytes()).await?;
+            continue;
+        }
         let framing = if route.chunked {
             "Transfer-Encoding: chunked".to_string()
         } else {

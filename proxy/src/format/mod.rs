@@ -1,7 +1,7 @@
 //! Package formats: what one kind of registry means by its URLs.
 //!
 //! Each format is one module behind [`Format`]. The proxy phases ask the repository's format how to
-//! map a path, which methods it serves and how fresh a response is; the cache and storage code
+//! map a path, which methods it serves and what a path holds (artefact or index); the cache and storage code
 //! never know which format they hold. Adding a format means adding a module and a [`FormatKind`]
 //! variant, nothing else.
 
@@ -10,11 +10,9 @@ mod generic;
 pub use generic::Generic;
 
 use http::Method;
-use pingora::cache::RespCacheable;
-use pingora::http::ResponseHeader;
 use serde::Deserialize;
 
-use crate::freshness::FreshnessPolicy;
+use crate::freshness::PathClass;
 use crate::path::{PathError, RequestPath};
 
 /// The `format` key of a repository.
@@ -33,10 +31,9 @@ impl FormatKind {
         }
     }
 
-    /// Build the format's implementation with the repository's freshness rules.
-    pub fn build(self, freshness: FreshnessPolicy) -> Box<dyn Format> {
+    pub fn build(self) -> Box<dyn Format> {
         match self {
-            FormatKind::Generic => Box::new(Generic::new(freshness)),
+            FormatKind::Generic => Box::new(Generic),
         }
     }
 }
@@ -60,6 +57,10 @@ pub trait Format: Send + Sync {
         path.checked_relative(false)
     }
 
-    /// Whether (and for how long) a response may be cached.
-    fn cacheability(&self, path: &str, resp: &ResponseHeader, authorization: bool) -> RespCacheable;
+    /// What `path` (below the repository prefix) holds: the format knows which of its URLs
+    /// name versioned artefacts and which name indexes. A repository's own `immutable` and
+    /// `metadata` patterns take precedence.
+    fn classify(&self, _path: &str) -> PathClass {
+        PathClass::Http
+    }
 }
