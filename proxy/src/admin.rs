@@ -47,8 +47,22 @@ impl AdminApp {
             Some(p) => (p, true),
             None => (rel, false),
         };
-        let upstream_path = format!("{}{}", repo.upstream.base_path, rel);
-        let key = cache_key(&repo.name, &upstream_path);
+        // An exact path is resolved as a request would be (`@scope/name` and `@scope%2fname`
+        // are one npm package); a prefix is taken as written.
+        let key_path = if prefix {
+            rel.to_string()
+        } else {
+            let (path, query) = match rel.split_once('?') {
+                Some((p, q)) => (p, Some(q)),
+                None => (rel, None),
+            };
+            let req = pingora::http::RequestHeader::build("GET", b"/", None).expect("static request");
+            match repo.format.resolve(&crate::path::RequestPath { relative: path, query }, &req) {
+                Ok(r) => r.key_path,
+                Err(e) => return reply(400, "application/json", format!("{{\"error\":\"{}\"}}\n", e.to_string().replace('"', "'")).into_bytes()),
+            }
+        };
+        let key = cache_key(&repo.name, &key_path);
         // Exact purges drop every Vary variant of the URL too.
         let keys = if prefix { self.storage.purge_prefix(key.primary_key()) } else { self.storage.purge_url(&key.to_compact()) };
         for k in &keys {

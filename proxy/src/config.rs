@@ -117,6 +117,20 @@ pub struct RepositoryConfig {
     pub format: FormatKind,
     /// Base URL requests are forwarded to; the path after `prefix` is appended to it.
     pub upstream: String,
+    /// Where the format's artefacts are downloaded from when that is not `upstream`: PyPI's
+    /// file host, cargo's `dl` (a template with `{crate}` markers, as in the index's
+    /// config.json). An unset variable disables the repository, like `upstream`.
+    #[serde(default)]
+    pub files_upstream: Option<String>,
+    /// The proxy's own URL for this repository (e.g. `https://hangar.example/npm/`), written
+    /// into rewritten documents. Unset: taken from each request's `Host` (and
+    /// `X-Forwarded-Proto`), so one proxy answers correctly under every name it is reached by.
+    #[serde(default)]
+    pub public_url: Option<String>,
+    /// Largest index document (packument, index page) the proxy rewrites; larger ones fail
+    /// with 502 rather than take unbounded memory.
+    #[serde(default = "default_max_document")]
+    pub max_document_bytes: ByteSize,
     #[serde(default)]
     pub timeouts: TimeoutConfig,
     #[serde(default)]
@@ -126,6 +140,25 @@ pub struct RepositoryConfig {
     pub offline: bool,
     #[serde(default)]
     pub breaker: BreakerConfig,
+}
+
+impl RepositoryConfig {
+    /// A repository with every optional setting at its default.
+    pub fn new(name: &str, prefix: &str, format: FormatKind, upstream: &str) -> Self {
+        RepositoryConfig {
+            name: name.into(),
+            prefix: prefix.into(),
+            format,
+            upstream: upstream.into(),
+            files_upstream: None,
+            public_url: None,
+            max_document_bytes: default_max_document(),
+            timeouts: Default::default(),
+            freshness: Default::default(),
+            offline: false,
+            breaker: Default::default(),
+        }
+    }
 }
 
 /// When to stop sending requests to a failing upstream, and for how long.
@@ -234,6 +267,9 @@ impl Default for FreshnessConfig {
 
 fn default_max_stale() -> HumanDuration {
     HumanDuration(Duration::from_secs(7 * 86400))
+}
+fn default_max_document() -> ByteSize {
+    ByteSize(256 << 20)
 }
 fn default_stale_while_revalidate() -> HumanDuration {
     HumanDuration(Duration::from_secs(600))
@@ -362,9 +398,11 @@ impl Config {
         let mut disabled = Vec::new();
         let mut kept = Vec::with_capacity(self.repositories.len());
         for (i, mut repo) in std::mem::take(&mut self.repositories).into_iter().enumerate() {
-            match interpolate(&repo.upstream, env) {
-                Ok(url) => {
+            let files = repo.files_upstream.as_deref().map(|f| interpolate(f, env)).transpose();
+            match interpolate(&repo.upstream, env).and_then(|url| Ok((url, files?))) {
+                Ok((url, files)) => {
                     repo.upstream = url;
+                    repo.files_upstream = files;
                     kept.push(repo);
                 }
                 Err(InterpolationError::Unset(variable)) => disabled.push(DisabledRepository {

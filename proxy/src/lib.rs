@@ -7,9 +7,11 @@
 pub mod admin;
 pub mod breaker;
 pub mod config;
+pub mod digest;
 pub mod directives;
 pub mod format;
 pub mod freshness;
+pub mod loopback;
 pub mod metrics;
 pub mod offline;
 pub mod path;

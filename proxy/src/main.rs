@@ -73,16 +73,7 @@ fn apply_flags(cli: &Cli, mut config: Config) -> anyhow::Result<Config> {
             .with_context(|| format!("--upstream {spec}: expected PREFIX=URL"))?;
         let norm = hangar_proxy::config::normalize_prefix(prefix);
         config.repositories.retain(|r| hangar_proxy::config::normalize_prefix(&r.prefix) != norm);
-        config.repositories.push(RepositoryConfig {
-            name: repo_name_for(prefix),
-            prefix: prefix.to_string(),
-            format: FormatKind::Generic,
-            upstream: url.to_string(),
-            timeouts: Default::default(),
-            freshness: Default::default(),
-            offline: false,
-            breaker: Default::default(),
-        });
+        config.repositories.push(RepositoryConfig::new(&repo_name_for(prefix), prefix, FormatKind::Generic, url));
     }
     config.validate("command line")?;
     Ok(config)

@@ -28,6 +28,8 @@ pub struct Metrics {
     pub upstream_errors: IntCounterVec,
     /// Stale-while-revalidate refreshes run in the background, by upstream status class.
     pub background_refreshes: IntCounterVec,
+    /// Upstream bodies that did not match their published digest (never cached).
+    pub integrity_failures: IntCounterVec,
 }
 
 impl Metrics {
@@ -65,6 +67,7 @@ impl Metrics {
         let upstream_redirects = counter_vec("upstream_redirects_total", "Upstream redirects followed", &["repository"]);
         let upstream_errors = counter_vec("upstream_errors_total", "Upstream failures by kind", &["repository", "kind"]);
         let background_refreshes = counter_vec("background_refreshes_total", "Background refreshes of stale entries", &["repository", "status"]);
+        let integrity_failures = counter_vec("integrity_failures_total", "Upstream bodies that did not match their published digest", &["repository"]);
         Metrics {
             registry,
             requests,
@@ -82,6 +85,7 @@ impl Metrics {
             breaker_trips,
             upstream_errors,
             background_refreshes,
+            integrity_failures,
         }
     }
 

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use async_trait::async_trait;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::{header, Method};
 use pingora::cache::eviction::EvictionManager;
 use pingora::cache::lock::CacheKeyLockImpl;
@@ -23,6 +23,9 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType};
 
 use crate::breaker::Admission;
+use crate::digest::{Digest, Hasher};
+use crate::format::{FormatError, Resolved, RewriteEnv, UpstreamChoice};
+use crate::freshness::PathClass;
 use crate::directives::RequestDirectives;
 use crate::metrics::{status_class, Metrics};
 use crate::offline::OfflineSwitch;
@@ -50,14 +53,29 @@ pub struct HangarProxy {
     pub resolver: SharedResolver,
     pub metrics: Arc<Metrics>,
     pub offline: Arc<OfflineSwitch>,
+    /// The proxy's own listener, for reading documents through the cache.
+    pub listen_addr: std::net::SocketAddr,
 }
 
 /// Per-request state.
 #[derive(Default)]
 pub struct RequestCtx {
     repo: Option<Arc<Repository>>,
-    /// Path below the repository prefix (still encoded), used for freshness rules.
-    rel_path: String,
+    /// What the repository's format made of the request.
+    resolved: Option<Resolved>,
+    /// The path class after the repository's own patterns.
+    class: Option<PathClass>,
+    /// The proxy's URL of the repository, for rewritten documents.
+    proxy_base: String,
+    /// The digest the body must have; hashed while it streams.
+    expected_digest: Option<Digest>,
+    hasher: Option<Hasher>,
+    /// The digest could not be learned: serve the artefact, but do not cache it.
+    unverified: bool,
+    /// A document being collected for rewriting.
+    document: Option<BytesMut>,
+    /// The document arrived gzip-encoded and is decoded before rewriting.
+    document_gzip: bool,
     /// Where the next upstream attempt goes: origin and path-with-query.
     target: Option<(UpstreamUrl, String)>,
     /// Set when an upstream answered with a redirect we will follow on the next attempt.
@@ -177,7 +195,107 @@ async fn respond_local(
     Ok(true)
 }
 
+/// gzip level for documents compressed per response: level 1 keeps a 10 MB packument to a
+/// few milliseconds of CPU and still shrinks JSON several times over.
+const DOCUMENT_GZIP_LEVEL: u32 = 1;
+
+/// The proxy's URL of `repo` as a client reached it: the configured `public_url`, or the
+/// request's `Host` under `X-Forwarded-Proto`'s scheme (http by default).
+fn proxy_base(repo: &Repository, req: &RequestHeader) -> String {
+    if let Some(u) = &repo.public_url {
+        return u.clone();
+    }
+    let host = req
+        .headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b)))
+        .or_else(|| req.uri.authority().map(|a| a.as_str()))
+        .unwrap_or("localhost");
+    let https = req.headers.get("x-forwarded-proto").and_then(|v| v.to_str().ok()).is_some_and(|v| v.eq_ignore_ascii_case("https"));
+    format!("{}://{host}{}", if https { "https" } else { "http" }, repo.prefix)
+}
+
 impl HangarProxy {
+    /// Set up digest checking and document rewriting for a 200 from the upstream.
+    fn prepare_body_checks(&self, resp: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<()> {
+        let Some(resolved) = ctx.resolved.as_ref() else { return Ok(()) };
+        let encoding = resp.headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()).map(|v| v.trim().to_ascii_lowercase());
+        let encoded = encoding.as_deref().is_some_and(|e| e != "identity");
+        if let Some(expected) = ctx.expected_digest.as_ref() {
+            if encoded {
+                return Err(Error::explain(ErrorType::HTTPStatus(502), "upstream sent an artefact with a content coding; cannot verify it").into_up());
+            }
+            ctx.hasher = Some(expected.hasher());
+        }
+        if resolved.rewrite {
+            ctx.document_gzip = match encoding.as_deref() {
+                None | Some("identity") => false,
+                Some("gzip") | Some("x-gzip") => true,
+                Some(other) => {
+                    return Err(Error::explain(ErrorType::HTTPStatus(502), format!("upstream document in unsupported coding '{other}'")).into_up())
+                }
+            };
+            let capacity = resp.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()).unwrap_or(64 * 1024);
+            resp.remove_header(&header::CONTENT_ENCODING);
+            resp.remove_header(&header::CONTENT_LENGTH);
+            ctx.document = Some(BytesMut::with_capacity(capacity));
+        }
+        if let Some(r) = resolved.representation {
+            if let Some(ct) = r.content_type {
+                resp.insert_header(header::CONTENT_TYPE, ct)?;
+            }
+            let varies = resp.headers.get_all(header::VARY).iter().any(|v| v.to_str().unwrap_or("").split(',').any(|n| n.trim().eq_ignore_ascii_case("accept")));
+            if !varies {
+                resp.append_header(header::VARY, "Accept")?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Rewrite a complete document through the repository's format and learn the digests
+    /// it lists.
+    fn rewrite_document(&self, raw: Bytes, ctx: &mut RequestCtx) -> Result<Bytes> {
+        let (Some(repo), Some(resolved)) = (ctx.repo.as_ref(), ctx.resolved.as_ref()) else {
+            return Ok(raw);
+        };
+        let raw = if ctx.document_gzip {
+            use std::io::Read;
+            let mut out = Vec::with_capacity(raw.len() * 4);
+            flate2::read::GzDecoder::new(&raw[..])
+                .take(repo.max_document_bytes as u64 + 1)
+                .read_to_end(&mut out)
+                .map_err(|e| Error::because(ErrorType::HTTPStatus(502), "upstream document is not valid gzip", e).into_up())?;
+            if out.len() > repo.max_document_bytes {
+                return Err(Error::explain(ErrorType::HTTPStatus(502), "upstream document larger than max_document_bytes").into_up());
+            }
+            Bytes::from(out)
+        } else {
+            raw
+        };
+        let rewritten = repo
+            .format
+            .rewrite(resolved, raw, &RewriteEnv { proxy_base: &ctx.proxy_base })
+            .map_err(|e| Error::explain(ErrorType::HTTPStatus(502), e.to_string()).into_up())?;
+        if !rewritten.digests.is_empty() {
+            repo.digests.insert_all(rewritten.digests);
+        }
+        Ok(rewritten.body)
+    }
+
+    /// Read `document` (a path below the repository prefix) through this proxy and remember
+    /// the artefact digests it lists. Failures leave the digests unknown.
+    async fn learn_digests(&self, repo: &Repository, document: &str) {
+        let target = format!("{}{}", repo.prefix, document);
+        match crate::loopback::get(self.listen_addr, &target, repo.format.document_accept(), repo.max_document_bytes).await {
+            Ok(body) => match repo.format.digests_in(document, &body) {
+                Ok(found) => repo.digests.insert_all(found),
+                Err(e) => tracing::warn!(repository = %repo.name, document, error = %e, "cannot read digests"),
+            },
+            Err(e) => tracing::warn!(repository = %repo.name, document, error = %e, "cannot fetch the document that lists this artefact's digest"),
+        }
+    }
+
     fn breaker_outcome(&self, repo: &Repository, ok: bool) {
         if ok {
             if repo.breaker.success() {
@@ -217,29 +335,43 @@ impl ProxyHttp for HangarProxy {
         };
         let repo = repo.clone();
         ctx.repo = Some(repo.clone());
-        if !repo.format.allows_method(&method) {
+        if !repo.format.allows(&method, rest) {
             let allow = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
                 .into_iter()
-                .filter(|m| repo.format.allows_method(&m.parse().expect("standard method")))
+                .filter(|m| repo.format.allows(&m.parse().expect("standard method"), rest))
                 .collect::<Vec<_>>()
                 .join(", ");
             return respond_local(session, ctx, 405, "method not allowed", &[(header::ALLOW, &allow)]).await;
         }
-        let rel = match repo.format.upstream_path(&RequestPath { relative: rest, query: query.as_deref() }) {
-            Ok(rel) => rel,
+        let resolved = match repo.format.resolve(&RequestPath { relative: rest, query: query.as_deref() }, session.req_header()) {
+            Ok(r) => r,
+            Err(FormatError::NotFound(why)) => return respond_local(session, ctx, 404, why, &[]).await,
             Err(e) => return respond_local(session, ctx, 400, &e.to_string(), &[]).await,
         };
-        let mut upstream_path = format!("{}{}", repo.upstream.base_path, rel);
-        if let Some(q) = &query {
-            upstream_path.push('?');
-            upstream_path.push_str(q);
+        let upstream = match resolved.upstream {
+            UpstreamChoice::Primary => repo.upstream.clone(),
+            UpstreamChoice::Files => match repo.files.clone() {
+                Some(f) => f,
+                None => return respond_local(session, ctx, 502, "repository has no files_upstream", &[]).await,
+            },
+        };
+        let upstream_path = format!("{}{}", upstream.base_path, resolved.upstream_path);
+        ctx.class = Some(repo.classify(&resolved.key_path, resolved.class));
+        ctx.expected_digest = resolved.digest.clone();
+        if resolved.rewrite {
+            ctx.proxy_base = proxy_base(&repo, session.req_header());
+            // Documents are compressed for clients that accept it (and never twice: the
+            // module leaves a response that already has a Content-Encoding alone).
+            if let Some(c) = session.downstream_modules_ctx.get_mut::<pingora::modules::http::compression::ResponseCompression>() {
+                c.adjust_level(DOCUMENT_GZIP_LEVEL);
+            }
         }
-        ctx.rel_path = format!("/{rel}");
+        ctx.resolved = Some(resolved);
         ctx.background = session.subrequest_ctx.is_some();
         if repo.freshness.honor_request_directives() {
             ctx.directives = RequestDirectives::parse(&session.req_header().headers);
         }
-        ctx.target = Some((repo.upstream.clone(), upstream_path));
+        ctx.target = Some((upstream, upstream_path));
         Ok(false)
     }
 
@@ -253,8 +385,8 @@ impl ProxyHttp for HangarProxy {
 
     fn cache_key_callback(&self, _session: &Session, ctx: &mut RequestCtx) -> Result<CacheKey> {
         let repo = ctx.repo.as_ref().ok_or_else(|| Error::explain(ErrorType::InternalError, "no repository"))?;
-        let (_, path) = ctx.target.as_ref().ok_or_else(|| Error::explain(ErrorType::InternalError, "no target"))?;
-        Ok(crate::router::cache_key(&repo.name, path))
+        let resolved = ctx.resolved.as_ref().ok_or_else(|| Error::explain(ErrorType::InternalError, "not resolved"))?;
+        Ok(crate::router::cache_key(&repo.name, &resolved.key_path))
     }
 
     async fn cache_hit_filter(
@@ -303,15 +435,45 @@ impl ProxyHttp for HangarProxy {
             respond_local(session, ctx, 504, "not in cache (only-if-cached)", &[]).await?;
             return Ok(false);
         }
+        // An artefact about to be fetched must be verified: find its digest now (on a hit it
+        // is not needed). The document listing it is read through the proxy itself, so it
+        // comes from cache when it can.
+        if ctx.expected_digest.is_none() {
+            if let (Some(repo), Some(resolved)) = (ctx.repo.clone(), ctx.resolved.as_ref()) {
+                if let Some(document) = resolved.digest_from.clone() {
+                    let key = resolved.key_path.clone();
+                    ctx.expected_digest = match repo.digests.get(&key) {
+                        Some(d) => Some(d),
+                        None => {
+                            self.learn_digests(&repo, &document).await;
+                            repo.digests.get(&key)
+                        }
+                    };
+                    ctx.unverified = ctx.expected_digest.is_none();
+                }
+            }
+        }
         Ok(true)
     }
 
     /// Vary: each listed request header (value normalised for whitespace) picks the variant.
-    fn cache_vary_filter(&self, meta: &CacheMeta, _ctx: &mut RequestCtx, req: &RequestHeader) -> Option<pingora::cache::key::HashBinary> {
+    /// A format's representation replaces `Accept` (clients spell the same wish many ways),
+    /// and a rewritten document also varies by the proxy URL written into it.
+    fn cache_vary_filter(&self, meta: &CacheMeta, ctx: &mut RequestCtx, req: &RequestHeader) -> Option<pingora::cache::key::HashBinary> {
         let mut builder = pingora::cache::VarianceBuilder::new();
+        let representation = ctx.resolved.as_ref().and_then(|r| r.representation);
+        if let Some(r) = representation {
+            builder.add_value("hangar-representation", r.name);
+        }
+        if ctx.resolved.as_ref().is_some_and(|r| r.rewrite) {
+            builder.add_owned_value("hangar-proxy-base", ctx.proxy_base.clone().into_bytes());
+        }
         for vary in meta.headers().get_all(header::VARY) {
             for name in vary.to_str().unwrap_or("").split(',').map(str::trim).filter(|n| !n.is_empty()) {
                 let name = name.to_ascii_lowercase();
+                if representation.is_some() && name == "accept" {
+                    continue;
+                }
                 let value: Vec<u8> = req
                     .headers
                     .get_all(name.as_str())
@@ -344,6 +506,10 @@ impl ProxyHttp for HangarProxy {
         if ctx.directives.no_store {
             return Ok(RespCacheable::Uncacheable(NoCacheReason::Custom("request no-store")));
         }
+        if ctx.unverified {
+            self.metrics.cache_skipped.with_label_values(&[&repo.name, "digest_unknown"]).inc();
+            return Ok(RespCacheable::Uncacheable(NoCacheReason::Custom("digest unknown")));
+        }
         let merged;
         let resp = match ctx.not_modified.take() {
             Some(not_modified) => {
@@ -352,7 +518,7 @@ impl ProxyHttp for HangarProxy {
             }
             None => resp,
         };
-        let decision = repo.freshness.decide(repo.classify(&ctx.rel_path), resp, authorization);
+        let decision = repo.freshness.decide(ctx.class.unwrap_or(PathClass::Http), resp, authorization);
         if decision.is_cacheable() {
             let len = resp
                 .headers
@@ -405,6 +571,15 @@ impl ProxyHttp for HangarProxy {
         upstream_request.insert_header(header::HOST, up.host_header())?;
         // cargo sends `Upgrade: h2c` over plain HTTP; the proxy speaks HTTP/1.1 upstream.
         upstream_request.remove_header(&header::UPGRADE);
+        if let Some(resolved) = ctx.resolved.as_ref() {
+            if let Some(r) = resolved.representation {
+                upstream_request.insert_header(header::ACCEPT, r.accept)?;
+            }
+            // Bytes that are rewritten or verified are asked for without a content coding.
+            if resolved.rewrite || ctx.expected_digest.is_some() || resolved.digest_from.is_some() {
+                upstream_request.insert_header(header::ACCEPT_ENCODING, "identity")?;
+            }
+        }
         if ctx.cross_origin {
             upstream_request.remove_header(&header::AUTHORIZATION);
             upstream_request.remove_header(&header::COOKIE);
@@ -432,6 +607,9 @@ impl ProxyHttp for HangarProxy {
         }
         if resp.status == http::StatusCode::NOT_MODIFIED {
             ctx.not_modified = Some(Box::new(resp.clone()));
+        }
+        if resp.status == http::StatusCode::OK {
+            self.prepare_body_checks(resp, ctx)?;
         }
         // Rate limiting is an outage too: with a stale copy at hand, serve it (pingora does this
         // itself for 5xx and connection failures).
@@ -467,6 +645,47 @@ impl ProxyHttp for HangarProxy {
         let mut e = Error::explain(ErrorType::Custom("following upstream redirect"), location);
         e.set_retry(true);
         Err(e.into_up())
+    }
+
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<std::time::Duration>> {
+        if let Some(hasher) = ctx.hasher.as_mut() {
+            if let Some(b) = body.as_ref() {
+                hasher.update(b);
+            }
+            if end_of_stream {
+                let got = ctx.hasher.take().expect("hasher present").finish();
+                let expected = ctx.expected_digest.as_ref().expect("a hasher has an expected digest");
+                if &got != expected {
+                    let repo = ctx.repo_name().to_string();
+                    self.metrics.integrity_failures.with_label_values(&[&repo]).inc();
+                    tracing::warn!(repository = %repo, expected = %expected, got = %got, "upstream body does not match its published digest; not cached");
+                    // The last chunk is withheld, so the client sees a failed transfer, not a
+                    // complete wrong file, and the cache entry is abandoned.
+                    *body = None;
+                    return Err(Error::explain(ErrorType::HTTPStatus(502), "upstream body does not match its published digest").into_up());
+                }
+            }
+        }
+        if let Some(buf) = ctx.document.as_mut() {
+            if let Some(b) = body.take() {
+                let limit = ctx.repo.as_ref().map_or(usize::MAX, |r| r.max_document_bytes);
+                if buf.len() + b.len() > limit {
+                    return Err(Error::explain(ErrorType::HTTPStatus(502), "upstream document larger than max_document_bytes").into_up());
+                }
+                buf.extend_from_slice(&b);
+            }
+            if end_of_stream {
+                let raw = ctx.document.take().expect("document present").freeze();
+                *body = Some(self.rewrite_document(raw, ctx)?);
+            }
+        }
+        Ok(None)
     }
 
     fn error_while_proxy(
@@ -533,8 +752,8 @@ impl ProxyHttp for HangarProxy {
         // RFC 9111 §4.4: a non-error response to an unsafe method invalidates the target URI.
         let method = &session.req_header().method;
         if !method.is_safe() && resp.status.as_u16() < 400 {
-            if let (Some(repo), Some((_, path))) = (ctx.repo.as_ref(), ctx.target.as_ref()) {
-                let key = crate::router::cache_key(&repo.name, path);
+            if let (Some(repo), Some(resolved)) = (ctx.repo.as_ref(), ctx.resolved.as_ref()) {
+                let key = crate::router::cache_key(&repo.name, &resolved.key_path);
                 let purged = self.storage.purge_url(&key.to_compact());
                 for k in &purged {
                     self.eviction.remove(pingora::cache::CacheEntryKeyRef::from_entry_id(k, None));

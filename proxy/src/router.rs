@@ -4,7 +4,8 @@ use std::sync::Arc;
 
 use crate::breaker::Breaker;
 use crate::config::{normalize_prefix, RepositoryConfig, TimeoutConfig};
-use crate::format::Format;
+use crate::digest::DigestIndex;
+use crate::format::{Format, Upstreams};
 use crate::freshness::{FreshnessPolicy, PathClass};
 use crate::metrics::{Metrics, RepoMetrics};
 use crate::upstream::UpstreamUrl;
@@ -15,8 +16,14 @@ pub struct Repository {
     /// Normalised to end with `/`.
     pub prefix: String,
     pub upstream: UpstreamUrl,
+    /// Where artefacts are downloaded from, for formats that keep them on another host.
+    pub files: Option<UpstreamUrl>,
+    pub public_url: Option<String>,
+    pub max_document_bytes: usize,
+    /// Artefact digests learned from the documents this repository served.
+    pub digests: DigestIndex,
     pub timeouts: TimeoutConfig,
-    pub format: Box<dyn Format>,
+    pub format: Arc<dyn Format>,
     pub freshness: FreshnessPolicy,
     /// Counters resolved once, so the per-request path does no label lookups.
     pub metrics: RepoMetrics,
@@ -27,12 +34,30 @@ impl Repository {
     pub fn from_config(cfg: &RepositoryConfig, metrics: &Metrics) -> Result<Self, String> {
         let upstream = UpstreamUrl::parse(&cfg.upstream).map_err(|e| e.to_string())?;
         let freshness = FreshnessPolicy::from_config(&cfg.freshness)?;
+        let files = match cfg.files_upstream.as_deref() {
+            Some(f) => {
+                let (origin, _) = crate::upstream::split_origin(f).ok_or_else(|| format!("files_upstream '{f}' is not a URL"))?;
+                // Cargo's may be a template; PyPI's a base URL. Either way the path is the format's.
+                let base = if f.contains('{') { origin } else { f.to_string() };
+                Some(UpstreamUrl::parse(&base).map_err(|e| e.to_string())?)
+            }
+            None if cfg.format.needs_files_upstream() => return Err(format!("format {} needs files_upstream", cfg.format.as_str())),
+            None => None,
+        };
+        let format = cfg
+            .format
+            .build(&Upstreams { primary: upstream.clone(), files: cfg.files_upstream.clone() })
+            .map_err(|e| e.to_string())?;
         Ok(Repository {
             name: cfg.name.clone(),
             prefix: normalize_prefix(&cfg.prefix),
             upstream,
+            files,
+            public_url: cfg.public_url.as_ref().map(|u| if u.ends_with('/') { u.clone() } else { format!("{u}/") }),
+            max_document_bytes: cfg.max_document_bytes.0 as usize,
+            digests: DigestIndex::new(200_000),
             timeouts: cfg.timeouts.clone(),
-            format: cfg.format.build(),
+            format,
             freshness,
             metrics: RepoMetrics::new(metrics, &cfg.name),
             breaker: Breaker::new(cfg.breaker.failures, cfg.breaker.cooldown.0),
@@ -41,9 +66,10 @@ impl Repository {
 }
 
 impl Repository {
-    /// What `path` holds: the repository's patterns first, then the format's knowledge.
-    pub fn classify(&self, path: &str) -> PathClass {
-        self.freshness.configured_class(path).unwrap_or_else(|| self.format.classify(path))
+    /// What `key_path` holds: the repository's patterns first, then the format's knowledge.
+    pub fn classify(&self, key_path: &str, format_class: PathClass) -> PathClass {
+        let path = key_path.split('?').next().unwrap_or(key_path);
+        self.freshness.configured_class(&format!("/{path}")).unwrap_or(format_class)
     }
 }
 
@@ -107,16 +133,7 @@ mod tests {
     use crate::format::FormatKind;
 
     fn repo(name: &str, prefix: &str) -> Repository {
-        Repository::from_config(&RepositoryConfig {
-            name: name.into(),
-            prefix: prefix.into(),
-            format: FormatKind::Generic,
-            upstream: "http://127.0.0.1:1/".into(),
-            timeouts: Default::default(),
-            freshness: Default::default(),
-            offline: false,
-            breaker: Default::default(),
-        }, &Metrics::new())
+        Repository::from_config(&RepositoryConfig::new(name, prefix, FormatKind::Generic, "http://127.0.0.1:1/"), &Metrics::new())
         .unwrap()
     }
 

@@ -135,6 +135,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         resolver: Arc::new(Resolver::from_system()),
         metrics: metrics.clone(),
         offline: offline.clone(),
+        listen_addr: listen.addr,
     };
     let socket_opts = || {
         let mut o = TcpSocketOptions::default();

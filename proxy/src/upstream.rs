@@ -120,6 +120,21 @@ impl UpstreamUrl {
     }
 }
 
+impl std::fmt::Display for UpstreamUrl {
+    /// The base URL as documents spell it: `https://host[:port]/base/`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let scheme = if self.tls { "https" } else { "http" };
+        write!(f, "{scheme}://{}{}", self.host_header(), self.base_path)
+    }
+}
+
+/// `https://host:port/path` -> (`https://host:port/`, `/path`).
+pub fn split_origin(url: &str) -> Option<(String, String)> {
+    let scheme_end = url.find("://")? + 3;
+    let path_start = url[scheme_end..].find('/').map_or(url.len(), |i| scheme_end + i);
+    Some((format!("{}/", &url[..path_start]), url[path_start..].to_string()))
+}
+
 /// Async, caching DNS shared by all repositories.
 pub struct Resolver {
     inner: Option<TokioResolver>,

@@ -1,19 +1,28 @@
 //! Package formats: what one kind of registry means by its URLs.
 //!
-//! Each format is one module behind [`Format`]. The proxy phases ask the repository's format how to
-//! map a path, which methods it serves and what a path holds (artefact or index); the cache and storage code
-//! never know which format they hold. Adding a format means adding a module and a [`FormatKind`]
-//! variant, nothing else.
+//! Each format is one module behind [`Format`]. For every request the proxy asks the
+//! repository's format to [`Format::resolve`] the path: which upstream it goes to and at what
+//! path, what identifies it in the cache, which representation the client wants, what the path
+//! holds (artefact or index), whether the body must be rewritten so its links lead back through
+//! the proxy, and what digest the bytes must have. The cache and storage code never know which
+//! format they hold. Adding a format means adding a module and a [`FormatKind`] variant.
 
+mod cargo;
 mod generic;
+mod npm;
+mod pypi;
 
-pub use generic::Generic;
+use std::sync::Arc;
 
+use bytes::Bytes;
 use http::Method;
+use pingora::http::RequestHeader;
 use serde::Deserialize;
 
+use crate::digest::Digest;
 use crate::freshness::PathClass;
 use crate::path::{PathError, RequestPath};
+use crate::upstream::UpstreamUrl;
 
 /// The `format` key of a repository.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -22,45 +31,178 @@ pub enum FormatKind {
     /// Plain HTTP files: release assets, tarballs, anything addressed by URL.
     #[default]
     Generic,
+    /// A PEP 503/691 simple index and the host its files live on.
+    Pypi,
+    /// An npm registry: packuments and tarballs.
+    Npm,
+    /// A cargo sparse index and its download host.
+    Cargo,
 }
 
 impl FormatKind {
     pub fn as_str(&self) -> &'static str {
         match self {
             FormatKind::Generic => "generic",
+            FormatKind::Pypi => "pypi",
+            FormatKind::Npm => "npm",
+            FormatKind::Cargo => "cargo",
         }
     }
 
-    pub fn build(self) -> Box<dyn Format> {
-        match self {
-            FormatKind::Generic => Box::new(Generic),
+    /// Whether the format needs a `files_upstream` (the host its artefacts are served from).
+    pub fn needs_files_upstream(&self) -> bool {
+        matches!(self, FormatKind::Pypi | FormatKind::Cargo)
+    }
+
+    pub fn build(self, upstreams: &Upstreams) -> Result<Arc<dyn Format>, FormatError> {
+        Ok(match self {
+            FormatKind::Generic => Arc::new(generic::Generic),
+            FormatKind::Pypi => Arc::new(pypi::Pypi::new(upstreams)?),
+            FormatKind::Npm => Arc::new(npm::Npm::new(upstreams)),
+            FormatKind::Cargo => Arc::new(cargo::Cargo::new(upstreams)?),
+        })
+    }
+}
+
+/// A repository's upstreams: the registry itself and, for formats whose artefacts live on
+/// another host, that host (PyPI's file host, cargo's `dl`).
+#[derive(Debug, Clone)]
+pub struct Upstreams {
+    pub primary: UpstreamUrl,
+    /// As configured (cargo's may be a `dl` template with `{crate}` markers).
+    pub files: Option<String>,
+}
+
+/// Which of the repository's upstreams a request goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamChoice {
+    Primary,
+    Files,
+}
+
+/// Everything the proxy needs to know about one request, decided by the format.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub upstream: UpstreamChoice,
+    /// Below the chosen upstream's base path, query included, no leading `/`; or, for
+    /// [`UpstreamChoice::Files`] with an origin-only base, the whole path.
+    pub upstream_path: String,
+    /// What identifies the object in the cache (below the repository).
+    pub key_path: String,
+    pub class: PathClass,
+    /// The representation the client asked for (`json`/`html`, `abbreviated`/`full`), sent
+    /// upstream as `accept` and stored as a separate variant.
+    pub representation: Option<Representation>,
+    /// The body is a document whose links must be rewritten to lead back through the proxy.
+    pub rewrite: bool,
+    /// The digest the body must have, when the request itself carries it.
+    pub digest: Option<Digest>,
+    /// The digest is listed in this document (a path below the repository prefix), which
+    /// the proxy reads through itself when it does not know the digest yet.
+    pub digest_from: Option<String>,
+}
+
+impl Resolved {
+    /// A request passed through as-is: same path upstream and in the cache.
+    pub fn passthrough(path: String, class: PathClass) -> Self {
+        Resolved {
+            upstream: UpstreamChoice::Primary,
+            upstream_path: path.clone(),
+            key_path: path,
+            class,
+            representation: None,
+            rewrite: false,
+            digest: None,
+            digest_from: None,
         }
     }
+}
+
+/// A named representation and the `Accept` header that asks the upstream for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Representation {
+    pub name: &'static str,
+    pub accept: &'static str,
+    /// The `Content-Type` it is served with, when the format knows better than the upstream.
+    pub content_type: Option<&'static str>,
+}
+
+/// Where rewritten links must point.
+#[derive(Debug, Clone)]
+pub struct RewriteEnv<'a> {
+    /// The proxy's URL of the repository, ending with `/` (e.g. `http://hangar:8080/npm/`).
+    pub proxy_base: &'a str,
+}
+
+/// A rewritten document, and the artefact digests it listed (by cache key path).
+pub struct Rewritten {
+    pub body: Bytes,
+    pub digests: Vec<(String, Digest)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FormatError {
+    #[error("the upstream's {what} is not valid: {reason}")]
+    BadDocument { what: &'static str, reason: String },
+    #[error("files_upstream '{0}' is not a usable URL")]
+    BadFilesUpstream(String),
+    #[error("this format needs files_upstream (the host its files are downloaded from)")]
+    MissingFilesUpstream,
+    #[error(transparent)]
+    Path(#[from] PathError),
+    #[error("{0}")]
+    NotFound(&'static str),
 }
 
 /// One package format's rules. Implementations must be cheap to call per request.
 pub trait Format: Send + Sync {
     fn kind(&self) -> FormatKind;
 
-    /// Methods this format answers; others get 405 before any upstream or cache work.
-    fn allows_method(&self, method: &Method) -> bool {
+    /// Methods this format answers at `path`; others get 405 before any upstream or cache work.
+    fn allows(&self, method: &Method, _path: &str) -> bool {
         method == Method::GET || method == Method::HEAD
     }
 
-    /// Validate the path below the repository prefix and return the path to request upstream,
-    /// relative to the upstream's base path (no leading `/`).
-    ///
-    /// The default rejects any segment that decodes to `.` or `..`, NUL or other control
-    /// characters, and encoded slashes, so a request can never name something outside the
-    /// repository's upstream path.
-    fn upstream_path(&self, path: &RequestPath<'_>) -> Result<String, PathError> {
-        path.checked_relative(false)
+    /// Map a request below the repository prefix. The path has been checked for traversal
+    /// only as far as the format allows (see [`RequestPath::checked_relative`]).
+    fn resolve(&self, path: &RequestPath<'_>, req: &RequestHeader) -> Result<Resolved, FormatError>;
+
+    /// Rewrite a document's links to lead through the proxy. Called with the whole body of a
+    /// 200 response whose [`Resolved::rewrite`] was set.
+    fn rewrite(&self, _resolved: &Resolved, body: Bytes, _env: &RewriteEnv<'_>) -> Result<Rewritten, FormatError> {
+        Ok(Rewritten { body, digests: Vec::new() })
     }
 
-    /// What `path` (below the repository prefix) holds: the format knows which of its URLs
-    /// name versioned artefacts and which name indexes. A repository's own `immutable` and
-    /// `metadata` patterns take precedence.
-    fn classify(&self, _path: &str) -> PathClass {
-        PathClass::Http
+    /// The `Accept` header for reading a [`Resolved::digest_from`] document.
+    fn document_accept(&self) -> &'static str {
+        "*/*"
+    }
+
+    /// Read the digests a [`Resolved::digest_from`] document lists, keyed by cache key path.
+    fn digests_in(&self, _document_path: &str, _body: &[u8]) -> Result<Vec<(String, Digest)>, FormatError> {
+        Ok(Vec::new())
+    }
+}
+
+/// Whether the client's `Accept` header names `media_type`.
+pub(crate) fn accepts(req: &RequestHeader, media_type: &str) -> bool {
+    req.headers
+        .get_all(http::header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|item| {
+            let mut parts = item.split(';');
+            let name = parts.next().unwrap_or("").trim();
+            let q_zero = parts.any(|p| matches!(p.trim().split_once('='), Some(("q", q)) if q.trim().parse::<f32>().ok() == Some(0.0)));
+            name.eq_ignore_ascii_case(media_type) && !q_zero
+        })
+}
+
+/// The path with its query, as a resolved upstream or key path.
+pub(crate) fn with_query(path: &str, query: Option<&str>) -> String {
+    match query {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_string(),
     }
 }

@@ -1,0 +1,331 @@
+//! `npm`: an npm registry's packuments and tarballs.
+//!
+//! - Packuments (`<name>`, `@scope%2fname`, `@scope/name`) are metadata, stored per
+//!   representation: abbreviated (`application/vnd.npm.install-v1+json`) or full. Each
+//!   `dist.tarball` that points at the upstream registry is rewritten, byte for byte in place,
+//!   to the same path under the proxy's prefix: pnpm and yarn download that URL verbatim, and
+//!   npm only sends credentials to URLs under its registry. Nothing else in the document is
+//!   touched (`time` in particular, which pnpm's minimum-release-age reads).
+//! - Tarballs (`<name>/-/<file>.tgz`) are immutable and verified against the packument's
+//!   `dist.integrity` (or `shasum` for old packages) before they are cached.
+//! - `npm audit` (`POST -/npm/v1/security/...`) and other `-/` endpoints go upstream uncached.
+
+use bytes::Bytes;
+use percent_encoding::percent_decode_str;
+use pingora::http::RequestHeader;
+use serde::Deserialize;
+
+use super::{accepts, with_query, Format, FormatError, FormatKind, Representation, Resolved, RewriteEnv, Rewritten, UpstreamChoice, Upstreams};
+use crate::digest::Digest;
+use crate::freshness::PathClass;
+use crate::path::{PathError, RequestPath};
+
+const ABBREVIATED: Representation = Representation {
+    name: "abbreviated",
+    accept: "application/vnd.npm.install-v1+json; q=1.0, application/json; q=0.8, */*",
+    content_type: None,
+};
+const FULL: Representation = Representation {
+    name: "full",
+    accept: "application/json",
+    content_type: None,
+};
+
+pub struct Npm {
+    /// The registry's base URL as documents spell it (`https://registry.example/`).
+    registry: String,
+}
+
+impl Npm {
+    pub fn new(up: &Upstreams) -> Self {
+        Npm { registry: up.primary.to_string() }
+    }
+}
+
+/// A package name, checked: `name` or `@scope/name`.
+struct PackageName {
+    /// `@scope/name`, as it appears in tarball paths and cache keys.
+    canonical: String,
+    /// `@scope%2fname`, as registries expect it in packument URLs.
+    encoded: String,
+}
+
+fn package_name(scope: Option<&str>, name: &str) -> Result<PackageName, FormatError> {
+    let check = |part: &str| -> Result<String, FormatError> {
+        let decoded = percent_decode_str(part).decode_utf8().map_err(|_| PathError::BadEncoding)?;
+        let ok = !decoded.is_empty()
+            && decoded != "."
+            && decoded != ".."
+            && !decoded.chars().any(|c| c.is_control() || c == '/' || c == '\\' || c == ' ');
+        if ok {
+            Ok(decoded.into_owned())
+        } else {
+            Err(FormatError::NotFound("not a valid package name"))
+        }
+    };
+    let name = check(name)?;
+    Ok(match scope {
+        Some(scope) => {
+            let scope = check(scope)?;
+            PackageName {
+                canonical: format!("@{scope}/{name}"),
+                encoded: format!("@{scope}%2f{name}"),
+            }
+        }
+        None => PackageName {
+            canonical: name.clone(),
+            encoded: name,
+        },
+    })
+}
+
+/// Split `rel` into a package name and what follows it (`""`, `<version>`, `-/<file>`).
+fn split_package(rel: &str) -> Result<(PackageName, Vec<&str>), FormatError> {
+    let mut segments = rel.split('/');
+    let first = segments.next().unwrap_or("");
+    let (pkg, rest): (PackageName, Vec<&str>) = match first.strip_prefix('@').or_else(|| first.strip_prefix("%40")) {
+        Some(scoped) => {
+            // `@scope%2fname` in one segment, or `@scope/name` in two.
+            let lower = scoped.to_ascii_lowercase();
+            if let Some(i) = lower.find("%2f") {
+                (package_name(Some(&scoped[..i]), &scoped[i + 3..])?, segments.collect())
+            } else {
+                let name = segments.next().ok_or(FormatError::NotFound("scoped name without a package"))?;
+                (package_name(Some(scoped), name)?, segments.collect())
+            }
+        }
+        None => (package_name(None, first)?, segments.collect()),
+    };
+    Ok((pkg, rest))
+}
+
+/// Offsets of each `"tarball"` string value in a JSON document: (start, end) of the value
+/// between its quotes.
+fn tarball_values(doc: &[u8]) -> Vec<(usize, usize)> {
+    const KEY: &[u8] = b"\"tarball\"";
+    let mut found = Vec::new();
+    let mut i = 0;
+    while let Some(at) = find(&doc[i..], KEY) {
+        let mut j = i + at + KEY.len();
+        i = j;
+        while doc.get(j).is_some_and(u8::is_ascii_whitespace) {
+            j += 1;
+        }
+        if doc.get(j) != Some(&b':') {
+            continue;
+        }
+        j += 1;
+        while doc.get(j).is_some_and(u8::is_ascii_whitespace) {
+            j += 1;
+        }
+        if doc.get(j) != Some(&b'"') {
+            continue;
+        }
+        let start = j + 1;
+        let mut end = start;
+        while end < doc.len() && doc[end] != b'"' {
+            end += if doc[end] == b'\\' { 2 } else { 1 };
+        }
+        if end >= doc.len() {
+            break;
+        }
+        found.push((start, end));
+        i = end + 1;
+    }
+    found
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+#[derive(Deserialize)]
+struct Packument {
+    #[serde(default)]
+    versions: std::collections::HashMap<String, VersionDoc>,
+}
+
+#[derive(Deserialize)]
+struct VersionDoc {
+    dist: Option<Dist>,
+}
+
+#[derive(Deserialize)]
+struct Dist {
+    tarball: Option<String>,
+    integrity: Option<String>,
+    shasum: Option<String>,
+}
+
+impl Format for Npm {
+    fn kind(&self) -> FormatKind {
+        FormatKind::Npm
+    }
+
+    fn allows(&self, method: &http::Method, path: &str) -> bool {
+        method == http::Method::GET
+            || method == http::Method::HEAD
+            || (method == http::Method::POST && path.starts_with("-/npm/v1/security/"))
+    }
+
+    fn resolve(&self, path: &RequestPath<'_>, req: &RequestHeader) -> Result<Resolved, FormatError> {
+        let rel = path.relative;
+        if let Some(api) = rel.strip_prefix("-/") {
+            let checked = RequestPath { relative: api, query: path.query }.checked_relative(false)?;
+            return Ok(Resolved::passthrough(with_query(&format!("-/{checked}"), path.query), PathClass::Http));
+        }
+        let (pkg, rest) = split_package(rel)?;
+        match rest.as_slice() {
+            [] | [""] => Ok(Resolved {
+                upstream: UpstreamChoice::Primary,
+                upstream_path: with_query(&pkg.encoded, path.query),
+                key_path: with_query(&pkg.canonical, path.query),
+                class: PathClass::Metadata,
+                representation: Some(if accepts(req, "application/vnd.npm.install-v1+json") { ABBREVIATED } else { FULL }),
+                rewrite: true,
+                digest: None,
+                digest_from: None,
+            }),
+            ["-", file] if !file.is_empty() => {
+                let file = RequestPath { relative: file, query: None }.checked_relative(false)?;
+                let key = format!("{}/-/{file}", pkg.canonical);
+                Ok(Resolved {
+                    upstream: UpstreamChoice::Primary,
+                    upstream_path: key.clone(),
+                    key_path: key,
+                    class: PathClass::Immutable,
+                    representation: None,
+                    rewrite: false,
+                    digest: None,
+                    digest_from: Some(pkg.encoded),
+                })
+            }
+            [version] => {
+                let version = RequestPath { relative: version, query: None }.checked_relative(false)?;
+                Ok(Resolved {
+                    rewrite: true,
+                    ..Resolved::passthrough(with_query(&format!("{}/{version}", pkg.encoded), path.query), PathClass::Metadata)
+                })
+            }
+            _ => Err(FormatError::NotFound("not an npm registry path")),
+        }
+    }
+
+    fn rewrite(&self, resolved: &Resolved, body: Bytes, env: &RewriteEnv<'_>) -> Result<Rewritten, FormatError> {
+        let values = tarball_values(&body);
+        let mut out = Vec::with_capacity(body.len() + values.len() * env.proxy_base.len());
+        let mut last = 0;
+        for (start, end) in values {
+            if body[start..end].starts_with(self.registry.as_bytes()) {
+                out.extend_from_slice(&body[last..start]);
+                out.extend_from_slice(env.proxy_base.as_bytes());
+                last = start + self.registry.len();
+            }
+        }
+        out.extend_from_slice(&body[last..]);
+        let digests = self.digests_in(&resolved.key_path, &body).unwrap_or_default();
+        Ok(Rewritten { body: Bytes::from(out), digests })
+    }
+
+    fn document_accept(&self) -> &'static str {
+        ABBREVIATED.accept
+    }
+
+    /// Keyed as the proxy serves the tarballs: `<package>/-/<file name of dist.tarball>`.
+    fn digests_in(&self, document_path: &str, body: &[u8]) -> Result<Vec<(String, Digest)>, FormatError> {
+        let (pkg, _) = split_package(document_path.split('?').next().unwrap_or(document_path))?;
+        let doc: Packument = serde_json::from_slice(body).map_err(|e| FormatError::BadDocument { what: "packument", reason: e.to_string() })?;
+        Ok(doc
+            .versions
+            .into_values()
+            .filter_map(|v| {
+                let dist = v.dist?;
+                let file = dist.tarball.as_deref()?.rsplit('/').next()?.split(['?', '#']).next()?.to_string();
+                let key = format!("{}/-/{file}", pkg.canonical);
+                let digest = dist
+                    .integrity
+                    .as_deref()
+                    .and_then(Digest::from_sri)
+                    .or_else(|| dist.shasum.as_deref().and_then(Digest::sha1_hex))?;
+                Some((key, digest))
+            })
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::upstream::UpstreamUrl;
+
+    fn npm() -> Npm {
+        Npm::new(&Upstreams {
+            primary: UpstreamUrl::parse("https://registry.test/").unwrap(),
+            files: None,
+        })
+    }
+
+    fn resolve(n: &Npm, path: &str, accept: &str) -> Result<Resolved, FormatError> {
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        if !accept.is_empty() {
+            req.insert_header("accept", accept).unwrap();
+        }
+        n.resolve(&RequestPath { relative: path, query: None }, &req)
+    }
+
+    fn fixture(name: &str) -> Vec<u8> {
+        let path = format!("{}/../tests/fixtures/npm/{name}", env!("CARGO_MANIFEST_DIR"));
+        std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    #[test]
+    fn scoped_names_in_every_spelling_are_one_package() {
+        let n = npm();
+        for spelling in ["@types%2fnode", "@types%2Fnode", "%40types%2fnode", "@types/node"] {
+            let r = resolve(&n, spelling, "").unwrap();
+            assert_eq!((r.key_path.as_str(), r.upstream_path.as_str(), r.class), ("@types/node", "@types%2fnode", PathClass::Metadata), "{spelling}");
+        }
+        let t = resolve(&n, "@types/node/-/node-1.0.0.tgz", "").unwrap();
+        assert_eq!((t.key_path.as_str(), t.class, t.digest_from.as_deref()), ("@types/node/-/node-1.0.0.tgz", PathClass::Immutable, Some("@types%2fnode")));
+        assert!(resolve(&n, "..", "").is_err());
+        assert!(resolve(&n, "@x%2f..", "").is_err());
+        assert!(resolve(&n, "a/b/c/d", "").is_err());
+    }
+
+    #[test]
+    fn abbreviated_and_full_are_separate_representations() {
+        let n = npm();
+        assert_eq!(resolve(&n, "is-number", "application/vnd.npm.install-v1+json; q=1.0, application/json; q=0.8, */*").unwrap().representation.unwrap().name, "abbreviated");
+        assert_eq!(resolve(&n, "is-number", "application/json").unwrap().representation.unwrap().name, "full");
+        assert_eq!(resolve(&n, "is-number", "").unwrap().representation.unwrap().name, "full");
+    }
+
+    #[test]
+    fn tarballs_are_rewritten_in_place_and_nothing_else_changes() {
+        let n = npm();
+        let body = fixture("is-number.json");
+        let r = resolve(&n, "is-number", "").unwrap();
+        let out = n.rewrite(&r, Bytes::from(body.clone()), &RewriteEnv { proxy_base: "http://hangar.test/npm/" }).unwrap();
+        let before: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let after: serde_json::Value = serde_json::from_slice(&out.body).unwrap();
+        assert_eq!(after["versions"]["7.0.0"]["dist"]["tarball"], "http://hangar.test/npm/is-number/-/is-number-7.0.0.tgz");
+        assert_eq!(before["time"], after["time"], "time is intact");
+        let strip = |mut v: serde_json::Value| {
+            for ver in v["versions"].as_object_mut().unwrap().values_mut() {
+                ver["dist"]["tarball"] = serde_json::Value::Null;
+            }
+            v
+        };
+        assert_eq!(strip(before), strip(after), "only tarball URLs differ");
+        let d = out.digests.iter().find(|(k, _)| k == "is-number/-/is-number-7.0.0.tgz").expect("digest learned");
+        assert!(matches!(d.1, Digest::Sha512(_)));
+    }
+
+    #[test]
+    fn audit_is_the_only_write() {
+        let n = npm();
+        assert!(n.allows(&http::Method::POST, "-/npm/v1/security/advisories/bulk"));
+        assert!(!n.allows(&http::Method::POST, "is-number"));
+        assert!(!n.allows(&http::Method::PUT, "is-number"));
+    }
+}

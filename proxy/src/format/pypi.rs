@@ -1,0 +1,254 @@
+//! `pypi`: a PEP 503 / PEP 691 simple index, and the host its files are downloaded from.
+//!
+//! Routes below the repository prefix:
+//! - `simple/` and `simple/<project>/`: index pages (metadata), HTML or JSON by `Accept`,
+//!   each stored as its own representation. Links to files are rewritten to
+//!   `files/sha256/<hex>/<path>` on the proxy, so the digest travels with the URL and the proxy
+//!   can verify a file before caching it whichever index page the client read it from. Every
+//!   other attribute (`data-requires-python`, `data-yanked`, PEP 658/714 metadata) is kept.
+//! - `files/[sha256/<hex>/]<path>`: the file host (immutable). `<file>.metadata` (PEP 658)
+//!   is on the file host too; it is checked by the client against the index's metadata hash.
+
+use bytes::Bytes;
+use pingora::http::RequestHeader;
+use url::Url;
+
+use super::{accepts, with_query, Format, FormatError, FormatKind, Representation, Resolved, RewriteEnv, Rewritten, UpstreamChoice, Upstreams};
+use crate::digest::Digest;
+use crate::freshness::PathClass;
+use crate::path::RequestPath;
+
+const JSON: Representation = Representation {
+    name: "json",
+    accept: "application/vnd.pypi.simple.v1+json",
+    content_type: Some("application/vnd.pypi.simple.v1+json"),
+};
+const HTML: Representation = Representation {
+    name: "html",
+    accept: "application/vnd.pypi.simple.v1+html, text/html;q=0.9",
+    content_type: None,
+};
+
+pub struct Pypi {
+    /// The index's base URL, normalised (`https://index.example/simple/`).
+    index: Url,
+    /// The file host's base URL, normalised.
+    files: Url,
+}
+
+impl Pypi {
+    pub fn new(up: &Upstreams) -> Result<Self, FormatError> {
+        let files = up.files.as_deref().ok_or(FormatError::MissingFilesUpstream)?;
+        let mut files = Url::parse(files).map_err(|_| FormatError::BadFilesUpstream(files.to_string()))?;
+        if !files.path().ends_with('/') {
+            files.set_path(&format!("{}/", files.path()));
+        }
+        let index = Url::parse(&up.primary.to_string()).map_err(|e| FormatError::BadDocument { what: "upstream URL", reason: e.to_string() })?;
+        Ok(Pypi { index, files })
+    }
+
+    /// Where a link on an index page should point: through the proxy if it leads to the file
+    /// host or the index, unchanged otherwise.
+    fn map_link(&self, page: &Url, href: &str, base: &str, sha256: Option<&str>) -> Option<String> {
+        let (link, fragment) = match href.split_once('#') {
+            Some((l, f)) => (l, Some(f)),
+            None => (href, None),
+        };
+        let abs = page.join(link).ok()?;
+        let abs = abs.as_str();
+        let mut out = if let Some(rest) = abs.strip_prefix(self.files.as_str()) {
+            let hash = sha256.or_else(|| fragment.and_then(|f| f.strip_prefix("sha256=")));
+            match hash.filter(|h| Digest::sha256_hex(h).is_some()) {
+                Some(h) => format!("{base}files/sha256/{}/{rest}", h.to_ascii_lowercase()),
+                None => format!("{base}files/{rest}"),
+            }
+        } else if let Some(rest) = abs.strip_prefix(self.index.as_str()) {
+            format!("{base}simple/{rest}")
+        } else {
+            return None;
+        };
+        if let Some(f) = fragment {
+            out.push('#');
+            out.push_str(f);
+        }
+        Some(out)
+    }
+
+    fn page_url(&self, resolved: &Resolved) -> Url {
+        self.index.join(&resolved.upstream_path).unwrap_or_else(|_| self.index.clone())
+    }
+
+    /// Rewrite every `href` of an HTML page; nothing else is touched.
+    fn rewrite_html(&self, page: &Url, body: &[u8], base: &str) -> Vec<u8> {
+        let mut out = Vec::with_capacity(body.len() + body.len() / 8);
+        let mut rest = body;
+        while let Some(at) = find_href(rest) {
+            let (before, after) = rest.split_at(at);
+            out.extend_from_slice(before);
+            // after = `href=` then a quote.
+            let quote = after[5];
+            let value_start = 6;
+            let Some(len) = after[value_start..].iter().position(|&b| b == quote) else {
+                rest = after;
+                break;
+            };
+            let raw = &after[value_start..value_start + len];
+            out.extend_from_slice(&after[..value_start]);
+            match std::str::from_utf8(raw).ok().map(|v| v.replace("&amp;", "&")).and_then(|v| self.map_link(page, &v, base, None)) {
+                Some(mapped) => out.extend_from_slice(mapped.replace('&', "&amp;").as_bytes()),
+                None => out.extend_from_slice(raw),
+            }
+            out.push(quote);
+            rest = &after[value_start + len + 1..];
+        }
+        out.extend_from_slice(rest);
+        out
+    }
+
+    fn rewrite_json(&self, page: &Url, body: &[u8], base: &str) -> Result<Vec<u8>, FormatError> {
+        let bad = |e: serde_json::Error| FormatError::BadDocument { what: "JSON index page", reason: e.to_string() };
+        let mut doc: serde_json::Value = serde_json::from_slice(body).map_err(bad)?;
+        if let Some(files) = doc.get_mut("files").and_then(|f| f.as_array_mut()) {
+            for file in files {
+                let sha = file.pointer("/hashes/sha256").and_then(|h| h.as_str()).map(str::to_string);
+                if let Some(url) = file.get_mut("url") {
+                    if let Some(mapped) = url.as_str().and_then(|u| self.map_link(page, u, base, sha.as_deref())) {
+                        *url = serde_json::Value::String(mapped);
+                    }
+                }
+            }
+        }
+        serde_json::to_vec(&doc).map_err(bad)
+    }
+}
+
+/// Offset of the next `href=` followed by a quote, case-insensitively.
+fn find_href(s: &[u8]) -> Option<usize> {
+    s.windows(6).position(|w| w[..5].eq_ignore_ascii_case(b"href=") && (w[5] == b'"' || w[5] == b'\''))
+}
+
+impl Format for Pypi {
+    fn kind(&self) -> FormatKind {
+        FormatKind::Pypi
+    }
+
+    fn resolve(&self, path: &RequestPath<'_>, req: &RequestHeader) -> Result<Resolved, FormatError> {
+        let rel = path.checked_relative(false)?;
+        if rel == "simple" || rel.starts_with("simple/") {
+            let below = rel.strip_prefix("simple").unwrap_or("").trim_start_matches('/');
+            let json = accepts(req, JSON.accept);
+            return Ok(Resolved {
+                upstream: UpstreamChoice::Primary,
+                upstream_path: with_query(below, path.query),
+                key_path: with_query(&format!("simple/{below}"), path.query),
+                class: PathClass::Metadata,
+                representation: Some(if json { JSON } else { HTML }),
+                // The root listing's JSON form names projects only; its HTML form links to them.
+                rewrite: !(below.is_empty() && json),
+                digest: None,
+                digest_from: None,
+            });
+        }
+        if let Some(files) = rel.strip_prefix("files/") {
+            let (digest, file) = match files.strip_prefix("sha256/").and_then(|r| r.split_once('/')) {
+                Some((hex, file)) => (Some(Digest::sha256_hex(hex).ok_or(FormatError::NotFound("malformed sha256 in file URL"))?), file),
+                None => (None, files),
+            };
+            if file.is_empty() {
+                return Err(FormatError::NotFound("no file named"));
+            }
+            // PEP 658 metadata has its own hash, which the client checks.
+            let digest = digest.filter(|_| !file.ends_with(".metadata"));
+            return Ok(Resolved {
+                upstream: UpstreamChoice::Files,
+                upstream_path: with_query(file, path.query),
+                key_path: format!("files/{file}"),
+                class: PathClass::Immutable,
+                representation: None,
+                rewrite: false,
+                digest,
+                digest_from: None,
+            });
+        }
+        Err(FormatError::NotFound("a PyPI repository serves simple/ and files/"))
+    }
+
+    fn rewrite(&self, resolved: &Resolved, body: Bytes, env: &RewriteEnv<'_>) -> Result<Rewritten, FormatError> {
+        let page = self.page_url(resolved);
+        let body = match resolved.representation {
+            Some(r) if r == JSON => self.rewrite_json(&page, &body, env.proxy_base)?,
+            _ => self.rewrite_html(&page, &body, env.proxy_base),
+        };
+        Ok(Rewritten { body: Bytes::from(body), digests: Vec::new() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::upstream::UpstreamUrl;
+
+    fn pypi() -> Pypi {
+        Pypi::new(&Upstreams {
+            primary: UpstreamUrl::parse("https://index.test/simple/").unwrap(),
+            files: Some("https://files.test".into()),
+        })
+        .unwrap()
+    }
+
+    fn resolved(p: &Pypi, path: &str, accept: &str) -> Resolved {
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        if !accept.is_empty() {
+            req.insert_header("accept", accept).unwrap();
+        }
+        p.resolve(&RequestPath { relative: path, query: None }, &req).unwrap()
+    }
+
+    fn fixture(name: &str) -> Vec<u8> {
+        let path = format!("{}/../tests/fixtures/pypi/{name}", env!("CARGO_MANIFEST_DIR"));
+        std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    const SHA: &str = "8abb2f1d86890a2dfb989f9a77cfcfd3e47c2a354b01111771326f8aa26e0254";
+
+    #[test]
+    fn html_links_go_through_the_proxy_and_keep_every_attribute() {
+        let p = pypi();
+        let r = resolved(&p, "simple/six/", "text/html");
+        assert_eq!((r.class, r.rewrite, r.upstream_path.as_str()), (PathClass::Metadata, true, "six/"));
+        let out = p.rewrite(&r, Bytes::from(fixture("six.html")), &RewriteEnv { proxy_base: "http://hangar.test/pypi/" }).unwrap();
+        let html = String::from_utf8(out.body.to_vec()).unwrap();
+        assert!(html.contains(&format!("href=\"http://hangar.test/pypi/files/sha256/{SHA}/packages/d9/5a/e7c31adbe875f2abbb91bd84cf2dc52d792b5a01506781dbcf25c91daf11/six-1.16.0-py2.py3-none-any.whl#sha256={SHA}\"")), "{html}");
+        assert!(html.contains("data-requires-python=\"&gt;=2.7, !=3.0.*, !=3.1.*, !=3.2.*\""));
+        assert!(html.contains("data-dist-info-metadata=\"sha256=") && html.contains("data-core-metadata=\"sha256="));
+        assert!(html.contains("data-yanked=\"broken build\""));
+        assert!(!html.contains("https://files.test"), "no link leads around the proxy");
+        assert!(html.contains("href=\"https://elsewhere.test/x.tar.gz\""), "links to other hosts are left alone");
+    }
+
+    #[test]
+    fn json_urls_go_through_the_proxy_and_hashes_are_kept() {
+        let p = pypi();
+        let r = resolved(&p, "simple/six/", "application/vnd.pypi.simple.v1+json, text/html;q=0.01");
+        assert_eq!(r.representation.unwrap().name, "json");
+        let out = p.rewrite(&r, Bytes::from(fixture("six.json")), &RewriteEnv { proxy_base: "http://hangar.test/pypi/" }).unwrap();
+        let doc: serde_json::Value = serde_json::from_slice(&out.body).unwrap();
+        let file = &doc["files"][1];
+        assert_eq!(file["url"].as_str().unwrap(), format!("http://hangar.test/pypi/files/sha256/{SHA}/packages/d9/5a/e7c31adbe875f2abbb91bd84cf2dc52d792b5a01506781dbcf25c91daf11/six-1.16.0-py2.py3-none-any.whl"));
+        assert_eq!(file["hashes"]["sha256"].as_str().unwrap(), SHA);
+        assert_eq!(file["core-metadata"]["sha256"].as_str().unwrap().len(), 64);
+        assert_eq!(file["requires-python"], ">=2.7, !=3.0.*, !=3.1.*, !=3.2.*");
+        assert_eq!(doc["meta"]["api-version"], "1.1");
+    }
+
+    #[test]
+    fn files_are_immutable_verified_and_keyed_without_the_digest() {
+        let p = pypi();
+        let r = resolved(&p, &format!("files/sha256/{SHA}/packages/a/b/six.whl"), "");
+        assert_eq!((r.upstream, r.class, r.key_path.as_str(), r.upstream_path.as_str()), (UpstreamChoice::Files, PathClass::Immutable, "files/packages/a/b/six.whl", "packages/a/b/six.whl"));
+        assert_eq!(r.digest, Digest::sha256_hex(SHA));
+        let m = resolved(&p, &format!("files/sha256/{SHA}/packages/a/b/six.whl.metadata"), "");
+        assert_eq!(m.digest, None, "metadata files have their own hash");
+        assert!(p.resolve(&RequestPath { relative: "elsewhere", query: None }, &RequestHeader::build("GET", b"/", None).unwrap()).is_err());
+    }
+}
