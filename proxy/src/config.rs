@@ -229,9 +229,11 @@ pub struct FreshnessConfig {
     #[serde(default = "default_stale_while_revalidate")]
     pub stale_while_revalidate: HumanDuration,
     /// Obey clients' Cache-Control request directives (no-cache, max-age, min-fresh,
-    /// max-stale, only-if-cached, no-store).
-    #[serde(default = "default_true")]
-    pub honor_request_directives: bool,
+    /// max-stale, only-if-cached, no-store). Unset: yes for `generic`; no for package
+    /// formats, whose clients send `max-age=0` on every index request (pip does) and would
+    /// turn every hit into a trip upstream.
+    #[serde(default)]
+    pub honor_request_directives: Option<bool>,
     /// TTL for responses that carry neither freshness information nor validators
     /// (ETag/Last-Modified). Unset: such responses are not reused.
     #[serde(default)]
@@ -256,7 +258,7 @@ impl Default for FreshnessConfig {
             metadata: Vec::new(),
             metadata_ttl: None,
             stale_while_revalidate: default_stale_while_revalidate(),
-            honor_request_directives: true,
+            honor_request_directives: None,
             default_ttl: None,
             max_ttl: None,
             max_stale: default_max_stale(),

@@ -210,7 +210,7 @@ impl FreshnessPolicy {
             max_ttl: cfg.max_ttl.map(|d| d.0),
             max_stale: cfg.max_stale.0,
             negative_ttl: cfg.negative_ttl.0,
-            honor_request_directives: cfg.honor_request_directives,
+            honor_request_directives: cfg.honor_request_directives.unwrap_or(true),
         })
     }
 

@@ -242,7 +242,10 @@ impl HangarProxy {
             ctx.document = Some(BytesMut::with_capacity(capacity));
         }
         if let Some(r) = resolved.representation {
-            if let Some(ct) = r.content_type {
+            // A registry that serves the representation as plain JSON gets the precise type;
+            // one that ignored the Accept header keeps the type of what it actually sent.
+            let plain_json = resp.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case("application/json"));
+            if let (Some(ct), true) = (r.content_type, plain_json) {
                 resp.insert_header(header::CONTENT_TYPE, ct)?;
             }
             let varies = resp.headers.get_all(header::VARY).iter().any(|v| v.to_str().unwrap_or("").split(',').any(|n| n.trim().eq_ignore_ascii_case("accept")));
@@ -397,8 +400,11 @@ impl ProxyHttp for HangarProxy {
         is_fresh: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<ForcedFreshness>> {
-        // Offline: whatever is cached is served, however old.
-        if !is_fresh && ctx.repo.as_ref().is_some_and(|r| self.offline.is_offline(&r.name)) {
+        // Offline: whatever is cached is served, however old, whatever the client asks.
+        if ctx.repo.as_ref().is_some_and(|r| self.offline.is_offline(&r.name)) {
+            if is_fresh {
+                return Ok(None);
+            }
             ctx.served_stale = true;
             return Ok(Some(ForcedFreshness::ForceFresh));
         }

@@ -33,12 +33,20 @@ pub struct Repository {
 impl Repository {
     pub fn from_config(cfg: &RepositoryConfig, metrics: &Metrics) -> Result<Self, String> {
         let upstream = UpstreamUrl::parse(&cfg.upstream).map_err(|e| e.to_string())?;
-        let freshness = FreshnessPolicy::from_config(&cfg.freshness)?;
+        let mut freshness_cfg = cfg.freshness.clone();
+        if freshness_cfg.honor_request_directives.is_none() {
+            freshness_cfg.honor_request_directives = Some(cfg.format == crate::format::FormatKind::Generic);
+        }
+        if freshness_cfg.metadata_ttl.is_none() {
+            freshness_cfg.metadata_ttl = cfg.format.default_metadata_ttl().map(crate::units::HumanDuration);
+        }
+        let freshness = FreshnessPolicy::from_config(&freshness_cfg)?;
         let files = match cfg.files_upstream.as_deref() {
             Some(f) => {
                 let (origin, _) = crate::upstream::split_origin(f).ok_or_else(|| format!("files_upstream '{f}' is not a URL"))?;
-                // Cargo's may be a template; PyPI's a base URL. Either way the path is the format's.
-                let base = if f.contains('{') { origin } else { f.to_string() };
+                // Cargo's is a `dl` template whose whole path the format fills in; PyPI's is a
+                // base URL below which file paths go.
+                let base = if cfg.format == crate::format::FormatKind::Cargo { origin } else { f.to_string() };
                 Some(UpstreamUrl::parse(&base).map_err(|e| e.to_string())?)
             }
             None if cfg.format.needs_files_upstream() => return Err(format!("format {} needs files_upstream", cfg.format.as_str())),

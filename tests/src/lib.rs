@@ -5,10 +5,12 @@
 //!   counting the requests it sees.
 //! * [`Proxy`]: the real `hangar-proxy` binary on port 0, with its own cache dir; killed on drop.
 //! * [`http`]: a small HTTP/1.1 client that can read a body incrementally.
+//! * [`clients`]: real package managers and the live registries they are configured for.
 //!
 //! Every server a test starts is stopped when its handle drops.
 
 pub mod client;
+pub mod clients;
 pub mod proxy;
 pub mod tmpfs;
 pub mod upstream;

@@ -49,6 +49,8 @@ pub struct Route {
     pub revalidates: bool,
     /// Wait for a permit before sending the response head.
     pub hold_head: Option<Arc<Semaphore>>,
+    /// Other answers on the same path, chosen when the request's `Accept` contains the text.
+    pub alternates: Vec<(String, Route)>,
 }
 
 impl Route {
@@ -64,7 +66,14 @@ impl Route {
             echo_header: None,
             revalidates: false,
             hold_head: None,
+            alternates: Vec::new(),
         }
+    }
+
+    /// Answer with `route` instead when the request's `Accept` contains `accept`.
+    pub fn when_accept(mut self, accept: &str, route: Route) -> Self {
+        self.alternates.push((accept.to_string(), route));
+        self
     }
 
     /// Drop a header the route would otherwise send (e.g. the default Cache-Control).
@@ -298,6 +307,10 @@ async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(sock: S, st: Arc<State>) 
         st.total.fetch_add(1, Ordering::SeqCst);
         let route = st.routes.lock().unwrap().get(path.split('?').next().unwrap_or("")).cloned();
         let mut route = route.unwrap_or_else(|| Route::ok(b"not found\n".to_vec()).status(404).header("Cache-Control", "no-store"));
+        let accept = req_for_route.header("accept").unwrap_or("").to_string();
+        if let Some((_, alt)) = route.alternates.iter().find(|(a, _)| accept.contains(a.as_str())) {
+            route = alt.clone();
+        }
         if let Some(name) = route.echo_header.clone() {
             let seen = st.seen.lock().unwrap().last().and_then(|r| r.header(&name).map(str::to_string));
             route.body = Body::Bytes(seen.unwrap_or_else(|| "none".into()).into_bytes());

@@ -49,6 +49,17 @@ impl FormatKind {
         }
     }
 
+    /// How long index documents stay fresh when the repository does not say: registries
+    /// often send no validators, and asking again on every request would make the proxy
+    /// slower than going direct. New releases show within this time (plus one background
+    /// refresh under stale-while-revalidate).
+    pub fn default_metadata_ttl(&self) -> Option<std::time::Duration> {
+        match self {
+            FormatKind::Generic => None,
+            FormatKind::Pypi | FormatKind::Npm | FormatKind::Cargo => Some(std::time::Duration::from_secs(300)),
+        }
+    }
+
     /// Whether the format needs a `files_upstream` (the host its artefacts are served from).
     pub fn needs_files_upstream(&self) -> bool {
         matches!(self, FormatKind::Pypi | FormatKind::Cargo)

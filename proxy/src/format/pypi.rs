@@ -175,10 +175,9 @@ impl Format for Pypi {
 
     fn rewrite(&self, resolved: &Resolved, body: Bytes, env: &RewriteEnv<'_>) -> Result<Rewritten, FormatError> {
         let page = self.page_url(resolved);
-        let body = match resolved.representation {
-            Some(r) if r == JSON => self.rewrite_json(&page, &body, env.proxy_base)?,
-            _ => self.rewrite_html(&page, &body, env.proxy_base),
-        };
+        // By what the upstream sent, not what was asked for: an index may ignore `Accept`.
+        let json = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+        let body = if json { self.rewrite_json(&page, &body, env.proxy_base)? } else { self.rewrite_html(&page, &body, env.proxy_base) };
         Ok(Rewritten { body: Bytes::from(body), digests: Vec::new() })
     }
 }

@@ -1,0 +1,148 @@
+//! PyPI through Hangar: pip and uv against the live index (discovered from pip's own
+//! defaults), then again with the repository offline; and the format's rules against a fixture
+//! upstream.
+
+use std::path::Path;
+use std::process::Command;
+
+use hangar_e2e::clients::{client, pypi_upstreams, run, run_failing};
+use hangar_e2e::{http, Proxy, Route, Upstream};
+use sha2::Digest as _;
+
+fn config(index: &str, files: &str) -> String {
+    format!("[[repository]]\nname = \"pypi\"\nprefix = \"/pypi/\"\nformat = \"pypi\"\nupstream = \"{index}\"\nfiles_upstream = \"{files}\"\n")
+}
+
+fn pip_download(scratch: &Path, index: &str, dest: &Path, spec: &str) -> Command {
+    let mut cmd = client("python3", scratch);
+    cmd.args(["-m", "pip", "download", "-v", "--no-cache-dir", "--index-url", index, "-d"]).arg(dest).arg(spec);
+    cmd
+}
+
+fn files_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir).map(|d| d.map(|e| e.unwrap().file_name().to_string_lossy().to_string()).collect()).unwrap_or_default();
+    names.sort();
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pip_and_uv_install_through_the_proxy_and_keep_working_offline() {
+    let (index, files) = pypi_upstreams();
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = Proxy::builder(&dir.path().join("cache")).config(&config(&index, &files)).start();
+    let simple = format!("http://{}/pypi/simple/", proxy.addr);
+    let scratch = tempfile::tempdir().unwrap();
+    let mut fetched = 0.0;
+    for round in ["online", "offline"] {
+        let pip_dir = scratch.path().join(format!("pip-{round}"));
+        let out = run(&mut pip_download(scratch.path(), &simple, &pip_dir, "requests==2.32.3"));
+        let got = files_in(&pip_dir);
+        for dist in ["requests-2.32.3", "idna-", "urllib3-", "certifi-", "charset_normalizer-"] {
+            assert!(got.iter().any(|f| f.starts_with(dist)), "{round}: no {dist} in {got:?}");
+        }
+        if round == "online" {
+            assert!(out.contains(&format!("http://{}/pypi/files/sha256/", proxy.addr)), "pip downloaded through the proxy:\n{out}");
+        }
+        assert!(!out.contains(files.trim_end_matches('/')), "no download went around the proxy:\n{out}");
+
+        let target = scratch.path().join(format!("uv-{round}"));
+        let mut uv = client("uv", scratch.path());
+        uv.args(["pip", "install", "--no-cache", "--python", "python3", "--index-url", &simple, "--target"]).arg(&target).arg("requests==2.32.3");
+        run(&mut uv);
+        assert!(target.join("requests/__init__.py").exists() && target.join("idna").exists(), "{round}: uv installed requests and its dependencies");
+
+        let upstream_bytes = proxy.metric("hangar_bytes_upstream_total", &[("repository", "pypi")]).await;
+        if round == "online" {
+            assert!(proxy.metric("hangar_cache_results_total", &[("repository", "pypi"), ("result", "miss")]).await >= 6.0);
+            assert!(upstream_bytes > 100_000.0, "the files came from the upstream through the proxy");
+            fetched = upstream_bytes;
+            let r = http(proxy.admin, "PUT", "/offline/pypi", &[("Content-Length", "0")]).await.unwrap().collect().await;
+            assert_eq!(r.status, 200);
+        } else {
+            assert_eq!(upstream_bytes, fetched, "offline: nothing fetched upstream");
+        }
+    }
+    assert!(proxy.metric("hangar_cache_results_total", &[("repository", "pypi"), ("result", "hit")]).await >= 6.0);
+}
+
+/// A wheel with `name` and `version`: a zip with the three files pip reads.
+fn make_wheel(dir: &Path, name: &str, version: &str) -> (String, Vec<u8>) {
+    let file = format!("{name}-{version}-py3-none-any.whl");
+    let script = format!(
+        "import zipfile,sys\nz=zipfile.ZipFile(sys.argv[1],'w')\nd='{name}-{version}.dist-info/'\nz.writestr('{name}/__init__.py','')\nz.writestr(d+'METADATA','Metadata-Version: 2.1\\nName: {name}\\nVersion: {version}\\n')\nz.writestr(d+'WHEEL','Wheel-Version: 1.0\\nGenerator: hangar-tests\\nRoot-Is-Purelib: true\\nTag: py3-none-any\\n')\nz.writestr(d+'RECORD','')\nz.close()\n"
+    );
+    let path = dir.join(&file);
+    run(Command::new("python3").arg("-c").arg(script).arg(&path));
+    (file, std::fs::read(&path).unwrap())
+}
+
+fn sha256_hex(b: &[u8]) -> String {
+    hex(&sha2::Sha256::digest(b))
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// A fixture index at `/simple/` and file host at `/files/` on one upstream.
+fn fixture_config(up: &Upstream) -> String {
+    config(&format!("{}/simple/", up.url()), &format!("{}/files/", up.url()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_that_does_not_match_the_index_hash_fails_the_client_and_is_not_cached() {
+    let scratch = tempfile::tempdir().unwrap();
+    let (file, good) = make_wheel(scratch.path(), "tampered", "1.0");
+    let mut bad = good.clone();
+    let n = bad.len();
+    bad[n / 2] ^= 0xff;
+    let up = Upstream::start().await;
+    let page = format!("<html><body><a href=\"../../files/{file}#sha256={}\">{file}</a></body></html>", sha256_hex(&good));
+    up.route("/simple/tampered/", Route::ok(page.into_bytes()).header("Content-Type", "text/html"));
+    up.route(&format!("/files/{file}"), Route::ok(bad));
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = Proxy::builder(&dir.path().join("cache")).config(&fixture_config(&up)).start();
+    let simple = format!("http://{}/pypi/simple/", proxy.addr);
+
+    run_failing(&mut pip_download(scratch.path(), &simple, &scratch.path().join("a"), "tampered==1.0"));
+    assert_eq!(proxy.metric("hangar_integrity_failures_total", &[("repository", "pypi")]).await, 1.0);
+
+    // The upstream is fixed: the next download is fetched again (nothing bad was kept) and works.
+    up.route(&format!("/files/{file}"), Route::ok(good.clone()));
+    run(&mut pip_download(scratch.path(), &simple, &scratch.path().join("b"), "tampered==1.0"));
+    assert_eq!(std::fs::read(scratch.path().join("b").join(&file)).unwrap(), good);
+    assert_eq!(up.hits(&format!("/files/{file}")), 2, "the tampered body was never served from cache");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn html_and_json_index_pages_are_separate_variants_linking_through_the_proxy() {
+    let up = Upstream::start().await;
+    let sha = "1e61c37477a1626458e36f7b1d82aa5c9b094fa4802892072e49de9c60c4c926";
+    let html = format!("<a href=\"{}/files/p/six-1.0.tar.gz#sha256={sha}\" data-requires-python=\"&gt;=3.8\" data-core-metadata=\"sha256={sha}\">six-1.0.tar.gz</a>", up.url());
+    let json = format!("{{\"meta\":{{\"api-version\":\"1.1\"}},\"name\":\"six\",\"files\":[{{\"filename\":\"six-1.0.tar.gz\",\"url\":\"{}/files/p/six-1.0.tar.gz\",\"hashes\":{{\"sha256\":\"{sha}\"}},\"core-metadata\":{{\"sha256\":\"{sha}\"}}}}]}}", up.url());
+    up.route(
+        "/simple/six/",
+        Route::ok(html.into_bytes())
+            .header("Content-Type", "text/html")
+            .when_accept("application/vnd.pypi.simple.v1+json", Route::ok(json.into_bytes()).header("Content-Type", "application/vnd.pypi.simple.v1+json")),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = Proxy::builder(&dir.path().join("cache")).config(&fixture_config(&up)).start();
+    let base = format!("http://{}/pypi/", proxy.addr);
+    let json_accept = "application/vnd.pypi.simple.v1+json, application/vnd.pypi.simple.v1+html;q=0.1, text/html;q=0.01";
+    for round in ["miss", "hit"] {
+        let r = http(proxy.addr, "GET", "/pypi/simple/six/", &[("Accept", json_accept)]).await.unwrap().collect().await;
+        assert_eq!((r.status, r.cache(), r.header("content-type")), (200, round, Some("application/vnd.pypi.simple.v1+json")));
+        assert!(r.header("vary").is_some_and(|v| v.to_ascii_lowercase().contains("accept")));
+        let doc: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(doc["files"][0]["url"], format!("{base}files/sha256/{sha}/p/six-1.0.tar.gz"));
+        assert_eq!(doc["files"][0]["core-metadata"]["sha256"], sha);
+
+        let r = http(proxy.addr, "GET", "/pypi/simple/six/", &[("Accept", "text/html")]).await.unwrap().collect().await;
+        assert_eq!((r.status, r.cache(), r.header("content-type")), (200, round, Some("text/html")));
+        let page = String::from_utf8(r.body).unwrap();
+        assert!(page.contains(&format!("href=\"{base}files/sha256/{sha}/p/six-1.0.tar.gz#sha256={sha}\"")), "{page}");
+        assert!(page.contains("data-requires-python=\"&gt;=3.8\"") && page.contains(&format!("data-core-metadata=\"sha256={sha}\"")));
+    }
+    assert_eq!(up.hits("/simple/six/"), 2, "one upstream request per representation");
+}
