@@ -22,6 +22,8 @@ use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType};
 
+use pingora::modules::http::compression::ResponseCompression;
+
 use crate::breaker::Admission;
 use crate::digest::{Digest, Hasher};
 use crate::format::{FormatError, Resolved, RewriteEnv, UpstreamChoice};
@@ -320,6 +322,17 @@ impl ProxyHttp for HangarProxy {
         RequestCtx::default()
     }
 
+    /// Documents are compressed for clients that accept it, and never twice: the module
+    /// leaves a response that already has a Content-Encoding alone. It has to be on before it
+    /// reads the request's Accept-Encoding, which happens before `request_filter`;
+    /// `request_filter` turns it off again for everything that is not a document.
+    async fn early_request_filter(&self, session: &mut Session, _ctx: &mut RequestCtx) -> Result<()> {
+        if let Some(c) = session.downstream_modules_ctx.get_mut::<ResponseCompression>() {
+            c.adjust_level(DOCUMENT_GZIP_LEVEL);
+        }
+        Ok(())
+    }
+
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let req = session.req_header();
         let uri_len = req.raw_path().len();
@@ -363,11 +376,9 @@ impl ProxyHttp for HangarProxy {
         ctx.expected_digest = resolved.digest.clone();
         if resolved.rewrite {
             ctx.proxy_base = proxy_base(&repo, session.req_header());
-            // Documents are compressed for clients that accept it (and never twice: the
-            // module leaves a response that already has a Content-Encoding alone).
-            if let Some(c) = session.downstream_modules_ctx.get_mut::<pingora::modules::http::compression::ResponseCompression>() {
-                c.adjust_level(DOCUMENT_GZIP_LEVEL);
-            }
+        } else if let Some(c) = session.downstream_modules_ctx.get_mut::<ResponseCompression>() {
+            // Only documents are compressed here; artefacts are served as stored.
+            c.adjust_level(0);
         }
         ctx.resolved = Some(resolved);
         ctx.background = session.subrequest_ctx.is_some();
