@@ -146,3 +146,24 @@ async fn html_and_json_index_pages_are_separate_variants_linking_through_the_pro
     }
     assert_eq!(up.hits("/simple/six/"), 2, "one upstream request per representation");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pep_658_metadata_files_come_from_the_file_host_next_to_their_file() {
+    let up = Upstream::start().await;
+    let wheel = b"wheel bytes".to_vec();
+    let metadata = b"Metadata-Version: 2.1\nName: six\nVersion: 1.0\n".to_vec();
+    up.route("/files/p/six-1.0-py3-none-any.whl", Route::ok(wheel.clone()));
+    up.route("/files/p/six-1.0-py3-none-any.whl.metadata", Route::ok(metadata.clone()));
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = Proxy::builder(&dir.path().join("cache")).config(&fixture_config(&up)).start();
+    // The client appends `.metadata` to the file URL it was given, digest segment and all.
+    let file = format!("/pypi/files/sha256/{}/p/six-1.0-py3-none-any.whl", sha256_hex(&wheel));
+    let r = http(proxy.addr, "GET", &format!("{file}.metadata"), &[]).await.unwrap().collect().await;
+    assert_eq!((r.status, r.body.as_slice()), (200, metadata.as_slice()), "checked by the client against the index's metadata hash, not the file's");
+    let r = http(proxy.addr, "GET", &file, &[]).await.unwrap().collect().await;
+    assert_eq!((r.status, r.body.as_slice()), (200, wheel.as_slice()));
+    for _ in 0..2 {
+        assert_eq!(http(proxy.addr, "GET", &file, &[]).await.unwrap().collect().await.cache(), "hit", "files are immutable");
+    }
+    assert_eq!(proxy.metric("hangar_integrity_failures_total", &[("repository", "pypi")]).await, 0.0);
+}
