@@ -60,8 +60,77 @@ pub struct Config {
     pub offline: bool,
     #[serde(default)]
     pub cache: CacheConfig,
+    /// The regional origin service (hangar-origin). Unset: this proxy stands alone.
+    #[serde(default)]
+    pub origin: Option<OriginSettings>,
+    /// Membership of a region's fleet and the metadata it shares.
+    #[serde(default)]
+    pub fleet: FleetSettings,
     #[serde(default, rename = "repository")]
     pub repositories: Vec<RepositoryConfig>,
+}
+
+/// How this proxy finds the others of its region.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetSettings {
+    /// Redis URL of the region's shared metadata. Unset: in-process metadata, a fleet of one.
+    #[serde(default)]
+    pub redis: Option<String>,
+    /// `ip:port` other proxies reach this one at. Unset: the listen address.
+    #[serde(default)]
+    pub advertise: Option<String>,
+    /// The region's name; fleets of different regions share nothing.
+    #[serde(default = "default_region")]
+    pub region: String,
+    #[serde(default = "default_heartbeat")]
+    pub heartbeat: HumanDuration,
+    /// A member that has not heartbeated for this long is gone.
+    #[serde(default = "default_member_ttl")]
+    pub member_ttl: HumanDuration,
+    /// Metadata writes waiting for the store; beyond this they are dropped (and counted).
+    #[serde(default = "default_write_queue")]
+    pub write_queue: usize,
+}
+
+impl Default for FleetSettings {
+    fn default() -> Self {
+        toml::from_str("").expect("defaults parse")
+    }
+}
+
+fn default_region() -> String {
+    "default".into()
+}
+fn default_heartbeat() -> HumanDuration {
+    HumanDuration(Duration::from_secs(1))
+}
+fn default_member_ttl() -> HumanDuration {
+    HumanDuration(Duration::from_secs(3))
+}
+fn default_write_queue() -> usize {
+    10_000
+}
+
+/// Where the regional origin is and how uploads to it are queued.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OriginSettings {
+    /// Base URL of hangar-origin (http), e.g. `http://origin.internal:9400/`.
+    pub url: String,
+    /// Uploads waiting for origin; when full, new ones are dropped (and counted), never waited for.
+    #[serde(default = "default_upload_queue")]
+    pub upload_queue: usize,
+    /// Uploads in flight at once.
+    #[serde(default = "default_upload_workers")]
+    pub upload_workers: usize,
+}
+
+fn default_upload_queue() -> usize {
+    1024
+}
+fn default_upload_workers() -> usize {
+    2
 }
 
 /// Cache tiers and their byte budgets.
@@ -336,6 +405,8 @@ impl Default for Config {
             shutdown_grace: default_shutdown_grace(),
             offline: false,
             cache: CacheConfig::default(),
+            origin: None,
+            fleet: FleetSettings::default(),
             repositories: Vec::new(),
         }
     }
@@ -396,6 +467,33 @@ impl Config {
         self.listen = interp("listen", &self.listen)?;
         self.admin_listen = interp("admin_listen", &self.admin_listen)?;
         self.cache.dir = interp("cache.dir", &self.cache.dir)?;
+        if let Some(redis) = self.fleet.redis.as_mut() {
+            match interpolate(redis, env) {
+                Ok(url) => *redis = url,
+                Err(InterpolationError::Unset(variable)) => {
+                    tracing::warn!("fleet.redis unset (${{{variable}}}): metadata stays in-process");
+                    self.fleet.redis = None;
+                }
+                Err(e) => return Err(invalid("fleet.redis", e.to_string())),
+            }
+        }
+        if let Some(advertise) = self.fleet.advertise.as_mut() {
+            match interpolate(advertise, env) {
+                Ok(a) => *advertise = a,
+                Err(InterpolationError::Unset(_)) => self.fleet.advertise = None,
+                Err(e) => return Err(invalid("fleet.advertise", e.to_string())),
+            }
+        }
+        if let Some(origin) = self.origin.as_mut() {
+            match interpolate(&origin.url, env) {
+                Ok(url) => origin.url = url,
+                Err(InterpolationError::Unset(variable)) => {
+                    tracing::warn!("origin disabled: its url uses ${{{variable}}}, which is not set");
+                    self.origin = None;
+                }
+                Err(e) => return Err(invalid("origin.url", e.to_string())),
+            }
+        }
 
         let mut disabled = Vec::new();
         let mut kept = Vec::with_capacity(self.repositories.len());

@@ -228,6 +228,10 @@ impl FreshnessPolicy {
     /// Whether clients' `Cache-Control` request directives are obeyed. Package managers send
     /// `max-age=0` on every index request (pip does), which would defeat a shared cache; a
     /// repository can choose to ignore them.
+    pub fn negative_ttl(&self) -> Duration {
+        self.negative_ttl
+    }
+
     pub fn honor_request_directives(&self) -> bool {
         self.honor_request_directives
     }

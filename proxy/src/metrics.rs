@@ -1,7 +1,7 @@
 //! Prometheus metrics of one proxy process, served on the admin listener.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
 };
 
@@ -30,6 +30,16 @@ pub struct Metrics {
     pub background_refreshes: IntCounterVec,
     /// Upstream bodies that did not match their published digest (never cached).
     pub integrity_failures: IntCounterVec,
+    /// Immutable artefacts asked of origin before the upstream: hit, miss, error.
+    pub origin_fetches: IntCounterVec,
+    /// Background uploads to origin: queued, stored, already_stored, rejected, retried,
+    /// dropped_queue_full, evicted_before_upload.
+    pub origin_uploads: IntCounterVec,
+    /// Misses answered by the key's owner in the fleet, and owners found unreachable.
+    pub fleet_fetches: IntCounterVec,
+    pub fleet_members: IntGauge,
+    /// Writes to the shared metadata: written, dropped_queue_full, dropped_store_error.
+    pub metadata_writes: IntCounterVec,
 }
 
 impl Metrics {
@@ -68,6 +78,12 @@ impl Metrics {
         let upstream_errors = counter_vec("upstream_errors_total", "Upstream failures by kind", &["repository", "kind"]);
         let background_refreshes = counter_vec("background_refreshes_total", "Background refreshes of stale entries", &["repository", "status"]);
         let integrity_failures = counter_vec("integrity_failures_total", "Upstream bodies that did not match their published digest", &["repository"]);
+        let origin_fetches = counter_vec("origin_fetches_total", "Immutable artefacts asked of origin first", &["repository", "result"]);
+        let origin_uploads = counter_vec("origin_uploads_total", "Background uploads of fetched artefacts to origin", &["result"]);
+        let fleet_fetches = counter_vec("fleet_fetches_total", "Misses sent to the key's owner in the fleet", &["repository", "result"]);
+        let fleet_members = IntGauge::new("fleet_members", "Live proxies of this region, this one included").expect("valid metric");
+        registry.register(Box::new(fleet_members.clone())).expect("unique metric");
+        let metadata_writes = counter_vec("metadata_writes_total", "Writes to the fleet's shared metadata", &["result"]);
         Metrics {
             registry,
             requests,
@@ -86,6 +102,11 @@ impl Metrics {
             upstream_errors,
             background_refreshes,
             integrity_failures,
+            origin_fetches,
+            origin_uploads,
+            fleet_fetches,
+            fleet_members,
+            metadata_writes,
         }
     }
 

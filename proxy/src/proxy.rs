@@ -25,6 +25,9 @@ use pingora::{Error, ErrorSource, ErrorType};
 use pingora::modules::http::compression::ResponseCompression;
 
 use crate::breaker::Admission;
+use crate::fleet::{Fleet, HOP_HEADER};
+use crate::metadata::MetadataWrite;
+use crate::origin::{OriginClient, UploadJob, ONLY_IF_CACHED_HEADER};
 use crate::digest::{Digest, Hasher};
 use crate::format::{FormatError, Resolved, RewriteEnv, UpstreamChoice};
 use crate::freshness::PathClass;
@@ -57,6 +60,10 @@ pub struct HangarProxy {
     pub offline: Arc<OfflineSwitch>,
     /// The proxy's own listener, for reading documents through the cache.
     pub listen_addr: std::net::SocketAddr,
+    pub fleet: Arc<Fleet>,
+    /// The regional origin: asked before upstreams for immutable artefacts, and handed
+    /// those fetched from upstreams.
+    pub origin: Option<Arc<OriginClient>>,
 }
 
 /// Per-request state.
@@ -100,6 +107,17 @@ pub struct RequestCtx {
     /// The upstream's 304 to a revalidation, merged into the stored headers before they are
     /// judged again.
     not_modified: Option<Box<ResponseHeader>>,
+    /// Where the current attempt goes when it is not the upstream: the key's owner in the
+    /// fleet, or the regional origin.
+    hop: Option<Hop>,
+    /// Hops still to try, in order, before the upstream.
+    next_hops: std::collections::VecDeque<Hop>,
+    /// Where the request goes once the hops are exhausted.
+    upstream_target: Option<(UpstreamUrl, String)>,
+    /// The body came from origin or a peer (so it is not handed to origin again).
+    from_hop: bool,
+    /// The request arrived from another proxy of the fleet.
+    fleet_hop: bool,
     /// An upstream attempt is under way whose outcome the breaker has not been told yet.
     breaker_pending: bool,
 }
@@ -146,6 +164,15 @@ fn merge_not_modified(stored: &ResponseHeader, not_modified: &ResponseHeader) ->
         }
     }
     merged
+}
+
+/// A place a miss is asked before the upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hop {
+    /// The key's owner in the fleet.
+    Peer(std::net::SocketAddr),
+    /// The regional origin.
+    Origin,
 }
 
 /// The `X-Hangar-Cache` label for where pingora's cache state machine ended.
@@ -219,6 +246,85 @@ fn proxy_base(repo: &Repository, req: &RequestHeader) -> String {
 }
 
 impl HangarProxy {
+    /// Aim the request at its next hop, or at the upstream once there are none left.
+    fn next_hop(&self, session: &Session, ctx: &mut RequestCtx) {
+        ctx.redirect_pending = false;
+        ctx.cross_origin = false;
+        ctx.hop = ctx.next_hops.pop_front();
+        ctx.target = match ctx.hop {
+            Some(Hop::Peer(addr)) => {
+                let peer = UpstreamUrl { tls: false, host: addr.ip().to_string(), port: addr.port(), base_path: "/".into() };
+                let req = session.req_header();
+                let path = req.uri.path_and_query().map_or_else(|| req.uri.path().to_string(), |pq| pq.as_str().to_string());
+                Some((peer, path))
+            }
+            Some(Hop::Origin) => {
+                let origin = self.origin.as_ref().expect("an origin hop needs an origin");
+                let (repo, resolved) = (ctx.repo.as_ref().expect("routed"), ctx.resolved.as_ref().expect("resolved"));
+                Some((origin.url.clone(), crate::origin::object_path(&origin.url, &repo.name, &resolved.key_path)))
+            }
+            None => ctx.upstream_target.clone(),
+        };
+    }
+
+    /// The current hop failed: move on, and make pingora retry with the next target.
+    fn fall_back(&self, session: &Session, ctx: &mut RequestCtx) -> Box<Error> {
+        self.next_hop(session, ctx);
+        let mut e = Error::explain(ErrorType::Custom("hop failed"), "trying the next owner, origin or the upstream");
+        e.set_retry(true);
+        e.into_up()
+    }
+
+    fn count_hop_failure(&self, hop: Hop, ctx: &RequestCtx) {
+        match hop {
+            Hop::Origin => self.metrics.origin_fetches.with_label_values(&[ctx.repo_name(), "error"]).inc(),
+            Hop::Peer(addr) => {
+                tracing::info!(peer = %addr, "fleet owner unreachable; trying the next");
+                self.metrics.fleet_fetches.with_label_values(&[ctx.repo_name(), "peer_unreachable"]).inc();
+            }
+        }
+    }
+
+    /// After an immutable artefact was fetched from an upstream and cached, queue it for
+    /// origin.
+    fn hand_to_origin(&self, session: &Session, error: Option<&Error>, ctx: &RequestCtx, status: u16, result: &str) {
+        let (Some(origin), Some(repo), Some(resolved)) = (self.origin.as_ref(), ctx.repo.as_ref(), ctx.resolved.as_ref()) else { return };
+        let req = session.req_header();
+        let fetched_and_cached = status == 200 && result == "miss" && error.is_none() && !ctx.from_hop && !ctx.unverified;
+        if !fetched_and_cached || ctx.class != Some(PathClass::Immutable) || !(req.method == Method::GET || req.method == Method::HEAD) {
+            return;
+        }
+        origin.enqueue(UploadJob {
+            repository: repo.name.clone(),
+            key_path: resolved.key_path.clone(),
+            proxy_target: req.uri.path_and_query().map_or_else(|| req.uri.path().to_string(), |pq| pq.as_str().to_string()),
+            host: req.headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost").to_string(),
+            sha256: match &ctx.expected_digest {
+                Some(Digest::Sha256(d)) => Some(hex::encode(d)),
+                _ => None,
+            },
+        });
+    }
+
+    /// Tell the fleet's metadata what happened: an object stored here, a 404 remembered, a
+    /// hit (only when the metadata is shared: alone, nobody reads hit counts).
+    fn record_metadata(&self, session: &Session, ctx: &RequestCtx, status: u16, result: &str) {
+        let (Some(repo), Some(resolved)) = (ctx.repo.as_ref(), ctx.resolved.as_ref()) else { return };
+        let write = match (result, status) {
+            ("miss", 200) => MetadataWrite::Stored {
+                repository: repo.name.clone(),
+                key: resolved.key_path.clone(),
+                size: session.body_bytes_sent() as u64,
+                digest: ctx.expected_digest.as_ref().map(|d| d.to_string()),
+                tier: format!("disk:{}", self.fleet.me.addr),
+            },
+            ("miss", 404) => MetadataWrite::Negative { repository: repo.name.clone(), key: resolved.key_path.clone(), ttl: repo.freshness.negative_ttl() },
+            ("hit", _) if self.fleet.shared => MetadataWrite::Hit { repository: repo.name.clone(), key: resolved.key_path.clone(), region: self.fleet.region.clone() },
+            _ => return,
+        };
+        self.fleet.writer.write(write);
+    }
+
     /// Set up digest checking and document rewriting for a 200 from the upstream.
     fn prepare_body_checks(&self, resp: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<()> {
         let Some(resolved) = ctx.resolved.as_ref() else { return Ok(()) };
@@ -309,6 +415,7 @@ impl HangarProxy {
         } else if repo.breaker.failure() {
             tracing::warn!(repository = %repo.name, "upstream failing; circuit breaker open");
             self.metrics.breaker_trips.with_label_values(&[&repo.name]).inc();
+            self.fleet.writer.write(MetadataWrite::Breaker { repository: repo.name.clone(), state: 1, ttl: std::time::Duration::from_secs(60) });
         }
         self.metrics.breaker_state.with_label_values(&[&repo.name]).set(repo.breaker.state());
     }
@@ -385,6 +492,11 @@ impl ProxyHttp for HangarProxy {
         if repo.freshness.honor_request_directives() {
             ctx.directives = RequestDirectives::parse(&session.req_header().headers);
         }
+        // The proxy's own read-backs (uploads to origin) must never fetch.
+        if session.req_header().headers.contains_key(ONLY_IF_CACHED_HEADER) {
+            ctx.directives.only_if_cached = true;
+        }
+        ctx.fleet_hop = session.req_header().headers.contains_key(HOP_HEADER);
         ctx.target = Some((upstream, upstream_path));
         Ok(false)
     }
@@ -470,6 +582,25 @@ impl ProxyHttp for HangarProxy {
                 }
             }
         }
+        // Before the upstream: the key's owner in the fleet (one proxy of the region fetches
+        // each object), then, for immutable artefacts, the regional origin (it may hold what
+        // this proxy never saw, or what the upstream has since deleted).
+        let method = &session.req_header().method;
+        if ctx.upstream_target.is_none() && session.cache.enabled() && (method == Method::GET || method == Method::HEAD) {
+            let mut hops = std::collections::VecDeque::new();
+            if !ctx.fleet_hop {
+                let key = pingora::cache::key::CacheHashKey::primary_bin(session.cache.cache_key());
+                hops.extend(self.fleet.peer_hops(&key).into_iter().map(Hop::Peer));
+            }
+            if self.origin.is_some() && ctx.class == Some(PathClass::Immutable) {
+                hops.push_back(Hop::Origin);
+            }
+            if !hops.is_empty() {
+                ctx.next_hops = hops;
+                ctx.upstream_target = ctx.target.clone();
+                self.next_hop(session, ctx);
+            }
+        }
         Ok(true)
     }
 
@@ -552,8 +683,9 @@ impl ProxyHttp for HangarProxy {
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
         let repo = ctx.repo.as_ref().ok_or_else(|| Error::explain(ErrorType::InternalError, "no repository"))?;
-        // A redirect hop belongs to the attempt already admitted.
-        if !ctx.redirect_pending {
+        // A redirect hop belongs to the attempt already admitted; peers and origin are not
+        // the upstream the breaker watches.
+        if !ctx.redirect_pending && ctx.hop.is_none() {
             if repo.breaker.admit() == Admission::Reject {
                 self.metrics.upstream_errors.with_label_values(&[&repo.name, "breaker_open"]).inc();
                 // Fails at once; pingora serves a stale copy if there is one.
@@ -597,9 +729,17 @@ impl ProxyHttp for HangarProxy {
                 upstream_request.insert_header(header::ACCEPT_ENCODING, "identity")?;
             }
         }
-        if ctx.cross_origin {
+        if ctx.cross_origin || ctx.hop == Some(Hop::Origin) {
             upstream_request.remove_header(&header::AUTHORIZATION);
             upstream_request.remove_header(&header::COOKIE);
+        }
+        if let Some(Hop::Peer(_)) = ctx.hop {
+            // The owner answers as this proxy would: same Host (rewritten documents point
+            // where the client expects), and it must not forward again.
+            upstream_request.insert_header(HOP_HEADER, "1")?;
+            if let Some(host) = _session.req_header().headers.get(header::HOST).cloned() {
+                upstream_request.insert_header(header::HOST, host)?;
+            }
         }
         ctx.upstream_started = Some(Instant::now());
         Ok(())
@@ -612,6 +752,27 @@ impl ProxyHttp for HangarProxy {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         let repo_name = ctx.repo_name().to_string();
+        match ctx.hop {
+            Some(Hop::Origin) if !matches!(resp.status.as_u16(), 301 | 302 | 303 | 307 | 308) => {
+                if resp.status == http::StatusCode::OK {
+                    ctx.from_hop = true;
+                    self.metrics.origin_fetches.with_label_values(&[&repo_name, "hit"]).inc();
+                } else {
+                    // Not there (or origin is failing): on to the upstream, as if origin were not asked.
+                    let label = if resp.status == http::StatusCode::NOT_FOUND { "miss" } else { "error" };
+                    self.metrics.origin_fetches.with_label_values(&[&repo_name, label]).inc();
+                    return Err(self.fall_back(session, ctx));
+                }
+            }
+            Some(Hop::Peer(_)) => {
+                // The owner's answer is the answer: it already went to origin or the upstream,
+                // served stale or said 404. Its documents are already rewritten.
+                ctx.from_hop = true;
+                ctx.document = None;
+                self.metrics.fleet_fetches.with_label_values(&[&repo_name, "peer"]).inc();
+            }
+            _ => {}
+        }
         if ctx.breaker_pending {
             ctx.breaker_pending = false;
             let failed = resp.status.is_server_error() || resp.status.as_u16() == 429;
@@ -720,6 +881,11 @@ impl ProxyHttp for HangarProxy {
                 self.breaker_outcome(repo, false);
             }
         }
+        // (A redirect being followed is not a failure of the hop that sent it.)
+        if let (Some(hop), None, false) = (ctx.hop, session.response_written(), ctx.redirect_pending) {
+            self.count_hop_failure(hop, ctx);
+            return self.fall_back(session, ctx);
+        }
         if ctx.redirect_pending {
             e.set_retry(true);
         } else if !session.req_header().method.is_idempotent() || session.as_ref().retry_buffer_truncated() {
@@ -751,6 +917,10 @@ impl ProxyHttp for HangarProxy {
     }
 
     fn fail_to_connect(&self, _session: &mut Session, _peer: &HttpPeer, ctx: &mut RequestCtx, e: Box<Error>) -> Box<Error> {
+        if let Some(hop) = ctx.hop {
+            self.count_hop_failure(hop, ctx);
+            return self.fall_back(_session, ctx);
+        }
         if ctx.breaker_pending {
             ctx.breaker_pending = false;
             if let Some(repo) = ctx.repo.as_ref() {
@@ -821,6 +991,8 @@ impl ProxyHttp for HangarProxy {
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let result = ctx.result(session);
+        self.hand_to_origin(session, _e, ctx, status, result);
+        self.record_metadata(session, ctx, status, result);
         if ctx.background {
             self.metrics.background_refreshes.with_label_values(&[ctx.repo_name(), status_class(status)]).inc();
             return;

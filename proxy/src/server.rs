@@ -47,6 +47,67 @@ impl BackgroundService for EvictionSaver {
     }
 }
 
+/// Heartbeats into the fleet's metadata and applies queued metadata writes.
+struct FleetService {
+    fleet: Arc<crate::fleet::Fleet>,
+    writer: parking_lot::Mutex<Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>>,
+}
+
+#[async_trait]
+impl BackgroundService for FleetService {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        if let Some(writer) = self.writer.lock().take() {
+            tokio::spawn(writer);
+        }
+        self.fleet.run(shutdown).await;
+    }
+}
+
+fn build_fleet(
+    settings: &crate::config::FleetSettings,
+    listen: std::net::SocketAddr,
+    metrics: &Metrics,
+) -> anyhow::Result<(Arc<crate::fleet::Fleet>, impl std::future::Future<Output = ()> + Send + 'static)> {
+    use crate::metadata::{MemoryMetadata, Member, Metadata, MetadataWriter, RedisMetadata};
+    let store: Arc<dyn Metadata> = match &settings.redis {
+        Some(url) => Arc::new(RedisMetadata::new(url, &settings.region).map_err(|e| anyhow::anyhow!("fleet.redis: {e}"))?),
+        None => Arc::new(MemoryMetadata::default()),
+    };
+    let advertise = match &settings.advertise {
+        Some(a) => a.parse::<std::net::SocketAddr>().with_context(|| format!("fleet.advertise '{a}' is not ip:port"))?,
+        None => listen,
+    };
+    let (writer, task) = MetadataWriter::spawn(store.clone(), settings.write_queue, metrics.metadata_writes.clone());
+    let fleet = crate::fleet::Fleet::new(
+        Member { addr: advertise.to_string() },
+        settings.region.clone(),
+        settings.redis.is_some(),
+        store,
+        writer,
+        settings.heartbeat.0,
+        settings.member_ttl.0,
+        metrics.fleet_members.clone(),
+    );
+    Ok((Arc::new(fleet), task))
+}
+
+/// Hands fetched artefacts to the regional origin.
+struct OriginUploader {
+    origin: Arc<crate::origin::OriginClient>,
+    listen: std::net::SocketAddr,
+    workers: usize,
+}
+
+#[async_trait]
+impl BackgroundService for OriginUploader {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        tokio::select! {
+            _ = self.origin.clone().run(self.listen, self.workers) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+}
+
 /// A listen address with port 0 gets a real port reserved here (bound with SO_REUSEPORT but
 /// never listening, so it takes no connections) before pingora binds the same port.
 struct Reservation {
@@ -127,6 +188,14 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
+    let origin = match &config.origin {
+        Some(o) => {
+            let url = crate::upstream::UpstreamUrl::parse(&o.url).with_context(|| format!("origin.url '{}'", o.url))?;
+            Some(Arc::new(crate::origin::OriginClient::new(url, o.upload_queue, metrics.origin_uploads.clone())))
+        }
+        None => None,
+    };
+    let (fleet, fleet_task) = build_fleet(&config.fleet, listen.addr, &metrics)?;
     let proxy = HangarProxy {
         router: router.clone(),
         storage,
@@ -136,6 +205,8 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         offline: offline.clone(),
         listen_addr: listen.addr,
+        origin: origin.clone(),
+        fleet: fleet.clone(),
     };
     let socket_opts = || {
         let mut o = TcpSocketOptions::default();
@@ -153,6 +224,11 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     server.add_service(proxy_service);
     server.add_service(admin_service);
     server.add_service(background_service("eviction-saver", EvictionSaver { eviction }));
+    server.add_service(background_service("fleet", FleetService { fleet, writer: parking_lot::Mutex::new(Some(Box::pin(fleet_task))) }));
+    if let (Some(origin), Some(settings)) = (origin, &config.origin) {
+        tracing::info!(url = %settings.url, "regional origin enabled");
+        server.add_service(background_service("origin-uploader", OriginUploader { origin, listen: listen.addr, workers: settings.upload_workers }));
+    }
 
     // Announce the real addresses once both accept connections; then release the reservations.
     let (proxy_addr, admin_addr) = (listen.addr, admin_listen.addr);

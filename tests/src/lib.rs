@@ -12,6 +12,7 @@
 pub mod client;
 pub mod clients;
 pub mod proxy;
+pub mod services;
 pub mod tmpfs;
 pub mod upstream;
 

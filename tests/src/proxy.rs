@@ -172,13 +172,18 @@ impl Proxy {
     /// (a background refresh), where no response marks the moment. Polls the admin endpoint;
     /// panics after 30 s so a missing event fails the test instead of hanging it.
     pub async fn wait_for_metric(&self, name: &str, labels: &[(&str, &str)], at_least: f64) {
+        self.wait_for_metric_where(name, labels, &format!(">= {at_least}"), |v| v >= at_least).await
+    }
+
+    /// Wait until a metric satisfies `test` (described by `expected` in the failure message).
+    pub async fn wait_for_metric_where(&self, name: &str, labels: &[(&str, &str)], expected: &str, test: impl Fn(f64) -> bool) {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         loop {
             let v = self.metric(name, labels).await;
-            if v >= at_least {
+            if test(v) {
                 return;
             }
-            assert!(std::time::Instant::now() < deadline, "{name}{labels:?} stayed at {v}, expected {at_least}");
+            assert!(std::time::Instant::now() < deadline, "{name}{labels:?} stayed at {v}, expected {expected}");
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
     }

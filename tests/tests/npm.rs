@@ -165,7 +165,8 @@ async fn a_tarball_that_does_not_match_its_integrity_fails_npm_and_is_not_cached
         d
     };
     let d = write_project("a");
-    run_failing(&mut npm(scratch.path(), &d, &proxied, &["install"]));
+    // No retries: each attempt would fetch (and reject) the tarball again.
+    run_failing(&mut npm(scratch.path(), &d, &proxied, &["install", "--fetch-retries=0"]));
     assert_eq!(proxy.metric("hangar_integrity_failures_total", &[("repository", "npm")]).await, 1.0);
 
     up.route("/tampered/-/tampered-1.0.0.tgz", Route::ok(good));

@@ -1,0 +1,218 @@
+//! origin's HTTP API.
+//!
+//! - `PUT /objects/<repository>/<path>`: store an artefact. The body is spooled to disk while
+//!   it is hashed; an `X-Hangar-Sha256` the proxy sends must match. The bytes go to
+//!   `blobs/sha256/..` (deduplicated), then a manifest is *created* for the path: a path that
+//!   already names other bytes is a 409, never an overwrite.
+//! - `GET`/`HEAD /objects/<repository>/<path>`: the bytes (with `X-Hangar-Sha256`), or a 307
+//!   to a presigned URL for repositories served by redirect; 404 if unknown.
+//! - `GET /healthz`.
+//!
+//! Storage that cannot be reached is a 503, so a proxy falls back to the upstream and retries
+//! its upload later.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use percent_encoding::percent_decode_str;
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+
+use crate::config::{OriginConfig, Serve};
+use crate::manifest::{blob_key, manifest_key, valid_repository, Manifest};
+use crate::store::{BlobStore, Created, StoreError};
+
+pub type Body = UnsyncBoxBody<Bytes, std::io::Error>;
+
+pub struct Origin {
+    pub config: OriginConfig,
+    pub store: Arc<dyn BlobStore>,
+}
+
+fn full(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header(http::header::CONTENT_TYPE, content_type)
+        .body(Full::new(body.into()).map_err(|never: Infallible| match never {}).boxed_unsync())
+        .expect("static response parts are valid")
+}
+
+fn error(status: StatusCode, message: &str) -> Response<Body> {
+    let escaped = message.replace('\\', "\\\\").replace('"', "\\\"");
+    full(status, "application/json", format!("{{\"error\":\"{escaped}\",\"status\":{}}}\n", status.as_u16()))
+}
+
+fn store_error(e: StoreError) -> Response<Body> {
+    tracing::warn!(error = %e, "storage error");
+    error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string())
+}
+
+/// `<repository>/<path>` from `/objects/<repository>/<path>`, the path percent-decoded.
+fn object_name(uri_path: &str) -> Result<(String, String), &'static str> {
+    let rest = uri_path.strip_prefix("/objects/").ok_or("not found")?;
+    let (repo, path) = rest.split_once('/').ok_or("no path after the repository")?;
+    if !valid_repository(repo) {
+        return Err("invalid repository name");
+    }
+    let path = percent_decode_str(path).decode_utf8().map_err(|_| "path is not UTF-8")?.into_owned();
+    if path.is_empty() || path.contains('\0') {
+        return Err("invalid path");
+    }
+    Ok((repo.to_string(), path))
+}
+
+impl Origin {
+    pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+        let path = req.uri().path().to_string();
+        if path == "/healthz" {
+            return Ok(full(StatusCode::OK, "text/plain", "ok\n"));
+        }
+        let (repo, object) = match object_name(&path) {
+            Ok(n) => n,
+            Err(why) => return Ok(error(StatusCode::NOT_FOUND, why)),
+        };
+        let resp = match *req.method() {
+            Method::GET | Method::HEAD => {
+                let head = req.method() == Method::HEAD;
+                self.get(&repo, &object, head).await
+            }
+            Method::PUT => self.put(&repo, &object, req).await,
+            _ => error(StatusCode::METHOD_NOT_ALLOWED, "GET, HEAD or PUT"),
+        };
+        Ok(resp)
+    }
+
+    async fn manifest(&self, repo: &str, object: &str) -> Result<Option<Manifest>, StoreError> {
+        let Some(raw) = self.store.get_small(&manifest_key(repo, object)).await? else { return Ok(None) };
+        serde_json::from_slice(&raw).map(Some).map_err(|e| StoreError::Unavailable(format!("corrupt manifest: {e}")))
+    }
+
+    async fn get(&self, repo: &str, object: &str, head: bool) -> Response<Body> {
+        let manifest = match self.manifest(repo, object).await {
+            Ok(Some(m)) => m,
+            Ok(None) => return error(StatusCode::NOT_FOUND, "no such object"),
+            Err(e) => return store_error(e),
+        };
+        let blob = blob_key(&manifest.sha256);
+        if self.config.serve(repo) == Serve::Redirect {
+            match self.store.presign(&blob, self.config.presign_ttl()).await {
+                Ok(Some(url)) => {
+                    return Response::builder()
+                        .status(StatusCode::TEMPORARY_REDIRECT)
+                        .header(http::header::LOCATION, url)
+                        .header("x-hangar-sha256", &manifest.sha256)
+                        .body(Full::new(Bytes::new()).map_err(|never: Infallible| match never {}).boxed_unsync())
+                        .expect("valid redirect");
+                }
+                Ok(None) => {}
+                Err(e) => return store_error(e),
+            }
+        }
+        let mut builder = Response::builder()
+            .status(StatusCode::OK)
+            .header(http::header::CONTENT_LENGTH, manifest.size)
+            .header(http::header::ETAG, format!("\"sha256:{}\"", manifest.sha256))
+            .header("x-hangar-sha256", &manifest.sha256)
+            .header(http::header::CONTENT_TYPE, manifest.content_type.as_deref().unwrap_or("application/octet-stream"));
+        if head {
+            builder = builder.header(http::header::CACHE_CONTROL, "public, max-age=31536000, immutable");
+            return builder.body(Full::new(Bytes::new()).map_err(|never: Infallible| match never {}).boxed_unsync()).expect("valid head");
+        }
+        let obj = match self.store.get(&blob).await {
+            Ok(Some(o)) => o,
+            Ok(None) => return error(StatusCode::INTERNAL_SERVER_ERROR, "manifest names a missing blob"),
+            Err(e) => return store_error(e),
+        };
+        let stream = obj.body.map(|r| r.map(Frame::data).map_err(|e| std::io::Error::other(e.to_string())));
+        builder
+            .header(http::header::CACHE_CONTROL, "public, max-age=31536000, immutable")
+            .body(BodyExt::boxed_unsync(StreamBody::new(stream)))
+            .expect("valid response")
+    }
+
+    async fn put(&self, repo: &str, object: &str, req: Request<Incoming>) -> Response<Body> {
+        let declared = req.headers().get("x-hangar-sha256").and_then(|v| v.to_str().ok()).map(|v| v.trim().to_ascii_lowercase());
+        if declared.as_deref().is_some_and(|d| d.len() != 64 || !d.bytes().all(|b| b.is_ascii_hexdigit())) {
+            return error(StatusCode::BAD_REQUEST, "X-Hangar-Sha256 must be 64 hex digits");
+        }
+        let content_type = req.headers().get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_string);
+        // Spool while hashing: the digest is known before anything is published.
+        let spool = match tempfile::NamedTempFile::new_in(&self.config.spool_dir) {
+            Ok(f) => f,
+            Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, &format!("spool: {e}")),
+        };
+        let mut file = tokio::fs::File::from_std(match spool.reopen() {
+            Ok(f) => f,
+            Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, &format!("spool: {e}")),
+        });
+        let mut hasher = Sha256::new();
+        let mut size = 0u64;
+        let mut body = req.into_body();
+        while let Some(frame) = body.frame().await {
+            let frame = match frame {
+                Ok(f) => f,
+                Err(e) => return error(StatusCode::BAD_REQUEST, &format!("upload interrupted: {e}")),
+            };
+            if let Ok(data) = frame.into_data() {
+                hasher.update(&data);
+                size += data.len() as u64;
+                if let Err(e) = file.write_all(&data).await {
+                    return error(StatusCode::INSUFFICIENT_STORAGE, &format!("spool: {e}"));
+                }
+            }
+        }
+        if let Err(e) = file.flush().await {
+            return error(StatusCode::INSUFFICIENT_STORAGE, &format!("spool: {e}"));
+        }
+        let sha256 = hex::encode(hasher.finalize());
+        if let Some(d) = declared {
+            if d != sha256 {
+                return error(StatusCode::UNPROCESSABLE_ENTITY, &format!("body has sha256 {sha256}, not the declared {d}"));
+            }
+        }
+        // A path already published answers before any bytes are stored. (The manifest's
+        // create below is what guarantees no overwrite; this only avoids orphan blobs.)
+        match self.manifest(repo, object).await {
+            Ok(Some(existing)) if existing.sha256 == sha256 => return full(StatusCode::OK, "application/json", format!("{{\"sha256\":\"{sha256}\",\"size\":{size}}}\n")),
+            Ok(Some(existing)) => return error(StatusCode::CONFLICT, &format!("{object} is already published with sha256 {}", existing.sha256)),
+            Ok(None) => {}
+            Err(e) => return store_error(e),
+        }
+        if let Err(e) = self.store.create_from_file(&blob_key(&sha256), spool.path(), size).await {
+            return store_error(e);
+        }
+        let manifest = Manifest { repository: repo.to_string(), path: object.to_string(), sha256: sha256.clone(), size, content_type };
+        let raw = Bytes::from(serde_json::to_vec(&manifest).expect("manifest serialises"));
+        match self.store.create_small(&manifest_key(repo, object), raw).await {
+            Ok(Created::New) => {
+                tracing::info!(repository = repo, path = object, sha256, size, "stored");
+                full(StatusCode::CREATED, "application/json", format!("{{\"sha256\":\"{sha256}\",\"size\":{size}}}\n"))
+            }
+            Ok(Created::AlreadyExists) => match self.manifest(repo, object).await {
+                Ok(Some(existing)) if existing.sha256 == sha256 => full(StatusCode::OK, "application/json", format!("{{\"sha256\":\"{sha256}\",\"size\":{size}}}\n")),
+                Ok(Some(existing)) => error(StatusCode::CONFLICT, &format!("{object} is already published with sha256 {}", existing.sha256)),
+                Ok(None) => error(StatusCode::SERVICE_UNAVAILABLE, "manifest vanished"),
+                Err(e) => store_error(e),
+            },
+            Err(e) => store_error(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn object_names_are_decoded_and_checked() {
+        assert_eq!(object_name("/objects/npm/%40s%2Fp/-/p-1.tgz%3Fx").unwrap(), ("npm".into(), "@s/p/-/p-1.tgz?x".into()));
+        assert!(object_name("/objects/../x").is_err());
+        assert!(object_name("/objects/npm/").is_err());
+        assert!(object_name("/other").is_err());
+    }
+}

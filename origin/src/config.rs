@@ -1,0 +1,98 @@
+//! origin's configuration: where it listens, where it stores, how each repository is served.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::store::S3Options;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OriginConfig {
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Where uploads are spooled while their digest is checked, before they are stored.
+    #[serde(default = "default_spool")]
+    pub spool_dir: PathBuf,
+    #[serde(default)]
+    pub store: StoreConfig,
+    /// Per repository: answer GETs with the bytes (default) or with a redirect to a
+    /// presigned URL, so large downloads bypass this service.
+    #[serde(default)]
+    pub repositories: HashMap<String, RepositoryServing>,
+    /// Lifetime of presigned URLs, in seconds.
+    #[serde(default = "default_presign_secs")]
+    pub presign_ttl_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum StoreConfig {
+    /// A local directory: the default, for one machine or a test.
+    Local { dir: PathBuf },
+    S3(S3Options),
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig::Local { dir: PathBuf::from("/var/tmp/hangar-origin") }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepositoryServing {
+    #[serde(default)]
+    pub serve: Serve,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Serve {
+    #[default]
+    Bytes,
+    Redirect,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:9400".into()
+}
+fn default_spool() -> PathBuf {
+    std::env::temp_dir()
+}
+fn default_presign_secs() -> u64 {
+    300
+}
+
+impl OriginConfig {
+    pub fn presign_ttl(&self) -> Duration {
+        Duration::from_secs(self.presign_ttl_secs)
+    }
+
+    pub fn serve(&self, repository: &str) -> Serve {
+        self.repositories.get(repository).map(|r| r.serve).unwrap_or_default()
+    }
+}
+
+impl Default for OriginConfig {
+    fn default() -> Self {
+        toml::from_str("").expect("defaults parse")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_config_parses() {
+        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../config/origin.toml")).unwrap();
+        let c: OriginConfig = toml::from_str(&text).unwrap();
+        assert!(matches!(c.store, StoreConfig::S3(ref s) if s.multipart_threshold == 64 << 20));
+        assert_eq!(c.serve("oci"), Serve::Redirect);
+        assert_eq!(c.serve("npm"), Serve::Bytes);
+        assert!(matches!(OriginConfig::default().store, StoreConfig::Local { .. }));
+    }
+}

@@ -1,0 +1,161 @@
+//! Fleet metadata in Redis.
+//!
+//! Keys live under `hangar:<region>:`. Members are a sorted set scored by the time their
+//! heartbeat expires; objects are hashes (`size`, `digest`, `last_access`, `tier:<name>`,
+//! `hits:<region>`); negative entries and breaker states are plain keys with a TTL. Every call
+//! has a deadline, and the connection re-establishes itself after Redis comes back.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use redis::aio::ConnectionManager;
+use tokio::sync::Mutex;
+
+use super::{now_secs, Member, Metadata, MetadataError, MetadataWrite, ObjectInfo};
+
+/// Longest a metadata call may take; the request path never waits on one, but routing
+/// refreshes and the writer should notice an unreachable Redis quickly.
+const DEADLINE: Duration = Duration::from_millis(500);
+
+pub struct RedisMetadata {
+    client: redis::Client,
+    conn: Mutex<Option<ConnectionManager>>,
+    prefix: String,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> MetadataError {
+    MetadataError::Unavailable(e.to_string())
+}
+
+impl RedisMetadata {
+    /// Does not connect yet: a proxy starts (and serves) while Redis is down.
+    pub fn new(url: &str, region: &str) -> Result<Self, MetadataError> {
+        Ok(RedisMetadata {
+            client: redis::Client::open(url).map_err(unavailable)?,
+            conn: Mutex::new(None),
+            prefix: format!("hangar:{region}:"),
+        })
+    }
+
+    async fn conn(&self) -> Result<ConnectionManager, MetadataError> {
+        let mut guard = self.conn.lock().await;
+        if let Some(c) = guard.as_ref() {
+            return Ok(c.clone());
+        }
+        let c = tokio::time::timeout(DEADLINE, ConnectionManager::new(self.client.clone()))
+            .await
+            .map_err(|_| MetadataError::Timeout)?
+            .map_err(unavailable)?;
+        *guard = Some(c.clone());
+        Ok(c)
+    }
+
+    async fn run<T: redis::FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T, MetadataError> {
+        let mut c = self.conn().await?;
+        tokio::time::timeout(DEADLINE, pipe.query_async::<T>(&mut c))
+            .await
+            .map_err(|_| MetadataError::Timeout)?
+            .map_err(unavailable)
+    }
+
+    fn object_key(&self, repository: &str, key: &str) -> String {
+        format!("{}obj:{repository}:{key}", self.prefix)
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+#[async_trait]
+impl Metadata for RedisMetadata {
+    async fn heartbeat(&self, me: &Member, ttl: Duration) -> Result<Vec<Member>, MetadataError> {
+        let key = format!("{}members", self.prefix);
+        let now = now_ms();
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .zadd(&key, &me.addr, now + ttl.as_millis() as u64)
+            .ignore()
+            .cmd("ZREMRANGEBYSCORE")
+            .arg(&key)
+            .arg("-inf")
+            .arg(now)
+            .ignore()
+            .zrange(&key, 0, -1);
+        let (addrs,): (Vec<String>,) = self.run(&pipe).await?;
+        let mut members: Vec<Member> = addrs.into_iter().map(|addr| Member { addr }).collect();
+        members.sort();
+        Ok(members)
+    }
+
+    async fn leave(&self, me: &Member) -> Result<(), MetadataError> {
+        let mut pipe = redis::pipe();
+        pipe.zrem(format!("{}members", self.prefix), &me.addr).ignore();
+        self.run::<()>(&pipe).await
+    }
+
+    async fn apply(&self, write: &MetadataWrite) -> Result<(), MetadataError> {
+        let mut pipe = redis::pipe();
+        match write {
+            MetadataWrite::Stored { repository, key, size, digest, tier } => {
+                let k = self.object_key(repository, key);
+                pipe.hset(&k, "size", size).ignore().hset(&k, "last_access", now_secs()).ignore().hset(&k, format!("tier:{tier}"), 1).ignore();
+                if let Some(d) = digest {
+                    pipe.hset(&k, "digest", d).ignore();
+                }
+            }
+            MetadataWrite::Hit { repository, key, region } => {
+                let k = self.object_key(repository, key);
+                pipe.hincr(&k, format!("hits:{region}"), 1).ignore().hset(&k, "last_access", now_secs()).ignore();
+            }
+            MetadataWrite::Negative { repository, key, ttl } => {
+                pipe.pset_ex(format!("{}neg:{repository}:{key}", self.prefix), 1, ttl.as_millis().max(1) as u64).ignore();
+            }
+            MetadataWrite::Breaker { repository, state, ttl } => {
+                pipe.pset_ex(format!("{}breaker:{repository}", self.prefix), *state, ttl.as_millis().max(1) as u64).ignore();
+            }
+        }
+        self.run::<()>(&pipe).await
+    }
+
+    async fn object(&self, repository: &str, key: &str) -> Result<Option<ObjectInfo>, MetadataError> {
+        let mut pipe = redis::pipe();
+        pipe.hgetall(self.object_key(repository, key));
+        let (fields,): (Vec<(String, String)>,) = self.run(&pipe).await?;
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        let mut info = ObjectInfo::default();
+        for (f, v) in fields {
+            match f.as_str() {
+                "size" => info.size = v.parse().unwrap_or(0),
+                "digest" => info.digest = Some(v),
+                "last_access" => info.last_access = v.parse().unwrap_or(0),
+                _ => {
+                    if let Some(t) = f.strip_prefix("tier:") {
+                        info.tiers.push(t.to_string());
+                    } else if let Some(r) = f.strip_prefix("hits:") {
+                        info.hits.push((r.to_string(), v.parse().unwrap_or(0)));
+                    }
+                }
+            }
+        }
+        info.tiers.sort();
+        info.hits.sort();
+        Ok(Some(info))
+    }
+
+    async fn is_negative(&self, repository: &str, key: &str) -> Result<bool, MetadataError> {
+        let mut pipe = redis::pipe();
+        pipe.exists(format!("{}neg:{repository}:{key}", self.prefix));
+        let (n,): (u32,) = self.run(&pipe).await?;
+        Ok(n > 0)
+    }
+
+    async fn breaker(&self, repository: &str) -> Result<Option<u8>, MetadataError> {
+        let mut pipe = redis::pipe();
+        pipe.get(format!("{}breaker:{repository}", self.prefix));
+        let (v,): (Option<u8>,) = self.run(&pipe).await?;
+        Ok(v)
+    }
+}
