@@ -200,6 +200,19 @@ pub struct RepositoryConfig {
     /// with 502 rather than take unbounded memory.
     #[serde(default = "default_max_document")]
     pub max_document_bytes: ByteSize,
+    /// Hosts upstream redirects may lead to (`files.example`, `*.example`). Unset: any
+    /// public host. A redirect elsewhere is a 502, so a mirror is never an open proxy.
+    #[serde(default)]
+    pub redirect_hosts: Option<Vec<String>>,
+    /// Let upstream redirects lead to loopback, private, link-local or unique-local addresses.
+    /// Off by default: a Location header must not reach the cloud metadata service or the
+    /// internal network (SSRF). The configured upstream itself is always allowed.
+    #[serde(default)]
+    pub allow_private_redirects: bool,
+    /// Digests that paths below the prefix must have (`"/v1/tool.tar.gz" = "sha256:<hex>"`),
+    /// verified before the body is cached (`generic`).
+    #[serde(default)]
+    pub pins: std::collections::BTreeMap<String, String>,
     #[serde(default)]
     pub timeouts: TimeoutConfig,
     #[serde(default)]
@@ -222,6 +235,9 @@ impl RepositoryConfig {
             files_upstream: None,
             public_url: None,
             max_document_bytes: default_max_document(),
+            redirect_hosts: None,
+            allow_private_redirects: false,
+            pins: Default::default(),
             timeouts: Default::default(),
             freshness: Default::default(),
             offline: false,

@@ -92,6 +92,8 @@ pub struct RequestCtx {
     redirects: u8,
     /// The redirect left the original origin: credentials must not follow.
     cross_origin: bool,
+    /// A redirect from the upstream leads elsewhere: its address is checked (SSRF).
+    untrusted_redirect: bool,
     upstream_started: Option<Instant>,
     /// Label for a response the proxy generated itself.
     local_result: Option<&'static str>,
@@ -224,6 +226,22 @@ async fn respond_local(
     Ok(true)
 }
 
+/// Addresses an upstream's redirect must not send the proxy to unless the repository allows
+/// it: loopback, private (RFC 1918), shared (RFC 6598), link-local (the cloud metadata
+/// service), unique-local and unspecified addresses.
+fn is_internal(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            let o = v4.octets();
+            v4.is_loopback() || v4.is_private() || v4.is_link_local() || v4.is_unspecified() || v4.is_broadcast() || (o[0] == 100 && (o[1] & 0xc0) == 64) || o[0] == 0
+        }
+        std::net::IpAddr::V6(v6) => {
+            let seg0 = v6.segments()[0];
+            v6.is_loopback() || v6.is_unspecified() || (seg0 & 0xfe00) == 0xfc00 || (seg0 & 0xffc0) == 0xfe80 || v6.to_ipv4_mapped().is_some_and(|v4| is_internal(v4.into()))
+        }
+    }
+}
+
 /// gzip level for documents compressed per response: level 1 keeps a 10 MB packument to a
 /// few milliseconds of CPU and still shrinks JSON several times over.
 const DOCUMENT_GZIP_LEVEL: u32 = 1;
@@ -304,6 +322,21 @@ impl HangarProxy {
                 _ => None,
             },
         });
+    }
+
+    /// A document fetched anew makes its companions (Maven's metadata checksums) stale: drop
+    /// them so they are fetched with it.
+    fn drop_companions(&self, ctx: &RequestCtx, status: u16, result: &str) {
+        let (Some(repo), Some(resolved)) = (ctx.repo.as_ref(), ctx.resolved.as_ref()) else { return };
+        if status != 200 || !matches!(result, "miss" | "expired") {
+            return;
+        }
+        for companion in repo.format.companions(&resolved.key_path) {
+            let key = crate::router::cache_key(&repo.name, &companion);
+            for k in self.storage.purge_url(&key.to_compact()) {
+                self.eviction.remove(pingora::cache::CacheEntryKeyRef::from_entry_id(&k, None));
+            }
+        }
     }
 
     /// Tell the fleet's metadata what happened: an object stored here, a 404 remembered, a
@@ -578,7 +611,7 @@ impl ProxyHttp for HangarProxy {
                             repo.digests.get(&key)
                         }
                     };
-                    ctx.unverified = ctx.expected_digest.is_none();
+                    ctx.unverified = ctx.expected_digest.is_none() && resolved.digest_required;
                 }
             }
         }
@@ -705,6 +738,12 @@ impl ProxyHttp for HangarProxy {
             err.set_retry(false);
             err.into_up()
         })?;
+        if ctx.untrusted_redirect && !repo.allow_private_redirects && is_internal(addr.ip()) {
+            self.metrics.upstream_errors.with_label_values(&[&repo.name, "redirect_refused"]).inc();
+            let mut e = Error::explain(ErrorType::HTTPStatus(502), format!("upstream redirect to internal address {} refused", addr.ip()));
+            e.set_retry(false);
+            return Err(e.into_up());
+        }
         ctx.redirect_pending = false;
         Ok(make_peer(up, addr, &repo.timeouts))
     }
@@ -813,8 +852,18 @@ impl ProxyHttp for HangarProxy {
         let (next, next_path) = current.redirect_target(&current_path, &location).map_err(|e| {
             Error::explain(ErrorType::HTTPStatus(502), format!("bad upstream redirect: {e}")).into_up()
         })?;
-        let original = &ctx.repo.as_ref().expect("routed").upstream;
-        ctx.cross_origin |= !next.same_origin(original);
+        let repo = ctx.repo.as_ref().expect("routed");
+        let leaves_upstream = !next.same_origin(&repo.upstream) && !repo.files.as_ref().is_some_and(|f| next.same_origin(f));
+        ctx.cross_origin |= leaves_upstream;
+        // Where an upstream's Location may send the proxy is the operator's call, not the
+        // upstream's (origin's presigned redirects are the proxy's own infrastructure).
+        if leaves_upstream && ctx.hop.is_none() {
+            if !repo.redirect_host_allowed(&next.host) {
+                self.metrics.upstream_errors.with_label_values(&[&repo_name, "redirect_refused"]).inc();
+                return Err(Error::explain(ErrorType::HTTPStatus(502), format!("upstream redirect to {} is not in redirect_hosts", next.host)).into_up());
+            }
+            ctx.untrusted_redirect = true;
+        }
         ctx.target = Some((next, next_path));
         ctx.redirects += 1;
         ctx.redirect_pending = true;
@@ -993,6 +1042,7 @@ impl ProxyHttp for HangarProxy {
         let result = ctx.result(session);
         self.hand_to_origin(session, _e, ctx, status, result);
         self.record_metadata(session, ctx, status, result);
+        self.drop_companions(ctx, status, result);
         if ctx.background {
             self.metrics.background_refreshes.with_label_values(&[ctx.repo_name(), status_class(status)]).inc();
             return;
@@ -1019,6 +1069,16 @@ mod tests {
     fn json_errors_escape() {
         let b = json_error(404, "no \"repo\"", "/a\"b\n");
         assert_eq!(&b[..], &b"{\"error\":\"no \\\"repo\\\"\",\"status\":404,\"path\":\"/a\\\"b\"}\n"[..]);
+    }
+
+    #[test]
+    fn internal_addresses_are_recognised() {
+        for ip in ["127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "100.64.0.1", "0.0.0.0", "::1", "fd00::1", "fe80::1", "::ffff:10.0.0.1"] {
+            assert!(is_internal(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in ["93.184.216.34", "2606:4700::1", "100.128.0.1"] {
+            assert!(!is_internal(ip.parse().unwrap()), "{ip}");
+        }
     }
 
     #[test]

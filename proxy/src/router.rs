@@ -20,6 +20,9 @@ pub struct Repository {
     pub files: Option<UpstreamUrl>,
     pub public_url: Option<String>,
     pub max_document_bytes: usize,
+    /// Hosts redirects may lead to (`None`: any public host).
+    pub redirect_hosts: Option<Vec<String>>,
+    pub allow_private_redirects: bool,
     /// Artefact digests learned from the documents this repository served.
     pub digests: DigestIndex,
     pub timeouts: TimeoutConfig,
@@ -54,7 +57,7 @@ impl Repository {
         };
         let format = cfg
             .format
-            .build(&Upstreams { primary: upstream.clone(), files: cfg.files_upstream.clone() })
+            .build(&Upstreams { primary: upstream.clone(), files: cfg.files_upstream.clone(), pins: cfg.pins.clone() })
             .map_err(|e| e.to_string())?;
         Ok(Repository {
             name: cfg.name.clone(),
@@ -63,6 +66,8 @@ impl Repository {
             files,
             public_url: cfg.public_url.as_ref().map(|u| if u.ends_with('/') { u.clone() } else { format!("{u}/") }),
             max_document_bytes: cfg.max_document_bytes.0 as usize,
+            redirect_hosts: cfg.redirect_hosts.clone(),
+            allow_private_redirects: cfg.allow_private_redirects,
             digests: DigestIndex::new(200_000),
             timeouts: cfg.timeouts.clone(),
             format,
@@ -74,6 +79,17 @@ impl Repository {
 }
 
 impl Repository {
+    /// Whether an upstream redirect may lead to `host` (before its address is checked).
+    pub fn redirect_host_allowed(&self, host: &str) -> bool {
+        let host = host.to_ascii_lowercase();
+        self.redirect_hosts.as_ref().is_none_or(|allowed| {
+            allowed.iter().any(|pattern| match pattern.strip_prefix("*.") {
+                Some(suffix) => host.ends_with(&format!(".{}", suffix.to_ascii_lowercase())),
+                None => host == pattern.to_ascii_lowercase(),
+            })
+        })
+    }
+
     /// What `key_path` holds: the repository's patterns first, then the format's knowledge.
     pub fn classify(&self, key_path: &str, format_class: PathClass) -> PathClass {
         let path = key_path.split('?').next().unwrap_or(key_path);

@@ -25,7 +25,7 @@ pub enum UpstreamError {
 }
 
 /// A parsed upstream base URL such as `https://mirror.example/base/`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct UpstreamUrl {
     pub tls: bool,
     pub host: String,

@@ -96,6 +96,7 @@ impl Format for Cargo {
                 rewrite: false,
                 digest: Some(digest),
                 digest_from: None,
+                digest_required: true,
             });
         }
         Ok(Resolved::passthrough(with_query(&rel, path.query), PathClass::Metadata))
@@ -118,6 +119,7 @@ mod tests {
         Cargo::new(&Upstreams {
             primary: UpstreamUrl::parse("https://index.test/").unwrap(),
             files: Some(dl.into()),
+            pins: Default::default(),
         })
         .unwrap()
     }

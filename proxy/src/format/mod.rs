@@ -9,6 +9,7 @@
 
 mod cargo;
 mod generic;
+mod maven;
 mod npm;
 mod pypi;
 
@@ -37,6 +38,8 @@ pub enum FormatKind {
     Npm,
     /// A cargo sparse index and its download host.
     Cargo,
+    /// A Maven 2 repository.
+    Maven,
 }
 
 impl FormatKind {
@@ -46,6 +49,7 @@ impl FormatKind {
             FormatKind::Pypi => "pypi",
             FormatKind::Npm => "npm",
             FormatKind::Cargo => "cargo",
+            FormatKind::Maven => "maven",
         }
     }
 
@@ -56,7 +60,7 @@ impl FormatKind {
     pub fn default_metadata_ttl(&self) -> Option<std::time::Duration> {
         match self {
             FormatKind::Generic => None,
-            FormatKind::Pypi | FormatKind::Npm | FormatKind::Cargo => Some(std::time::Duration::from_secs(300)),
+            FormatKind::Pypi | FormatKind::Npm | FormatKind::Cargo | FormatKind::Maven => Some(std::time::Duration::from_secs(300)),
         }
     }
 
@@ -67,21 +71,25 @@ impl FormatKind {
 
     pub fn build(self, upstreams: &Upstreams) -> Result<Arc<dyn Format>, FormatError> {
         Ok(match self {
-            FormatKind::Generic => Arc::new(generic::Generic),
+            FormatKind::Generic => Arc::new(generic::Generic::new(&upstreams.pins)?),
             FormatKind::Pypi => Arc::new(pypi::Pypi::new(upstreams)?),
             FormatKind::Npm => Arc::new(npm::Npm::new(upstreams)),
             FormatKind::Cargo => Arc::new(cargo::Cargo::new(upstreams)?),
+            FormatKind::Maven => Arc::new(maven::Maven),
         })
     }
 }
 
 /// A repository's upstreams: the registry itself and, for formats whose artefacts live on
-/// another host, that host (PyPI's file host, cargo's `dl`).
-#[derive(Debug, Clone)]
+/// another host, that host (PyPI's file host, cargo's `dl`); and the digests pinned in its
+/// config.
+#[derive(Debug, Clone, Default)]
 pub struct Upstreams {
     pub primary: UpstreamUrl,
     /// As configured (cargo's may be a `dl` template with `{crate}` markers).
     pub files: Option<String>,
+    /// `path below the prefix -> "sha256:<hex>"`.
+    pub pins: std::collections::BTreeMap<String, String>,
 }
 
 /// Which of the repository's upstreams a request goes to.
@@ -111,6 +119,9 @@ pub struct Resolved {
     /// The digest is listed in this document (a path below the repository prefix), which
     /// the proxy reads through itself when it does not know the digest yet.
     pub digest_from: Option<String>,
+    /// Without a digest the body is served but not cached (npm); otherwise (Maven, whose
+    /// upstreams may publish no checksums) it is cached unverified.
+    pub digest_required: bool,
 }
 
 impl Resolved {
@@ -125,6 +136,7 @@ impl Resolved {
             rewrite: false,
             digest: None,
             digest_from: None,
+            digest_required: true,
         }
     }
 }
@@ -163,6 +175,10 @@ pub enum FormatError {
     Path(#[from] PathError),
     #[error("{0}")]
     NotFound(&'static str),
+    #[error("{0}")]
+    BadRequest(&'static str),
+    #[error("pin for '{0}' must be sha256:<64 hex digits>")]
+    BadPin(String),
 }
 
 /// One package format's rules. Implementations must be cheap to call per request.
@@ -187,6 +203,12 @@ pub trait Format: Send + Sync {
     /// The `Accept` header for reading a [`Resolved::digest_from`] document.
     fn document_accept(&self) -> &'static str {
         "*/*"
+    }
+
+    /// Cache entries to drop when `key_path` is fetched anew, so they are refreshed with it
+    /// (Maven's metadata and its checksum files).
+    fn companions(&self, _key_path: &str) -> Vec<String> {
+        Vec::new()
     }
 
     /// Read the digests a [`Resolved::digest_from`] document lists, keyed by cache key path.

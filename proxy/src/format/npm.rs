@@ -185,6 +185,7 @@ impl Format for Npm {
                 rewrite: true,
                 digest: None,
                 digest_from: None,
+                digest_required: true,
             }),
             ["-", file] if !file.is_empty() => {
                 let file = RequestPath { relative: file, query: None }.checked_relative(false)?;
@@ -198,6 +199,7 @@ impl Format for Npm {
                     rewrite: false,
                     digest: None,
                     digest_from: Some(pkg.encoded),
+                    digest_required: true,
                 })
             }
             [version] => {
@@ -262,6 +264,7 @@ mod tests {
         Npm::new(&Upstreams {
             primary: UpstreamUrl::parse("https://registry.test/").unwrap(),
             files: None,
+            pins: Default::default(),
         })
     }
 

@@ -147,6 +147,7 @@ impl Format for Pypi {
                 rewrite: !(below.is_empty() && json),
                 digest: None,
                 digest_from: None,
+                digest_required: true,
             });
         }
         if let Some(files) = rel.strip_prefix("files/") {
@@ -168,6 +169,7 @@ impl Format for Pypi {
                 rewrite: false,
                 digest,
                 digest_from: None,
+                digest_required: true,
             });
         }
         Err(FormatError::NotFound("a PyPI repository serves simple/ and files/"))
@@ -191,6 +193,7 @@ mod tests {
         Pypi::new(&Upstreams {
             primary: UpstreamUrl::parse("https://index.test/simple/").unwrap(),
             files: Some("https://files.test".into()),
+            pins: Default::default(),
         })
         .unwrap()
     }
