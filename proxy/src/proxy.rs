@@ -120,6 +120,8 @@ pub struct RequestCtx {
     from_hop: bool,
     /// The request arrived from another proxy of the fleet.
     fleet_hop: bool,
+    /// The first bytes of a body that states its own expiry, until the expiry is found.
+    expiry_head: Option<Vec<u8>>,
     /// An upstream attempt is under way whose outcome the breaker has not been told yet.
     breaker_pending: bool,
 }
@@ -324,6 +326,37 @@ impl HangarProxy {
         });
     }
 
+    /// Read the expiry a body states about itself from its first bytes; refuse to cache or
+    /// deliver it once that has passed (the transfer is cut before the rest of the body).
+    fn check_expiry(&self, body: Option<&Bytes>, end_of_stream: bool, ctx: &mut RequestCtx) -> Result<()> {
+        const HEAD_LIMIT: usize = 16 * 1024;
+        let Some(head) = ctx.expiry_head.as_mut() else { return Ok(()) };
+        if let Some(b) = body {
+            let take = b.len().min(HEAD_LIMIT.saturating_sub(head.len()));
+            head.extend_from_slice(&b[..take]);
+        }
+        let (Some(repo), Some(resolved)) = (ctx.repo.as_ref(), ctx.resolved.as_ref()) else { return Ok(()) };
+        let expiry = repo.format.expiry(head);
+        if expiry.is_none() && head.len() < HEAD_LIMIT && !end_of_stream {
+            return Ok(());
+        }
+        ctx.expiry_head = None;
+        let Some(until) = expiry else { return Ok(()) };
+        {
+            let mut expiries = repo.expiries.lock();
+            if expiries.len() > 10_000 {
+                expiries.clear();
+            }
+            expiries.insert(resolved.key_path.clone(), until);
+        }
+        if until < SystemTime::now() {
+            self.metrics.upstream_errors.with_label_values(&[&repo.name, "expired"]).inc();
+            tracing::warn!(repository = %repo.name, path = %resolved.key_path, "refusing a copy past its Valid-Until");
+            return Err(Error::explain(ErrorType::HTTPStatus(502), "past its Valid-Until").into_up());
+        }
+        Ok(())
+    }
+
     /// A document fetched anew makes its companions (Maven's metadata checksums) stale: drop
     /// them so they are fetched with it.
     fn drop_companions(&self, ctx: &RequestCtx, status: u16, result: &str) {
@@ -520,6 +553,9 @@ impl ProxyHttp for HangarProxy {
             // Only documents are compressed here; artefacts are served as stored.
             c.adjust_level(0);
         }
+        if repo.format.expiry_in_body(&resolved.key_path) {
+            ctx.expiry_head = Some(Vec::new());
+        }
         ctx.resolved = Some(resolved);
         ctx.background = session.subrequest_ctx.is_some();
         if repo.freshness.honor_request_directives() {
@@ -563,6 +599,13 @@ impl ProxyHttp for HangarProxy {
             }
             ctx.served_stale = true;
             return Ok(Some(ForcedFreshness::ForceFresh));
+        }
+        // A body that said when it expires is not used past then, not even stale.
+        if let (Some(repo), Some(resolved)) = (ctx.repo.as_ref(), ctx.resolved.as_ref()) {
+            let expired = repo.expiries.lock().get(&resolved.key_path).is_some_and(|t| *t < SystemTime::now());
+            if expired {
+                return Ok(Some(ForcedFreshness::ForceExpired));
+            }
         }
         // RFC 9111 §5.2.1: the client's limits on what a stored response may be used for.
         let d = &ctx.directives;
@@ -881,6 +924,7 @@ impl ProxyHttp for HangarProxy {
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<std::time::Duration>> {
+        self.check_expiry(body.as_ref(), end_of_stream, ctx)?;
         if let Some(hasher) = ctx.hasher.as_mut() {
             if let Some(b) = body.as_ref() {
                 hasher.update(b);
@@ -912,6 +956,17 @@ impl ProxyHttp for HangarProxy {
                 *body = Some(self.rewrite_document(raw, ctx)?);
             }
         }
+        Ok(None)
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<std::time::Duration>> {
+        self.check_expiry(body.as_ref(), end_of_stream, ctx)?;
         Ok(None)
     }
 

@@ -25,6 +25,8 @@ pub struct Repository {
     pub allow_private_redirects: bool,
     /// Artefact digests learned from the documents this repository served.
     pub digests: DigestIndex,
+    /// Expiries read from bodies that state one (apt's Valid-Until), by cache key path.
+    pub expiries: parking_lot::Mutex<std::collections::HashMap<String, std::time::SystemTime>>,
     pub timeouts: TimeoutConfig,
     pub format: Arc<dyn Format>,
     pub freshness: FreshnessPolicy,
@@ -69,6 +71,7 @@ impl Repository {
             redirect_hosts: cfg.redirect_hosts.clone(),
             allow_private_redirects: cfg.allow_private_redirects,
             digests: DigestIndex::new(200_000),
+            expiries: Default::default(),
             timeouts: cfg.timeouts.clone(),
             format,
             freshness,

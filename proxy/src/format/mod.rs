@@ -7,6 +7,7 @@
 //! the proxy, and what digest the bytes must have. The cache and storage code never know which
 //! format they hold. Adding a format means adding a module and a [`FormatKind`] variant.
 
+mod apt;
 mod cargo;
 mod generic;
 mod maven;
@@ -40,6 +41,8 @@ pub enum FormatKind {
     Cargo,
     /// A Maven 2 repository.
     Maven,
+    /// A Debian-style apt archive.
+    Apt,
 }
 
 impl FormatKind {
@@ -50,6 +53,7 @@ impl FormatKind {
             FormatKind::Npm => "npm",
             FormatKind::Cargo => "cargo",
             FormatKind::Maven => "maven",
+            FormatKind::Apt => "apt",
         }
     }
 
@@ -60,7 +64,7 @@ impl FormatKind {
     pub fn default_metadata_ttl(&self) -> Option<std::time::Duration> {
         match self {
             FormatKind::Generic => None,
-            FormatKind::Pypi | FormatKind::Npm | FormatKind::Cargo | FormatKind::Maven => Some(std::time::Duration::from_secs(300)),
+            FormatKind::Pypi | FormatKind::Npm | FormatKind::Cargo | FormatKind::Maven | FormatKind::Apt => Some(std::time::Duration::from_secs(300)),
         }
     }
 
@@ -76,6 +80,7 @@ impl FormatKind {
             FormatKind::Npm => Arc::new(npm::Npm::new(upstreams)),
             FormatKind::Cargo => Arc::new(cargo::Cargo::new(upstreams)?),
             FormatKind::Maven => Arc::new(maven::Maven),
+            FormatKind::Apt => Arc::new(apt::Apt),
         })
     }
 }
@@ -203,6 +208,16 @@ pub trait Format: Send + Sync {
     /// The `Accept` header for reading a [`Resolved::digest_from`] document.
     fn document_accept(&self) -> &'static str {
         "*/*"
+    }
+
+    /// Whether the body of `key_path` states when it expires (apt's `Valid-Until`).
+    fn expiry_in_body(&self, _key_path: &str) -> bool {
+        false
+    }
+
+    /// The expiry stated in the first bytes of such a body, if it states one.
+    fn expiry(&self, _head: &[u8]) -> Option<std::time::SystemTime> {
+        None
     }
 
     /// Cache entries to drop when `key_path` is fetched anew, so they are refreshed with it

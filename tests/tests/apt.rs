@@ -1,0 +1,145 @@
+//! apt through Hangar: `apt-get update` and `apt-get download` against the live Debian mirror
+//! (found in the machine's own apt sources) with an isolated APT_CONFIG, then again with the
+//! repository offline; and Valid-Until and by-hash rules against a fixture upstream.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use hangar_e2e::clients::run;
+use hangar_e2e::{get, http, Proxy, Route, Upstream};
+use sha2::Digest as _;
+
+/// The Debian archive and a suite from the machine's apt sources (deb822 `.sources` files or
+/// one-line `sources.list`), skipping the security archive.
+fn debian_mirror() -> (String, String) {
+    let mut texts = Vec::new();
+    for dir in ["/etc/apt/sources.list.d"] {
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            if e.path().extension().is_some_and(|x| x == "sources" || x == "list") {
+                texts.push(std::fs::read_to_string(e.path()).unwrap_or_default());
+            }
+        }
+    }
+    texts.push(std::fs::read_to_string("/etc/apt/sources.list").unwrap_or_default());
+    for text in &texts {
+        for stanza in text.split("\n\n") {
+            let field = |name: &str| stanza.lines().find_map(|l| l.strip_prefix(name)).map(|v| v.trim().to_string());
+            if let (Some(uris), Some(suites)) = (field("URIs:"), field("Suites:")) {
+                let uri = uris.split_whitespace().next().unwrap().to_string();
+                if stanza.lines().any(|l| l.trim_start().starts_with("Types:") && l.contains("deb")) && !uri.contains("security") && uri.starts_with("http") {
+                    return (uri, suites.split_whitespace().next().unwrap().to_string());
+                }
+            }
+        }
+        for line in text.lines() {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            if words.first() == Some(&"deb") && words.len() >= 3 && words[1].starts_with("http") && !words[1].contains("security") {
+                return (words[1].to_string(), words[2].to_string());
+            }
+        }
+    }
+    panic!("no Debian mirror in the machine's apt sources");
+}
+
+/// An APT_CONFIG whose sources, state and cache all live in `dir`.
+fn apt_config(dir: &Path, proxy: &Proxy, suite: &str) -> PathBuf {
+    for d in ["state/lists/partial", "cache/archives/partial", "parts", "prefs"] {
+        std::fs::create_dir_all(dir.join(d)).unwrap();
+    }
+    std::fs::write(dir.join("status"), "").unwrap();
+    std::fs::write(
+        dir.join("sources.list"),
+        format!("deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://{}/apt/debian {suite} main\n", proxy.addr),
+    )
+    .unwrap();
+    let conf = format!(
+        "Dir::State \"{d}/state\";\nDir::State::status \"{d}/status\";\nDir::Cache \"{d}/cache\";\nDir::Etc::SourceList \"{d}/sources.list\";\nDir::Etc::SourceParts \"{d}/parts\";\nDir::Etc::PreferencesParts \"{d}/prefs\";\nDebug::NoLocking \"1\";\nAPT::Sandbox::User \"root\";\nAcquire::Languages \"none\";\nAcquire::IndexTargets::deb::Contents-deb::DefaultEnabled \"false\";\nAcquire::Retries \"0\";\n",
+        d = dir.display()
+    );
+    let path = dir.join("apt.conf");
+    std::fs::write(&path, conf).unwrap();
+    path
+}
+
+fn apt_get(conf: &Path, cwd: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new("apt-get");
+    cmd.current_dir(cwd).env("APT_CONFIG", conf).args(["-q", "-y"]).args(args);
+    cmd
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apt_get_update_and_download_through_the_proxy_and_keep_working_offline() {
+    let (mirror, suite) = debian_mirror();
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!("[[repository]]\nname = \"debian\"\nprefix = \"/apt/debian/\"\nformat = \"apt\"\nupstream = \"{mirror}/\"\n");
+    let proxy = Proxy::builder(&dir.path().join("cache")).config(&config).start();
+    let scratch = tempfile::tempdir().unwrap();
+    let mut fetched = 0.0;
+    for round in ["online", "offline"] {
+        let root = scratch.path().join(round);
+        let conf = apt_config(&root, &proxy, &suite);
+        let out = run(&mut apt_get(&conf, &root, &["update"]));
+        assert!(out.contains(&format!("http://{}/apt/debian", proxy.addr)), "{round}: {out}");
+        run(&mut apt_get(&conf, &root, &["download", "hostname"]));
+        let debs: Vec<_> = std::fs::read_dir(&root).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().ends_with(".deb")).collect();
+        assert_eq!(debs.len(), 1, "{round}: hostname's .deb downloaded");
+        let upstream_bytes = proxy.metric("hangar_bytes_upstream_total", &[("repository", "debian")]).await;
+        if round == "online" {
+            assert!(proxy.metric("hangar_cache_results_total", &[("repository", "debian"), ("result", "miss")]).await >= 3.0);
+            assert_eq!(proxy.metric("hangar_integrity_failures_total", &[]).await, 0.0, "by-hash indexes matched their names");
+            fetched = upstream_bytes;
+            let r = http(proxy.admin, "PUT", "/offline/debian", &[("Content-Length", "0")]).await.unwrap().collect().await;
+            assert_eq!(r.status, 200);
+        } else {
+            assert_eq!(upstream_bytes, fetched, "offline: nothing fetched upstream");
+        }
+    }
+}
+
+fn in_release(valid_until: std::time::SystemTime) -> Vec<u8> {
+    let date = httpdate::fmt_http_date(valid_until).replace("GMT", "UTC");
+    format!("-----BEGIN PGP SIGNED MESSAGE-----\nHash: SHA512\n\nOrigin: Test\nSuite: test\nValid-Until: {date}\nAcquire-By-Hash: yes\nSHA256:\n").into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_in_release_is_never_served_past_its_valid_until() {
+    let up = Upstream::start().await;
+    let now = std::time::SystemTime::now();
+    up.route("/dists/old/InRelease", Route::ok(in_release(now - std::time::Duration::from_secs(60))));
+    up.route("/dists/soon/InRelease", Route::ok(in_release(now + std::time::Duration::from_secs(2))));
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!("[[repository]]\nname = \"d\"\nprefix = \"/\"\nformat = \"apt\"\nupstream = \"{}/\"\n[repository.freshness]\nmetadata_ttl = \"1h\"\n", up.url());
+    let proxy = Proxy::builder(dir.path()).config(&config).start();
+
+    let r = get(proxy.addr, "/dists/old/InRelease").await;
+    assert!(r.truncated || r.status != 200, "an expired InRelease from the upstream is not delivered whole");
+    get(proxy.addr, "/dists/old/InRelease").await;
+    assert_eq!(up.hits("/dists/old/InRelease"), 2, "and was not cached");
+
+    let r = get(proxy.addr, "/dists/soon/InRelease").await;
+    assert!(!r.truncated && r.status == 200);
+    assert_eq!(get(proxy.addr, "/dists/soon/InRelease").await.cache(), "hit", "fresh for metadata_ttl");
+    // Let its Valid-Until pass (the behaviour under test is wall-clock expiry), then lose the upstream.
+    tokio::time::sleep(std::time::Duration::from_millis(3100)).await;
+    up.stop();
+    let r = get(proxy.addr, "/dists/soon/InRelease").await;
+    assert!(r.truncated || r.status != 200, "past Valid-Until: neither a hit nor a stale copy");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn by_hash_objects_are_verified_against_their_names() {
+    let up = Upstream::start().await;
+    let good = b"Package: hostname\n".to_vec();
+    let sha: String = sha2::Sha256::digest(&good).iter().map(|b| format!("{b:02x}")).collect();
+    let path = format!("/dists/x/main/binary-amd64/by-hash/SHA256/{sha}");
+    up.route(&path, Route::ok(b"Package: evil\n".to_vec()));
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!("[[repository]]\nname = \"d\"\nprefix = \"/\"\nformat = \"apt\"\nupstream = \"{}/\"\n", up.url());
+    let proxy = Proxy::builder(dir.path()).config(&config).start();
+    let r = get(proxy.addr, &path).await;
+    assert!(r.truncated || r.status != 200);
+    up.route(&path, Route::ok(good.clone()));
+    let r = get(proxy.addr, &path).await;
+    assert_eq!((r.status, r.cache(), r.body == good), (200, "miss", true));
+    assert_eq!(get(proxy.addr, &path).await.cache(), "hit");
+}
