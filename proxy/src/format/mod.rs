@@ -9,6 +9,7 @@
 
 mod apt;
 mod cargo;
+mod gems;
 mod generic;
 mod maven;
 mod npm;
@@ -43,6 +44,8 @@ pub enum FormatKind {
     Maven,
     /// A Debian-style apt archive.
     Apt,
+    /// A RubyGems source.
+    Gems,
 }
 
 impl FormatKind {
@@ -54,6 +57,7 @@ impl FormatKind {
             FormatKind::Cargo => "cargo",
             FormatKind::Maven => "maven",
             FormatKind::Apt => "apt",
+            FormatKind::Gems => "gems",
         }
     }
 
@@ -64,7 +68,7 @@ impl FormatKind {
     pub fn default_metadata_ttl(&self) -> Option<std::time::Duration> {
         match self {
             FormatKind::Generic => None,
-            FormatKind::Pypi | FormatKind::Npm | FormatKind::Cargo | FormatKind::Maven | FormatKind::Apt => Some(std::time::Duration::from_secs(300)),
+            FormatKind::Pypi | FormatKind::Npm | FormatKind::Cargo | FormatKind::Maven | FormatKind::Apt | FormatKind::Gems => Some(std::time::Duration::from_secs(300)),
         }
     }
 
@@ -81,6 +85,7 @@ impl FormatKind {
             FormatKind::Cargo => Arc::new(cargo::Cargo::new(upstreams)?),
             FormatKind::Maven => Arc::new(maven::Maven),
             FormatKind::Apt => Arc::new(apt::Apt),
+            FormatKind::Gems => Arc::new(gems::Gems),
         })
     }
 }
