@@ -125,3 +125,41 @@ pub fn moto(dir: &Path) -> Service {
     let envs = Vec::new();
     Service { addr, child, program, args, envs }
 }
+
+/// A real HTTP file server (Python's `http.server`) over `dir`, on port 0.
+pub fn file_server(dir: &Path) -> Service {
+    let program = PathBuf::from("python3");
+    let mut child = Command::new(&program)
+        .args(["-u", "-m", "http.server", "0", "--bind", "127.0.0.1", "--directory"])
+        .arg(dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("python3 -m http.server");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    // "Serving HTTP on 127.0.0.1 port 41234 (http://127.0.0.1:41234/) ..."
+    let port: u16 = line.split(" port ").nth(1).and_then(|r| r.split_whitespace().next()).and_then(|p| p.parse().ok()).unwrap_or_else(|| panic!("{line:?}"));
+    let args = vec!["-u".into(), "-m".into(), "http.server".into(), port.to_string(), "--bind".into(), "127.0.0.1".into(), "--directory".into(), dir.display().to_string()];
+    Service { addr: format!("127.0.0.1:{port}").parse().unwrap(), child, program, args, envs: Vec::new() }
+}
+
+/// hangar-origin storing in a directory under `root`.
+pub fn origin_on_dir(root: &Path) -> Service {
+    let dir = root.join("origin");
+    std::fs::create_dir_all(&dir).unwrap();
+    origin(&format!("spool_dir = \"{}\"\n[store]\nkind = \"local\"\ndir = \"{}\"\n", dir.display(), dir.join("store").display()), &dir, &[])
+}
+
+/// hangar-origin storing in bucket `bucket` of `moto`, with `top` added to its config's top
+/// level and `store` to its `[store]` table.
+pub fn origin_on_s3(root: &Path, moto: &Service, bucket: &str, top: &str, store: &str) -> Service {
+    let dir = root.join("origin");
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = format!(
+        "spool_dir = \"{}\"\n{top}\n[store]\nkind = \"s3\"\nbucket = \"{bucket}\"\nendpoint = \"http://{}\"\npath_style = true\ncreate_bucket = true\n{store}\n",
+        dir.display(),
+        moto.addr
+    );
+    origin(&config, &dir, &[("AWS_ACCESS_KEY_ID", "test"), ("AWS_SECRET_ACCESS_KEY", "test"), ("AWS_EC2_METADATA_DISABLED", "true")])
+}

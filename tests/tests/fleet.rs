@@ -46,28 +46,11 @@ async fn wait_for_members(proxies: &[&Proxy], n: usize) {
     }
 }
 
-fn local_origin(root: &Path) -> Service {
-    let dir = root.join("origin");
-    std::fs::create_dir_all(&dir).unwrap();
-    services::origin(&format!("spool_dir = \"{}\"\n[store]\nkind = \"local\"\ndir = \"{}\"\n", dir.display(), dir.join("store").display()), &dir, &[])
-}
-
-fn s3_origin(root: &Path, moto: &Service) -> Service {
-    let dir = root.join("origin");
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = format!(
-        "spool_dir = \"{}\"\n[store]\nkind = \"s3\"\nbucket = \"hangar-test\"\nendpoint = \"http://{}\"\npath_style = true\ncreate_bucket = true\noperation_timeout_secs = 5\n",
-        dir.display(),
-        moto.addr
-    );
-    services::origin(&config, &dir, &[("AWS_ACCESS_KEY_ID", "test"), ("AWS_SECRET_ACCESS_KEY", "test"), ("AWS_EC2_METADATA_DISABLED", "true")])
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn thirty_clients_on_three_proxies_make_one_upstream_request_per_object() {
     let root = tempfile::tempdir().unwrap();
     let redis = services::redis(root.path());
-    let origin = local_origin(root.path());
+    let origin = services::origin_on_dir(root.path());
     let up = upstream_with(20).await;
     let config = proxy_config(&up, Some(&redis), Some(&origin));
     let proxies: Vec<Arc<Proxy>> = (0..3).map(|i| Arc::new(start_proxy(root.path(), &format!("p{i}"), &config))).collect();
@@ -103,7 +86,7 @@ async fn thirty_clients_on_three_proxies_make_one_upstream_request_per_object() 
 async fn an_artefact_deleted_upstream_is_still_served_from_s3_by_a_proxy_that_never_had_it() {
     let root = tempfile::tempdir().unwrap();
     let moto = services::moto(root.path());
-    let origin = s3_origin(root.path(), &moto);
+    let origin = services::origin_on_s3(root.path(), &moto, "hangar-test", "", "operation_timeout_secs = 5");
     let up = upstream_with(1).await;
     let config = proxy_config(&up, None, Some(&origin));
     let a = start_proxy(root.path(), "a", &config);
@@ -196,7 +179,7 @@ async fn with_redis_down_requests_keep_succeeding_and_metadata_resumes_when_it_r
 async fn with_s3_unreachable_proxies_keep_serving_and_uploads_resume_when_it_returns() {
     let root = tempfile::tempdir().unwrap();
     let mut moto = services::moto(root.path());
-    let origin = s3_origin(root.path(), &moto);
+    let origin = services::origin_on_s3(root.path(), &moto, "hangar-test", "", "operation_timeout_secs = 5");
     let up = upstream_with(5).await;
     let config = proxy_config(&up, None, Some(&origin));
     let a = start_proxy(root.path(), "a", &config);

@@ -2,42 +2,13 @@
 //! source the test builds (two gems, a legacy index from `gem generate_index` and a compact
 //! index) served by a real HTTP server, then again with that server stopped.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
 use hangar_e2e::clients::{run, run_failing};
+use hangar_e2e::services;
 use hangar_e2e::{http, Proxy};
-
-/// Python's HTTP file server over `dir` on port 0; killed on drop.
-struct FileServer {
-    addr: SocketAddr,
-    child: Child,
-}
-
-impl FileServer {
-    fn start(dir: &Path) -> FileServer {
-        let mut child = Command::new("python3")
-            .args(["-u", "-m", "http.server", "0", "--bind", "127.0.0.1", "--directory"])
-            .arg(dir)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("python3 -m http.server");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let port: u16 = line.split(" port ").nth(1).and_then(|r| r.split_whitespace().next()).and_then(|p| p.parse().ok()).unwrap_or_else(|| panic!("{line:?}"));
-        FileServer { addr: format!("127.0.0.1:{port}").parse().unwrap(), child }
-    }
-}
-
-impl Drop for FileServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn build_gem(src: &Path, name: &str, deps: &[(&str, &str)]) -> std::path::PathBuf {
     let dir = src.join(name);
@@ -116,7 +87,7 @@ fn bundle_install(scratch: &Path, source: &str, project: &Path) -> Command {
 async fn gem_and_bundler_install_through_the_proxy_and_keep_working_with_the_source_down() {
     let root = tempfile::tempdir().unwrap();
     let repo = make_source(root.path(), false);
-    let mut upstream = Some(FileServer::start(&repo));
+    let mut upstream = Some(services::file_server(&repo));
     let proxy = Proxy::builder(&root.path().join("cache")).config(&config(upstream.as_ref().unwrap().addr)).start();
     let source = format!("http://{}/gems/", proxy.addr);
     for round in ["online", "source-stopped"] {
@@ -142,7 +113,7 @@ async fn gem_and_bundler_install_through_the_proxy_and_keep_working_with_the_sou
 async fn a_gem_that_does_not_match_its_compact_index_checksum_fails_and_is_not_cached() {
     let root = tempfile::tempdir().unwrap();
     let repo = make_source(root.path(), true);
-    let upstream = FileServer::start(&repo);
+    let upstream = services::file_server(&repo);
     let proxy = Proxy::builder(&root.path().join("cache")).config(&config(upstream.addr)).start();
     let source = format!("http://{}/gems/", proxy.addr);
     run_failing(&mut gem_install(root.path(), &source, &root.path().join("g")));
@@ -155,7 +126,7 @@ async fn a_gem_that_does_not_match_its_compact_index_checksum_fails_and_is_not_c
 async fn bundlers_range_requests_on_versions_are_answered_from_the_cached_file() {
     let root = tempfile::tempdir().unwrap();
     let repo = make_source(root.path(), false);
-    let upstream = FileServer::start(&repo);
+    let upstream = services::file_server(&repo);
     let proxy = Proxy::builder(&root.path().join("cache")).config(&config(upstream.addr)).start();
     let full = http(proxy.addr, "GET", "/gems/versions", &[]).await.unwrap().collect().await;
     assert_eq!(full.status, 200);

@@ -2,12 +2,11 @@
 //! too) against Debian's system Maven repository served over HTTP, then again with that
 //! upstream stopped; and checksum verification against a fixture upstream.
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
 use hangar_e2e::clients::run;
+use hangar_e2e::services;
 use hangar_e2e::{get, Proxy, Route, Upstream};
 use sha1::Digest as _;
 
@@ -15,35 +14,6 @@ use sha1::Digest as _;
 /// `dpkg -L maven-repo-helper` and friends put it.
 const DEBIAN_MAVEN_REPO: &str = "/usr/share/maven-repo";
 const DEPENDENCY_PLUGIN: &str = "org.apache.maven.plugins:maven-dependency-plugin:3.5.0";
-
-/// A real HTTP file server (Python's) over `dir` on port 0; killed on drop.
-struct FileServer {
-    addr: SocketAddr,
-    child: Child,
-}
-
-impl FileServer {
-    fn start(dir: &str) -> FileServer {
-        let mut child = Command::new("python3")
-            .args(["-u", "-m", "http.server", "0", "--bind", "127.0.0.1", "--directory", dir])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("python3 -m http.server");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        // "Serving HTTP on 127.0.0.1 port 41234 (http://127.0.0.1:41234/) ..."
-        let port: u16 = line.split(" port ").nth(1).and_then(|r| r.split_whitespace().next()).and_then(|p| p.parse().ok()).unwrap_or_else(|| panic!("{line:?}"));
-        FileServer { addr: format!("127.0.0.1:{port}").parse().unwrap(), child }
-    }
-}
-
-impl Drop for FileServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn config(upstream: &str) -> String {
     format!("[[repository]]\nname = \"debian\"\nprefix = \"/maven/debian/\"\nformat = \"maven\"\nupstream = \"{upstream}\"\n")
@@ -74,7 +44,7 @@ fn mvn_get(scratch: &Path, settings: &Path, local_repo: &Path, artifact: &str) -
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mvn_resolves_plugins_and_artifacts_through_the_proxy_and_keeps_working_offline() {
     assert!(Path::new(DEBIAN_MAVEN_REPO).join("org/apache/maven/plugins/maven-dependency-plugin/3.5.0").exists(), "tests/run-all installs libmaven-dependency-plugin-java");
-    let mut upstream = Some(FileServer::start(DEBIAN_MAVEN_REPO));
+    let mut upstream = Some(services::file_server(Path::new(DEBIAN_MAVEN_REPO)));
     let dir = tempfile::tempdir().unwrap();
     let proxy = Proxy::builder(&dir.path().join("cache")).config(&config(&format!("http://{}/", upstream.as_ref().unwrap().addr))).start();
     let scratch = tempfile::tempdir().unwrap();

@@ -7,6 +7,9 @@ use hangar_e2e::services::{self, Service};
 use hangar_e2e::{get, http, pattern, Proxy, Route, Upstream};
 use sha2::Digest as _;
 
+/// Parts of 5 MiB above 6 MiB, so a 12 MiB object goes up in three.
+const MULTIPART: &str = "multipart_threshold = 6291456\npart_size = 5242880";
+
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
@@ -29,17 +32,6 @@ async fn put(origin: &Service, path: &str, body: &[u8], sha256: Option<&str>) ->
     (status, text)
 }
 
-fn s3_origin(root: &Path, moto: &Service, extra: &str) -> Service {
-    let dir = root.join("origin");
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = format!(
-        "spool_dir = \"{}\"\n{extra}\n[store]\nkind = \"s3\"\nbucket = \"origin-test\"\nendpoint = \"http://{}\"\npath_style = true\ncreate_bucket = true\nmultipart_threshold = 6291456\npart_size = 5242880\n",
-        dir.display(),
-        moto.addr
-    );
-    services::origin(&config, &dir, &[("AWS_ACCESS_KEY_ID", "test"), ("AWS_SECRET_ACCESS_KEY", "test"), ("AWS_EC2_METADATA_DISABLED", "true")])
-}
-
 async fn publish_rules(origin: &Service) {
     let v1 = b"version one".to_vec();
     let sha = hex(&sha2::Sha256::digest(&v1));
@@ -60,9 +52,8 @@ async fn publish_rules(origin: &Service) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_store_publishes_once_and_verifies_digests() {
     let root = tempfile::tempdir().unwrap();
+    let origin = services::origin_on_dir(root.path());
     let dir = root.path().join("origin");
-    std::fs::create_dir_all(&dir).unwrap();
-    let origin = services::origin(&format!("spool_dir = \"{}\"\n[store]\nkind = \"local\"\ndir = \"{}\"\n", dir.display(), dir.join("store").display()), &dir, &[]);
     publish_rules(&origin).await;
     let blobs = walk(&dir.join("store/blobs"));
     assert_eq!(blobs.len(), 1, "content-addressed: one blob for one content: {blobs:?}");
@@ -84,7 +75,7 @@ fn walk(dir: &Path) -> Vec<String> {
 async fn s3_store_publishes_once_verifies_and_uploads_large_objects_in_parts() {
     let root = tempfile::tempdir().unwrap();
     let moto = services::moto(root.path());
-    let origin = s3_origin(root.path(), &moto, "");
+    let origin = services::origin_on_s3(root.path(), &moto, "origin-test", "", MULTIPART);
     publish_rules(&origin).await;
     // 12 MiB: above the 6 MiB threshold, three parts of at most 5 MiB.
     let big = pattern(7, 12 << 20);
@@ -100,7 +91,7 @@ async fn s3_store_publishes_once_verifies_and_uploads_large_objects_in_parts() {
 async fn repositories_served_by_redirect_send_clients_to_a_presigned_s3_url() {
     let root = tempfile::tempdir().unwrap();
     let moto = services::moto(root.path());
-    let origin = s3_origin(root.path(), &moto, "[repositories.files]\nserve = \"redirect\"\n");
+    let origin = services::origin_on_s3(root.path(), &moto, "origin-test", "[repositories.files]\nserve = \"redirect\"", MULTIPART);
     let up = Upstream::start().await;
     up.route("/x.bin", Route::pattern(3, 100_000));
     let config = format!("[[repository]]\nname = \"files\"\nprefix = \"/\"\nupstream = \"{}\"\n[repository.freshness]\nimmutable = [\"*.bin\"]\n[origin]\nurl = \"http://{}/\"\n", up.url(), origin.addr);
