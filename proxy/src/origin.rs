@@ -32,6 +32,9 @@ pub fn object_path(base: &UpstreamUrl, repository: &str, key_path: &str) -> Stri
     format!("{}objects/{repository}/{}", base.base_path, utf8_percent_encode(key_path, KEY_PATH))
 }
 
+/// Longest one upload attempt may take before it is abandoned and retried.
+const UPLOAD_TIMEOUT: Duration = Duration::from_secs(600);
+
 /// One artefact to hand to origin.
 #[derive(Debug, Clone)]
 pub struct UploadJob {
@@ -90,7 +93,8 @@ impl OriginClient {
     async fn deliver(&self, listen: SocketAddr, job: UploadJob) {
         let mut backoff = Duration::from_millis(100);
         loop {
-            match self.upload(listen, &job).await {
+            let attempt = tokio::time::timeout(UPLOAD_TIMEOUT, self.upload(listen, &job)).await.unwrap_or_else(|_| Err(UploadError::Retry("upload timed out".into())));
+            match attempt {
                 Ok(status) => {
                     let label = match status {
                         201 => "stored",

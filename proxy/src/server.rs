@@ -191,6 +191,8 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let origin = match &config.origin {
         Some(o) => {
             let url = crate::upstream::UpstreamUrl::parse(&o.url).with_context(|| format!("origin.url '{}'", o.url))?;
+            // Origin is an in-region service; uploads speak plain HTTP to it.
+            anyhow::ensure!(!url.tls, "origin.url '{}': origin is reached over http:// (TLS to origin is not supported)", o.url);
             Some(Arc::new(crate::origin::OriginClient::new(url, o.upload_queue, metrics.origin_uploads.clone())))
         }
         None => None,

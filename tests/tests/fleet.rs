@@ -224,6 +224,8 @@ async fn the_region_shares_an_index_of_objects_negative_entries_and_members_in_r
     for p in [&a, &b, &a, &b] {
         assert_eq!(get(p.addr, &object_path(0)).await.status, 200);
     }
+    // A 404 the proxy remembers (the fixture's default 404 says no-store, so give one that doesn't).
+    up.route("/pkg/missing.bin", Route::ok(b"no such object".to_vec()).status(404));
     assert_eq!(get(a.addr, "/pkg/missing.bin").await.status, 404);
     // Each proxy stores its copy and counts a hit; A also remembers the 404. Applied in the
     // background, so wait for the writes to be acknowledged.

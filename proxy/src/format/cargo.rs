@@ -97,6 +97,7 @@ impl Format for Cargo {
                 digest: Some(digest),
                 digest_from: None,
                 digest_required: true,
+                store: true,
             });
         }
         Ok(Resolved::passthrough(with_query(&rel, path.query), PathClass::Metadata))

@@ -132,6 +132,9 @@ pub struct Resolved {
     /// Without a digest the body is served but not cached (npm); otherwise (Maven, whose
     /// upstreams may publish no checksums) it is cached unverified.
     pub digest_required: bool,
+    /// Whether the response may be cached at all (a PyPI file asked for without its digest
+    /// is served, not stored).
+    pub store: bool,
 }
 
 impl Resolved {
@@ -147,6 +150,7 @@ impl Resolved {
             digest: None,
             digest_from: None,
             digest_required: true,
+            store: true,
         }
     }
 }

@@ -53,10 +53,12 @@ struct PackageName {
 fn package_name(scope: Option<&str>, name: &str) -> Result<PackageName, FormatError> {
     let check = |part: &str| -> Result<String, FormatError> {
         let decoded = percent_decode_str(part).decode_utf8().map_err(|_| PathError::BadEncoding)?;
+        // npm names are URL-safe by rule; anything else (a `%` left after decoding, non-ASCII)
+        // would reach the upstream as something other than the name that was checked.
         let ok = !decoded.is_empty()
             && decoded != "."
             && decoded != ".."
-            && !decoded.chars().any(|c| c.is_control() || c == '/' || c == '\\' || c == ' ');
+            && decoded.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~!*'()".contains(&b));
         if ok {
             Ok(decoded.into_owned())
         } else {
@@ -186,6 +188,7 @@ impl Format for Npm {
                 digest: None,
                 digest_from: None,
                 digest_required: true,
+                store: true,
             }),
             ["-", file] if !file.is_empty() => {
                 let file = RequestPath { relative: file, query: None }.checked_relative(false)?;
@@ -200,6 +203,7 @@ impl Format for Npm {
                     digest: None,
                     digest_from: Some(pkg.encoded),
                     digest_required: true,
+                    store: true,
                 })
             }
             [version] => {
@@ -293,6 +297,8 @@ mod tests {
         assert!(resolve(&n, "..", "").is_err());
         assert!(resolve(&n, "@x%2f..", "").is_err());
         assert!(resolve(&n, "a/b/c/d", "").is_err());
+        assert!(resolve(&n, "%252e%252e%252fprivate", "").is_err(), "double encoding stays out");
+        assert!(resolve(&n, "caf%C3%A9", "").is_err());
     }
 
     #[test]

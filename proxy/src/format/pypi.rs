@@ -148,6 +148,7 @@ impl Format for Pypi {
                 digest: None,
                 digest_from: None,
                 digest_required: true,
+                store: true,
             });
         }
         if let Some(files) = rel.strip_prefix("files/") {
@@ -159,10 +160,16 @@ impl Format for Pypi {
                 return Err(FormatError::NotFound("no file named"));
             }
             // PEP 658 metadata has its own hash, which the client checks.
-            let digest = digest.filter(|_| !file.ends_with(".metadata"));
+            let metadata = file.ends_with(".metadata");
+            let digest = digest.filter(|_| !metadata);
+            // A file asked for without its digest is passed through but never cached: the
+            // cache entry is shared with the verified URL. (The query is the client's, not
+            // part of the file's address, and is not sent upstream.)
+            let store = digest.is_some() || metadata;
             return Ok(Resolved {
                 upstream: UpstreamChoice::Files,
-                upstream_path: with_query(file, path.query),
+                upstream_path: file.to_string(),
+                store,
                 key_path: format!("files/{file}"),
                 class: PathClass::Immutable,
                 representation: None,
@@ -251,6 +258,10 @@ mod tests {
         assert_eq!(r.digest, Digest::sha256_hex(SHA));
         let m = resolved(&p, &format!("files/sha256/{SHA}/packages/a/b/six.whl.metadata"), "");
         assert_eq!(m.digest, None, "metadata files have their own hash");
+        assert!(r.store && m.store);
+        let bare = p.resolve(&RequestPath { relative: "files/packages/a/b/six.whl", query: Some("v=1") }, &RequestHeader::build("GET", b"/", None).unwrap()).unwrap();
+        assert!(!bare.store, "without its digest a file is served, never cached under the verified key");
+        assert_eq!(bare.upstream_path, "packages/a/b/six.whl", "the client's query is not sent upstream");
         assert!(p.resolve(&RequestPath { relative: "elsewhere", query: None }, &RequestHeader::build("GET", b"/", None).unwrap()).is_err());
     }
 }

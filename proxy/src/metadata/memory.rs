@@ -63,7 +63,15 @@ impl Metadata for MemoryMetadata {
                 }
             }
             MetadataWrite::Negative { repository, key, ttl } => {
-                self.negative.lock().insert((repository.clone(), key.clone()), Instant::now() + *ttl);
+                let mut negative = self.negative.lock();
+                if negative.len() >= MAX_OBJECTS {
+                    let now = Instant::now();
+                    negative.retain(|_, until| *until > now);
+                    if negative.len() >= MAX_OBJECTS {
+                        negative.clear();
+                    }
+                }
+                negative.insert((repository.clone(), key.clone()), Instant::now() + *ttl);
             }
             MetadataWrite::Breaker { repository, state, ttl } => {
                 self.breakers.lock().insert(repository.clone(), (*state, Instant::now() + *ttl));

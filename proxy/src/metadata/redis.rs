@@ -17,6 +17,10 @@ use super::{now_secs, Member, Metadata, MetadataError, MetadataWrite, ObjectInfo
 /// refreshes and the writer should notice an unreachable Redis quickly.
 const DEADLINE: Duration = Duration::from_millis(500);
 
+/// An object's index entry goes this long after its last store or hit, so the index does
+/// not outgrow what the fleet still holds.
+const OBJECT_TTL_SECS: i64 = 30 * 86400;
+
 pub struct RedisMetadata {
     client: redis::Client,
     conn: Mutex<Option<ConnectionManager>>,
@@ -103,10 +107,11 @@ impl Metadata for RedisMetadata {
                 if let Some(d) = digest {
                     pipe.hset(&k, "digest", d).ignore();
                 }
+                pipe.expire(&k, OBJECT_TTL_SECS).ignore();
             }
             MetadataWrite::Hit { repository, key, region } => {
                 let k = self.object_key(repository, key);
-                pipe.hincr(&k, format!("hits:{region}"), 1).ignore().hset(&k, "last_access", now_secs()).ignore();
+                pipe.hincr(&k, format!("hits:{region}"), 1).ignore().hset(&k, "last_access", now_secs()).ignore().expire(&k, OBJECT_TTL_SECS).ignore();
             }
             MetadataWrite::Negative { repository, key, ttl } => {
                 pipe.pset_ex(format!("{}neg:{repository}:{key}", self.prefix), 1, ttl.as_millis().max(1) as u64).ignore();

@@ -30,6 +30,10 @@ pub(super) fn proxy_base(repo: &Repository, req: &RequestHeader) -> String {
     format!("{}://{host}{}", if https { "https" } else { "http" }, repo.prefix)
 }
 
+fn repo_max_document(ctx: &RequestCtx) -> usize {
+    ctx.repo.as_ref().map_or(0, |r| r.max_document_bytes)
+}
+
 impl HangarProxy {
     /// Read the expiry a body states about itself from its first bytes; refuse to cache or
     /// deliver it once that has passed (the transfer is cut before the rest of the body).
@@ -73,7 +77,8 @@ impl HangarProxy {
             }
             ctx.hasher = Some(expected.hasher());
         }
-        if resolved.rewrite {
+        // A fleet peer's documents arrive rewritten already.
+        if resolved.rewrite && !matches!(ctx.hop, Some(super::hops::Hop::Peer(_))) {
             ctx.document_gzip = match encoding.as_deref() {
                 None | Some("identity") => false,
                 Some("gzip") | Some("x-gzip") => true,
@@ -81,7 +86,15 @@ impl HangarProxy {
                     return Err(Error::explain(ErrorType::HTTPStatus(502), format!("upstream document in unsupported coding '{other}'")).into_up())
                 }
             };
-            let capacity = resp.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()).unwrap_or(64 * 1024);
+            // A hint only: an upstream's Content-Length must not size an allocation.
+            let capacity = resp
+                .headers
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<usize>().ok())
+                .unwrap_or(64 * 1024)
+                .min(repo_max_document(ctx))
+                .min(16 << 20);
             resp.remove_header(&header::CONTENT_ENCODING);
             resp.remove_header(&header::CONTENT_LENGTH);
             ctx.document = Some(BytesMut::with_capacity(capacity));

@@ -13,6 +13,12 @@ use crate::metadata::MetadataWrite;
 use crate::origin::UploadJob;
 use crate::upstream::UpstreamUrl;
 
+/// Whether this request's response went into the cache (a "miss" label also covers
+/// responses fetched but not storable).
+fn stored(session: &Session) -> bool {
+    matches!(session.cache.phase(), pingora::cache::CachePhase::Miss | pingora::cache::CachePhase::Expired)
+}
+
 /// A place a miss is asked before the upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Hop {
@@ -29,11 +35,37 @@ pub(super) fn is_internal(ip: std::net::IpAddr) -> bool {
     match ip {
         std::net::IpAddr::V4(v4) => {
             let o = v4.octets();
-            v4.is_loopback() || v4.is_private() || v4.is_link_local() || v4.is_unspecified() || v4.is_broadcast() || (o[0] == 100 && (o[1] & 0xc0) == 64) || o[0] == 0
+            v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_multicast()
+                || o[0] == 0
+                || o[0] >= 240
+                || (o[0] == 100 && (o[1] & 0xc0) == 64)
+                || (o[0] == 198 && (o[1] & 0xfe) == 18)
         }
         std::net::IpAddr::V6(v6) => {
-            let seg0 = v6.segments()[0];
-            v6.is_loopback() || v6.is_unspecified() || (seg0 & 0xfe00) == 0xfc00 || (seg0 & 0xffc0) == 0xfe80 || v6.to_ipv4_mapped().is_some_and(|v4| is_internal(v4.into()))
+            let s = v6.segments();
+            // IPv6 forms that carry an IPv4 address: mapped, compatible, NAT64, 6to4.
+            let embedded = |hi: u16, lo: u16| std::net::Ipv4Addr::new((hi >> 8) as u8, hi as u8, (lo >> 8) as u8, lo as u8);
+            let carried = if let Some(v4) = v6.to_ipv4_mapped() {
+                Some(v4)
+            } else if (s[..6] == [0; 6] && !v6.is_loopback() && !v6.is_unspecified()) || (s[0] == 0x64 && s[1] == 0xff9b && s[2..6] == [0; 4]) {
+                Some(embedded(s[6], s[7]))
+            } else if s[0] == 0x2002 {
+                Some(embedded(s[1], s[2]))
+            } else {
+                None
+            };
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (s[0] & 0xfe00) == 0xfc00
+                || (s[0] & 0xffc0) == 0xfe80
+                || (s[0] & 0xffc0) == 0xfec0
+                || carried.is_some_and(|v4| is_internal(v4.into()))
         }
     }
 }
@@ -83,7 +115,7 @@ impl HangarProxy {
     pub(super) fn hand_to_origin(&self, session: &Session, error: Option<&Error>, ctx: &RequestCtx, status: u16, result: &str) {
         let (Some(origin), Some(repo), Some(resolved)) = (self.origin.as_ref(), ctx.repo.as_ref(), ctx.resolved.as_ref()) else { return };
         let req = session.req_header();
-        let fetched_and_cached = status == 200 && result == "miss" && error.is_none() && !ctx.from_hop && !ctx.unverified;
+        let fetched_and_cached = status == 200 && result == "miss" && stored(session) && error.is_none() && !ctx.from_hop && !ctx.unverified;
         if !fetched_and_cached || ctx.class != Some(PathClass::Immutable) || !(req.method == Method::GET || req.method == Method::HEAD) {
             return;
         }
@@ -101,9 +133,9 @@ impl HangarProxy {
 
     /// A document fetched anew makes its companions (Maven's metadata checksums) stale: drop
     /// them so they are fetched with it.
-    pub(super) fn drop_companions(&self, ctx: &RequestCtx, status: u16, result: &str) {
+    pub(super) fn drop_companions(&self, session: &Session, ctx: &RequestCtx, status: u16, result: &str) {
         let (Some(repo), Some(resolved)) = (ctx.repo.as_ref(), ctx.resolved.as_ref()) else { return };
-        if status != 200 || !matches!(result, "miss" | "expired") {
+        if status != 200 || !matches!(result, "miss" | "expired") || !stored(session) {
             return;
         }
         for companion in repo.format.companions(&resolved.key_path) {
@@ -119,6 +151,7 @@ impl HangarProxy {
     pub(super) fn record_metadata(&self, session: &Session, ctx: &RequestCtx, status: u16, result: &str) {
         let (Some(repo), Some(resolved)) = (ctx.repo.as_ref(), ctx.resolved.as_ref()) else { return };
         let write = match (result, status) {
+            ("miss", 200 | 404) if !stored(session) => return,
             ("miss", 200) => MetadataWrite::Stored {
                 repository: repo.name.clone(),
                 key: resolved.key_path.clone(),
@@ -140,10 +173,10 @@ mod tests {
 
     #[test]
     fn internal_addresses_are_recognised() {
-        for ip in ["127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "100.64.0.1", "0.0.0.0", "::1", "fd00::1", "fe80::1", "::ffff:10.0.0.1"] {
+        for ip in ["127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "100.64.0.1", "0.0.0.0", "198.18.0.1", "224.0.0.1", "::1", "fd00::1", "fe80::1", "fec0::1", "ff02::1", "::ffff:10.0.0.1", "64:ff9b::a9fe:a9fe", "::a9fe:a9fe", "2002:a9fe:a9fe::1"] {
             assert!(is_internal(ip.parse().unwrap()), "{ip}");
         }
-        for ip in ["93.184.216.34", "2606:4700::1", "100.128.0.1"] {
+        for ip in ["93.184.216.34", "2606:4700::1", "100.128.0.1", "64:ff9b::5db8:d822", "2002:5db8:d822::1"] {
             assert!(!is_internal(ip.parse().unwrap()), "{ip}");
         }
     }

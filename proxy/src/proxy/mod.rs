@@ -456,6 +456,9 @@ impl ProxyHttp for HangarProxy {
         if ctx.directives.no_store {
             return Ok(RespCacheable::Uncacheable(NoCacheReason::Custom("request no-store")));
         }
+        if ctx.resolved.as_ref().is_some_and(|r| !r.store) {
+            return Ok(RespCacheable::Uncacheable(NoCacheReason::Custom("format says not to store")));
+        }
         if ctx.unverified {
             self.metrics.cache_skipped.with_label_values(&[&repo.name, "digest_unknown"]).inc();
             return Ok(RespCacheable::Uncacheable(NoCacheReason::Custom("digest unknown")));
@@ -823,7 +826,7 @@ impl ProxyHttp for HangarProxy {
         let result = ctx.result(session);
         self.hand_to_origin(session, _e, ctx, status, result);
         self.record_metadata(session, ctx, status, result);
-        self.drop_companions(ctx, status, result);
+        self.drop_companions(session, ctx, status, result);
         if ctx.background {
             self.metrics.background_refreshes.with_label_values(&[ctx.repo_name(), status_class(status)]).inc();
             return;
