@@ -213,6 +213,10 @@ pub struct RepositoryConfig {
     /// verified before the body is cached (`generic`).
     #[serde(default)]
     pub pins: std::collections::BTreeMap<String, String>,
+    /// Hosts besides the upstream's own whose token endpoints (Bearer challenge realms) the
+    /// proxy may ask for upstream tokens.
+    #[serde(default)]
+    pub token_realms: Vec<String>,
     #[serde(default)]
     pub timeouts: TimeoutConfig,
     #[serde(default)]
@@ -238,6 +242,7 @@ impl RepositoryConfig {
             redirect_hosts: None,
             allow_private_redirects: false,
             pins: Default::default(),
+            token_realms: Vec::new(),
             timeouts: Default::default(),
             freshness: Default::default(),
             offline: false,

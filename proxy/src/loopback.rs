@@ -26,13 +26,21 @@ const TIMEOUT: Duration = Duration::from_secs(60);
 
 /// GET `target` (a path) from the proxy listening on `addr`; the body of a 200, at most `limit` bytes.
 pub async fn get(addr: SocketAddr, target: &str, accept: &str, limit: usize) -> Result<Bytes, LoopbackError> {
-    tokio::time::timeout(TIMEOUT, fetch(addr, target, accept, limit)).await.map_err(|_| LoopbackError::Timeout)?
+    get_from(addr, &addr.to_string(), target, accept, limit).await
 }
 
-async fn fetch(addr: SocketAddr, target: &str, accept: &str, limit: usize) -> Result<Bytes, LoopbackError> {
+/// GET `target` from the HTTP server at `addr`, naming it `host`.
+pub async fn get_from(addr: SocketAddr, host: &str, target: &str, accept: &str, limit: usize) -> Result<Bytes, LoopbackError> {
+    tokio::time::timeout(TIMEOUT, fetch(addr, host, target, accept, limit)).await.map_err(|_| LoopbackError::Timeout)?
+}
+
+async fn fetch(addr: SocketAddr, host: &str, target: &str, accept: &str, limit: usize) -> Result<Bytes, LoopbackError> {
     let mut sock = tokio::net::TcpStream::connect(addr).await?;
-    let request = format!("GET {target} HTTP/1.1\r\nHost: {addr}\r\nAccept: {accept}\r\nAccept-Encoding: identity\r\nConnection: close\r\n\r\n");
+    let request = format!("GET {target} HTTP/1.1\r\nHost: {host}\r\nAccept: {accept}\r\nAccept-Encoding: identity\r\nConnection: close\r\n\r\n");
     sock.write_all(request.as_bytes()).await?;
+    // Read until the response is complete by its own framing (Content-Length, or the last
+    // chunk), or the server closes: a server may keep the connection open despite
+    // `Connection: close`.
     let mut raw = Vec::new();
     let mut chunk = vec![0u8; 64 * 1024];
     loop {
@@ -43,6 +51,15 @@ async fn fetch(addr: SocketAddr, target: &str, accept: &str, limit: usize) -> Re
         raw.extend_from_slice(&chunk[..n]);
         if raw.len() > limit + 64 * 1024 {
             return Err(LoopbackError::TooLarge(limit));
+        }
+        if let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+            let body_len = raw.len() - end - 4;
+            let content_length = head.lines().find_map(|l| l.strip_prefix("content-length:")).and_then(|v| v.trim().parse::<usize>().ok());
+            let chunked = head.lines().any(|l| l.starts_with("transfer-encoding:") && l.contains("chunked"));
+            if content_length.is_some_and(|cl| body_len >= cl) || (chunked && raw.ends_with(b"0\r\n\r\n")) {
+                break;
+            }
         }
     }
     let head_end = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or(LoopbackError::Malformed("no end of headers"))?;

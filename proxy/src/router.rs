@@ -27,6 +27,9 @@ pub struct Repository {
     pub digests: DigestIndex,
     /// Expiries read from bodies that state one (apt's Valid-Until), by cache key path.
     pub expiries: parking_lot::Mutex<std::collections::HashMap<String, std::time::SystemTime>>,
+    /// Upstream bearer tokens by challenge (service and scope), with their expiry.
+    pub tokens: parking_lot::Mutex<std::collections::HashMap<String, (String, std::time::Instant)>>,
+    pub token_realms: Vec<String>,
     pub timeouts: TimeoutConfig,
     pub format: Arc<dyn Format>,
     pub freshness: FreshnessPolicy,
@@ -72,6 +75,8 @@ impl Repository {
             allow_private_redirects: cfg.allow_private_redirects,
             digests: DigestIndex::new(200_000),
             expiries: Default::default(),
+            tokens: Default::default(),
+            token_realms: cfg.token_realms.clone(),
             timeouts: cfg.timeouts.clone(),
             format,
             freshness,

@@ -97,6 +97,8 @@ impl Format for Cargo {
                 digest: Some(digest),
                 digest_from: None,
                 digest_required: true,
+                local: None,
+                vary_accept: false,
                 store: true,
             });
         }

@@ -13,6 +13,7 @@ mod gems;
 mod generic;
 mod maven;
 mod npm;
+mod oci;
 mod pypi;
 
 use std::sync::Arc;
@@ -46,6 +47,8 @@ pub enum FormatKind {
     Apt,
     /// A RubyGems source.
     Gems,
+    /// A Docker / OCI distribution registry.
+    Oci,
 }
 
 impl FormatKind {
@@ -58,6 +61,7 @@ impl FormatKind {
             FormatKind::Maven => "maven",
             FormatKind::Apt => "apt",
             FormatKind::Gems => "gems",
+            FormatKind::Oci => "oci",
         }
     }
 
@@ -68,7 +72,7 @@ impl FormatKind {
     pub fn default_metadata_ttl(&self) -> Option<std::time::Duration> {
         match self {
             FormatKind::Generic => None,
-            FormatKind::Pypi | FormatKind::Npm | FormatKind::Cargo | FormatKind::Maven | FormatKind::Apt | FormatKind::Gems => Some(std::time::Duration::from_secs(300)),
+            FormatKind::Pypi | FormatKind::Npm | FormatKind::Cargo | FormatKind::Maven | FormatKind::Apt | FormatKind::Gems | FormatKind::Oci => Some(std::time::Duration::from_secs(300)),
         }
     }
 
@@ -86,6 +90,7 @@ impl FormatKind {
             FormatKind::Maven => Arc::new(maven::Maven),
             FormatKind::Apt => Arc::new(apt::Apt),
             FormatKind::Gems => Arc::new(gems::Gems),
+            FormatKind::Oci => Arc::new(oci::Oci),
         })
     }
 }
@@ -135,6 +140,11 @@ pub struct Resolved {
     /// Whether the response may be cached at all (a PyPI file asked for without its digest
     /// is served, not stored).
     pub store: bool,
+    /// Answer with this status and JSON body without going upstream (a registry's `/v2/`).
+    pub local: Option<(u16, &'static str)>,
+    /// Store one variant per `Accept` header (registries vary a tag's manifest by it
+    /// without saying `Vary`).
+    pub vary_accept: bool,
 }
 
 impl Resolved {
@@ -151,6 +161,8 @@ impl Resolved {
             digest_from: None,
             digest_required: true,
             store: true,
+            local: None,
+            vary_accept: false,
         }
     }
 }

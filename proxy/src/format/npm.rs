@@ -188,6 +188,8 @@ impl Format for Npm {
                 digest: None,
                 digest_from: None,
                 digest_required: true,
+                local: None,
+                vary_accept: false,
                 store: true,
             }),
             ["-", file] if !file.is_empty() => {
@@ -203,6 +205,8 @@ impl Format for Npm {
                     digest: None,
                     digest_from: Some(pkg.encoded),
                     digest_required: true,
+                    local: None,
+                    vary_accept: false,
                     store: true,
                 })
             }

@@ -148,6 +148,8 @@ impl Format for Pypi {
                 digest: None,
                 digest_from: None,
                 digest_required: true,
+                local: None,
+                vary_accept: false,
                 store: true,
             });
         }
@@ -177,6 +179,8 @@ impl Format for Pypi {
                 digest,
                 digest_from: None,
                 digest_required: true,
+                local: None,
+                vary_accept: false,
             });
         }
         Err(FormatError::NotFound("a PyPI repository serves simple/ and files/"))

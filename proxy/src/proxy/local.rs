@@ -43,6 +43,22 @@ pub(super) async fn respond_local(
     Ok(true)
 }
 
+/// A small JSON answer the format gives for a path (a registry's `/v2/` version check).
+pub(super) async fn respond_local_json(session: &mut Session, ctx: &mut RequestCtx, status: u16, body: &'static str) -> Result<bool> {
+    let mut resp = ResponseHeader::build(status, Some(4))?;
+    resp.insert_header(header::CONTENT_TYPE, "application/json")?;
+    resp.insert_header(header::CONTENT_LENGTH, body.len().to_string())?;
+    resp.insert_header("docker-distribution-api-version", "registry/2.0")?;
+    resp.insert_header(CACHE_HEADER, "bypass")?;
+    ctx.local_result = Some("bypass");
+    let head = session.req_header().method == http::Method::HEAD;
+    session.write_response_header(Box::new(resp), head).await?;
+    if !head {
+        session.write_response_body(Some(Bytes::from_static(body.as_bytes())), true).await?;
+    }
+    Ok(true)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

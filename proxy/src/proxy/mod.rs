@@ -8,6 +8,7 @@
 //! every response with `X-Hangar-Cache`; `logging` records metrics. Format-specific decisions
 //! live in the format modules, not here.
 
+mod auth;
 mod body;
 mod hops;
 mod local;
@@ -29,7 +30,7 @@ use pingora::{Error, ErrorSource, ErrorType};
 
 use self::body::proxy_base;
 use self::hops::{is_internal, Hop};
-use self::local::respond_local;
+use self::local::{respond_local, respond_local_json};
 use crate::breaker::Admission;
 use crate::digest::{Digest, Hasher};
 use crate::directives::RequestDirectives;
@@ -126,6 +127,8 @@ pub struct RequestCtx {
     from_hop: bool,
     /// The request arrived from another proxy of the fleet.
     fleet_hop: bool,
+    /// An upstream bearer token this request carries after a challenge.
+    bearer: Option<String>,
     /// The body states its own expiry (apt's Valid-Until).
     states_expiry: bool,
     /// The first bytes of such a body, until the expiry is found.
@@ -278,6 +281,9 @@ impl ProxyHttp for HangarProxy {
             // Only documents are compressed here; artefacts are served as stored.
             c.adjust_level(0);
         }
+        if let Some((status, body)) = resolved.local {
+            return respond_local_json(session, ctx, status, body).await;
+        }
         if repo.format.expiry_in_body(&resolved.key_path) {
             ctx.states_expiry = true;
             ctx.expiry_head = Some(Vec::new());
@@ -418,6 +424,10 @@ impl ProxyHttp for HangarProxy {
         if ctx.resolved.as_ref().is_some_and(|r| r.rewrite) {
             builder.add_owned_value("hangar-proxy-base", ctx.proxy_base.clone().into_bytes());
         }
+        if ctx.resolved.as_ref().is_some_and(|r| r.vary_accept) {
+            let accept: Vec<String> = req.headers.get_all(header::ACCEPT).iter().flat_map(|v| v.to_str().unwrap_or("").split(',').map(|s| s.trim().to_string())).collect();
+            builder.add_owned_value("accept", accept.join(",").into_bytes());
+        }
         for vary in meta.headers().get_all(header::VARY) {
             for name in vary.to_str().unwrap_or("").split(',').map(str::trim).filter(|n| !n.is_empty()) {
                 let name = name.to_ascii_lowercase();
@@ -540,6 +550,9 @@ impl ProxyHttp for HangarProxy {
                 upstream_request.insert_header(header::ACCEPT_ENCODING, "identity")?;
             }
         }
+        if let Some(token) = &ctx.bearer {
+            upstream_request.insert_header(header::AUTHORIZATION, format!("Bearer {token}"))?;
+        }
         if ctx.cross_origin || ctx.hop == Some(Hop::Origin) {
             upstream_request.remove_header(&header::AUTHORIZATION);
             upstream_request.remove_header(&header::COOKIE);
@@ -599,6 +612,24 @@ impl ProxyHttp for HangarProxy {
         }
         if resp.status == http::StatusCode::OK {
             self.prepare_body_checks(resp, ctx)?;
+        }
+        // A registry's token challenge: fetch the token and ask again with it.
+        if resp.status == http::StatusCode::UNAUTHORIZED && ctx.hop.is_none() && auth::may_retry_with_token(ctx) {
+            let challenge = resp.headers.get(header::WWW_AUTHENTICATE).and_then(|v| v.to_str().ok()).and_then(auth::parse_challenge);
+            if let (Some(challenge), Some(repo)) = (challenge, ctx.repo.clone()) {
+                match self.token_for(&repo, &challenge).await {
+                    Ok(token) => {
+                        ctx.bearer = Some(token);
+                        let mut e = Error::explain(ErrorType::Custom("upstream token challenge"), "retrying with a token");
+                        e.set_retry(true);
+                        return Err(e.into_up());
+                    }
+                    Err(why) => {
+                        self.metrics.upstream_errors.with_label_values(&[&repo_name, "token"]).inc();
+                        tracing::warn!(repository = %repo_name, error = %why, "cannot get an upstream token");
+                    }
+                }
+            }
         }
         // Rate limiting is an outage too: with a stale copy at hand, serve it (pingora does this
         // itself for 5xx and connection failures).
