@@ -87,19 +87,10 @@ impl Format for Cargo {
                 return Err(FormatError::NotFound("not a crate name and version"));
             }
             let digest = Digest::sha256_hex(sha).ok_or(FormatError::NotFound("malformed sha256 in download URL"))?;
+            let upstream_path = self.download_path(krate, version, &sha.to_ascii_lowercase());
             return Ok(Resolved {
-                upstream: UpstreamChoice::Files,
-                upstream_path: self.download_path(krate, version, &sha.to_ascii_lowercase()),
-                key_path: format!("dl/{krate}/{version}"),
-                class: PathClass::Immutable,
-                representation: None,
-                rewrite: false,
                 digest: Some(digest),
-                digest_from: None,
-                digest_required: true,
-                local: None,
-                vary_accept: false,
-                store: true,
+                ..Resolved::new(UpstreamChoice::Files, upstream_path, format!("dl/{krate}/{version}"), PathClass::Immutable)
             });
         }
         Ok(Resolved::passthrough(with_query(&rel, path.query), PathClass::Metadata))

@@ -150,10 +150,16 @@ pub struct Resolved {
 impl Resolved {
     /// A request passed through as-is: same path upstream and in the cache.
     pub fn passthrough(path: String, class: PathClass) -> Self {
+        Self::new(UpstreamChoice::Primary, path.clone(), path, class)
+    }
+
+    /// A request whose upstream path and cache key differ; everything else at its default
+    /// (no representation, no rewrite, no digest, stored).
+    pub fn new(upstream: UpstreamChoice, upstream_path: String, key_path: String, class: PathClass) -> Self {
         Resolved {
-            upstream: UpstreamChoice::Primary,
-            upstream_path: path.clone(),
-            key_path: path,
+            upstream,
+            upstream_path,
+            key_path,
             class,
             representation: None,
             rewrite: false,

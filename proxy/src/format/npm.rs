@@ -179,35 +179,16 @@ impl Format for Npm {
         let (pkg, rest) = split_package(rel)?;
         match rest.as_slice() {
             [] | [""] => Ok(Resolved {
-                upstream: UpstreamChoice::Primary,
-                upstream_path: with_query(&pkg.encoded, path.query),
-                key_path: with_query(&pkg.canonical, path.query),
-                class: PathClass::Metadata,
                 representation: Some(if accepts(req, "application/vnd.npm.install-v1+json") { ABBREVIATED } else { FULL }),
                 rewrite: true,
-                digest: None,
-                digest_from: None,
-                digest_required: true,
-                local: None,
-                vary_accept: false,
-                store: true,
+                ..Resolved::new(UpstreamChoice::Primary, with_query(&pkg.encoded, path.query), with_query(&pkg.canonical, path.query), PathClass::Metadata)
             }),
             ["-", file] if !file.is_empty() => {
                 let file = RequestPath { relative: file, query: None }.checked_relative(false)?;
                 let key = format!("{}/-/{file}", pkg.canonical);
                 Ok(Resolved {
-                    upstream: UpstreamChoice::Primary,
-                    upstream_path: key.clone(),
-                    key_path: key,
-                    class: PathClass::Immutable,
-                    representation: None,
-                    rewrite: false,
-                    digest: None,
                     digest_from: Some(pkg.encoded),
-                    digest_required: true,
-                    local: None,
-                    vary_accept: false,
-                    store: true,
+                    ..Resolved::passthrough(key, PathClass::Immutable)
                 })
             }
             [version] => {

@@ -138,19 +138,10 @@ impl Format for Pypi {
             let below = rel.strip_prefix("simple").unwrap_or("").trim_start_matches('/');
             let json = accepts(req, JSON.accept);
             return Ok(Resolved {
-                upstream: UpstreamChoice::Primary,
-                upstream_path: with_query(below, path.query),
-                key_path: with_query(&format!("simple/{below}"), path.query),
-                class: PathClass::Metadata,
                 representation: Some(if json { JSON } else { HTML }),
                 // The root listing's JSON form names projects only; its HTML form links to them.
                 rewrite: !(below.is_empty() && json),
-                digest: None,
-                digest_from: None,
-                digest_required: true,
-                local: None,
-                vary_accept: false,
-                store: true,
+                ..Resolved::new(UpstreamChoice::Primary, with_query(below, path.query), with_query(&format!("simple/{below}"), path.query), PathClass::Metadata)
             });
         }
         if let Some(files) = rel.strip_prefix("files/") {
@@ -169,18 +160,9 @@ impl Format for Pypi {
             // part of the file's address, and is not sent upstream.)
             let store = digest.is_some() || metadata;
             return Ok(Resolved {
-                upstream: UpstreamChoice::Files,
-                upstream_path: file.to_string(),
-                store,
-                key_path: format!("files/{file}"),
-                class: PathClass::Immutable,
-                representation: None,
-                rewrite: false,
                 digest,
-                digest_from: None,
-                digest_required: true,
-                local: None,
-                vary_accept: false,
+                store,
+                ..Resolved::new(UpstreamChoice::Files, file.to_string(), format!("files/{file}"), PathClass::Immutable)
             });
         }
         Err(FormatError::NotFound("a PyPI repository serves simple/ and files/"))
