@@ -217,6 +217,15 @@ pub struct RepositoryConfig {
     /// proxy may ask for upstream tokens.
     #[serde(default)]
     pub token_realms: Vec<String>,
+    /// Credentials for the upstream (`oci`): sent to its token endpoint, or as Basic auth when
+    /// it asks for that. Unset: anonymous. An unset variable in either field means anonymous.
+    #[serde(default)]
+    pub credentials: Option<Credentials>,
+    /// The registry name this repository mirrors, as containerd names it in `?ns=` (`oci`):
+    /// requests under `/v2/` carrying `?ns=<namespace>` are routed here whatever the prefix.
+    /// `docker.io` also adds `library/` to single-name images, as Docker Hub expects.
+    #[serde(default)]
+    pub namespace: Option<String>,
     #[serde(default)]
     pub timeouts: TimeoutConfig,
     #[serde(default)]
@@ -243,11 +252,35 @@ impl RepositoryConfig {
             allow_private_redirects: false,
             pins: Default::default(),
             token_realms: Vec::new(),
+            credentials: None,
+            namespace: None,
             timeouts: Default::default(),
             freshness: Default::default(),
             offline: false,
             breaker: Default::default(),
         }
+    }
+}
+
+/// A user name and password (or access token) for an upstream registry.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Credentials {
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials").field("username", &self.username).field("password", &"<redacted>").finish()
+    }
+}
+
+impl Credentials {
+    /// The `Authorization` value for HTTP Basic.
+    pub fn basic(&self) -> String {
+        use base64::Engine;
+        format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", self.username, self.password)))
     }
 }
 
@@ -524,6 +557,15 @@ impl Config {
                 Ok((url, files)) => {
                     repo.upstream = url;
                     repo.files_upstream = files;
+                    if let Some(c) = repo.credentials.take() {
+                        match (interpolate(&c.username, env), interpolate(&c.password, env)) {
+                            (Ok(username), Ok(password)) => repo.credentials = Some(Credentials { username, password }),
+                            (Err(InterpolationError::Unset(variable)), _) | (_, Err(InterpolationError::Unset(variable))) => {
+                                tracing::warn!(repository = %repo.name, "credentials use ${{{variable}}}, which is not set: anonymous");
+                            }
+                            (Err(e), _) | (_, Err(e)) => return Err(invalid(&format!("repository[{i}].credentials"), e.to_string())),
+                        }
+                    }
                     kept.push(repo);
                 }
                 Err(InterpolationError::Unset(variable)) => disabled.push(DisabledRepository {
@@ -570,6 +612,7 @@ impl Config {
         }
         let mut names = std::collections::HashSet::new();
         let mut prefixes = std::collections::HashSet::new();
+        let mut namespaces = std::collections::HashSet::new();
         for (i, repo) in self.repositories.iter().enumerate() {
             let key = |field: &str| format!("repository[{i}].{field}");
             if repo.name.is_empty()
@@ -594,6 +637,14 @@ impl Config {
             }
             crate::upstream::UpstreamUrl::parse(&repo.upstream)
                 .map_err(|e| invalid(key("upstream"), e.to_string()))?;
+            if let Some(ns) = &repo.namespace {
+                if repo.format != crate::format::FormatKind::Oci {
+                    return Err(invalid(key("namespace"), "only oci repositories have a namespace".into()));
+                }
+                if ns.is_empty() || !namespaces.insert(ns.to_ascii_lowercase()) {
+                    return Err(invalid(key("namespace"), format!("'{ns}' is empty or used by two repositories")));
+                }
+            }
             for (j, pattern) in repo.freshness.immutable.iter().enumerate() {
                 crate::freshness::PathPattern::new(pattern)
                     .map_err(|e| invalid(key(&format!("freshness.immutable[{j}]")), e))?;

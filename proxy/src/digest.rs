@@ -41,6 +41,19 @@ impl Digest {
         Some(Digest::Sha256(d))
     }
 
+    /// `sha256:<hex>` or `sha512:<hex>` (as OCI writes digests, and as this type displays).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.split_once(':')? {
+            ("sha256", hex) if hex.len() == 64 => Self::sha256_hex(hex),
+            ("sha512", hex) if hex.len() == 128 => {
+                let mut d = [0u8; 64];
+                hex::decode_to_slice(hex, &mut d).ok()?;
+                Some(Digest::Sha512(d))
+            }
+            _ => None,
+        }
+    }
+
     pub fn sha1_hex(s: &str) -> Option<Self> {
         let mut d = [0u8; 20];
         hex::decode_to_slice(s.trim(), &mut d).ok()?;

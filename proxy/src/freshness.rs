@@ -225,13 +225,18 @@ impl FreshnessPolicy {
         }
     }
 
-    /// Whether clients' `Cache-Control` request directives are obeyed. Package managers send
-    /// `max-age=0` on every index request (pip does), which would defeat a shared cache; a
-    /// repository can choose to ignore them.
     pub fn negative_ttl(&self) -> Duration {
         self.negative_ttl
     }
 
+    /// How long an index (or what a tag points to) is used before asking the upstream again.
+    pub fn metadata_ttl(&self) -> Option<Duration> {
+        self.metadata_ttl
+    }
+
+    /// Whether clients' `Cache-Control` request directives are obeyed. Package managers send
+    /// `max-age=0` on every index request (pip does), which would defeat a shared cache; a
+    /// repository can choose to ignore them.
     pub fn honor_request_directives(&self) -> bool {
         self.honor_request_directives
     }

@@ -3,7 +3,8 @@
 use std::sync::Arc;
 
 use crate::breaker::Breaker;
-use crate::config::{normalize_prefix, RepositoryConfig, TimeoutConfig};
+use crate::config::{normalize_prefix, Credentials, RepositoryConfig, TimeoutConfig};
+use crate::pointers::PointerIndex;
 use crate::digest::DigestIndex;
 use crate::format::{Format, Upstreams};
 use crate::freshness::{FreshnessPolicy, PathClass};
@@ -30,6 +31,11 @@ pub struct Repository {
     /// Upstream bearer tokens by challenge (service and scope), with their expiry.
     pub tokens: parking_lot::Mutex<std::collections::HashMap<String, (String, std::time::Instant)>>,
     pub token_realms: Vec<String>,
+    pub credentials: Option<Credentials>,
+    /// The registry name containerd's `?ns=` uses for this repository.
+    pub namespace: Option<String>,
+    /// What mutable references (tags) pointed to when last asked.
+    pub pointers: PointerIndex,
     pub timeouts: TimeoutConfig,
     pub format: Arc<dyn Format>,
     pub freshness: FreshnessPolicy,
@@ -62,7 +68,12 @@ impl Repository {
         };
         let format = cfg
             .format
-            .build(&Upstreams { primary: upstream.clone(), files: cfg.files_upstream.clone(), pins: cfg.pins.clone() })
+            .build(&Upstreams {
+                primary: upstream.clone(),
+                files: cfg.files_upstream.clone(),
+                pins: cfg.pins.clone(),
+                namespace: cfg.namespace.clone(),
+            })
             .map_err(|e| e.to_string())?;
         Ok(Repository {
             name: cfg.name.clone(),
@@ -77,6 +88,9 @@ impl Repository {
             expiries: Default::default(),
             tokens: Default::default(),
             token_realms: cfg.token_realms.clone(),
+            credentials: cfg.credentials.clone(),
+            namespace: cfg.namespace.as_ref().map(|n| n.to_ascii_lowercase()),
+            pointers: PointerIndex::new(100_000),
             timeouts: cfg.timeouts.clone(),
             format,
             freshness,
@@ -122,6 +136,20 @@ pub fn cache_key(repo: &str, upstream_path: &str) -> pingora::cache::CacheKey {
     key
 }
 
+/// Why a request has no repository.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NoRoute {
+    #[error("no repository is mounted at this path")]
+    Unmounted,
+    #[error("registry '{0}' is not mirrored here")]
+    UnknownNamespace(String),
+}
+
+/// The (percent-decoded) value of `name` in a query string.
+pub fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    url::form_urlencoded::parse(query?.as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
+}
+
 /// Longest-prefix routing over the enabled repositories.
 #[derive(Default)]
 pub struct Router {
@@ -145,7 +173,34 @@ impl Router {
     }
 
     /// The repository serving `path` and the rest of the path below its prefix.
-    pub fn route<'a>(&self, path: &'a str) -> Option<(&Arc<Repository>, &'a str)> {
+    ///
+    /// Below a registry root (OCI's `/v2/`), containerd names the registry it wants in
+    /// `?ns=`: that picks the repository, and a registry not mirrored here is not answered by
+    /// another one's images. The root itself (the version check) is answered by the first
+    /// registry repository when none is mounted there.
+    pub fn route<'a>(&self, path: &'a str, query: Option<&str>) -> Result<(&Arc<Repository>, &'a str), NoRoute> {
+        if let Some(ns) = query_param(query, "ns") {
+            for repo in &self.repos {
+                let Some(root) = repo.format.registry_root() else { continue };
+                if let Some(rest) = path.strip_prefix(root).or_else(|| (path.len() + 1 == root.len() && root.starts_with(path)).then_some("")) {
+                    return match self.repos.iter().find(|r| r.namespace.as_deref().is_some_and(|n| n.eq_ignore_ascii_case(&ns))) {
+                        Some(repo) => Ok((repo, rest)),
+                        None => Err(NoRoute::UnknownNamespace(ns)),
+                    };
+                }
+            }
+        }
+        if let Some(found) = self.by_prefix(path) {
+            return Ok(found);
+        }
+        self.repos
+            .iter()
+            .find(|r| r.format.registry_root().is_some_and(|root| path == root || path.len() + 1 == root.len() && root.starts_with(path)))
+            .map(|r| (r, ""))
+            .ok_or(NoRoute::Unmounted)
+    }
+
+    fn by_prefix<'a>(&self, path: &'a str) -> Option<(&Arc<Repository>, &'a str)> {
         self.repos.iter().find_map(|repo| {
             if let Some(rest) = path.strip_prefix(repo.prefix.as_str()) {
                 Some((repo, rest))
@@ -172,12 +227,32 @@ mod tests {
     #[test]
     fn longest_prefix_wins() {
         let r = Router::new(vec![repo("root", "/"), repo("rel", "/releases"), repo("deep", "/releases/v2/")]);
-        let name = |p| r.route(p).map(|(r, rest)| (r.name.clone(), rest.to_string()));
+        let name = |p| r.route(p, None).ok().map(|(r, rest)| (r.name.clone(), rest.to_string()));
         assert_eq!(name("/releases/a"), Some(("rel".into(), "a".into())));
         assert_eq!(name("/releases"), Some(("rel".into(), "".into())));
         assert_eq!(name("/releases/v2/x"), Some(("deep".into(), "x".into())));
         assert_eq!(name("/other"), Some(("root".into(), "other".into())));
         let none = Router::new(vec![repo("rel", "/releases/")]);
-        assert!(none.route("/other").is_none());
+        assert_eq!(none.route("/other", None).err(), Some(NoRoute::Unmounted));
+    }
+
+    #[test]
+    fn registries_are_chosen_by_namespace_and_the_root_is_always_answered() {
+        let oci = |name: &str, prefix: &str, ns: Option<&str>| {
+            let mut cfg = RepositoryConfig::new(name, prefix, FormatKind::Oci, "http://127.0.0.1:1/v2/");
+            cfg.namespace = ns.map(str::to_string);
+            Repository::from_config(&cfg, &Metrics::new()).unwrap()
+        };
+        let r = Router::new(vec![oci("hub", "/v2/hub/", Some("docker.io")), oci("ghcr", "/v2/ghcr/", Some("ghcr.io")), repo("files", "/files/")]);
+        let name = |p, q| r.route(p, q).map(|(r, rest)| (r.name.clone(), rest.to_string()));
+        assert_eq!(name("/v2/a/b/manifests/1", Some("ns=ghcr.io")), Ok(("ghcr".into(), "a/b/manifests/1".into())));
+        assert_eq!(name("/v2/a/manifests/1", Some("x=1&ns=Docker.io")), Ok(("hub".into(), "a/manifests/1".into())));
+        assert_eq!(name("/v2/ghcr/a/blobs/x", None), Ok(("ghcr".into(), "a/blobs/x".into())));
+        assert_eq!(name("/v2/a/manifests/1", Some("ns=quay.io")), Err(NoRoute::UnknownNamespace("quay.io".into())));
+        // The version check is answered locally by whichever registry repository gets it.
+        assert_eq!(name("/v2/", None).map(|(_, rest)| rest), Ok("".into()));
+        assert_eq!(name("/v2", None).map(|(_, rest)| rest), Ok("".into()));
+        assert_eq!(name("/v2/a/manifests/1", None), Err(NoRoute::Unmounted));
+        assert_eq!(name("/files/x", Some("ns=ghcr.io")), Ok(("files".into(), "x".into())));
     }
 }

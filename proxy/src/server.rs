@@ -198,12 +198,14 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         None => None,
     };
     let (fleet, fleet_task) = build_fleet(&config.fleet, listen.addr, &metrics)?;
+    let resolver: crate::upstream::SharedResolver = Arc::new(Resolver::from_system());
     let proxy = HangarProxy {
         router: router.clone(),
         storage,
         eviction,
         cache_lock: lock,
-        resolver: Arc::new(Resolver::from_system()),
+        resolver: resolver.clone(),
+        client: Arc::new(crate::upstream_client::UpstreamClient::new(resolver.clone())),
         metrics: metrics.clone(),
         offline: offline.clone(),
         listen_addr: listen.addr,

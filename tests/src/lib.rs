@@ -13,6 +13,7 @@ pub mod client;
 pub mod clients;
 pub mod proxy;
 pub mod services;
+pub mod tls;
 pub mod tmpfs;
 pub mod upstream;
 

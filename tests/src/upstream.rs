@@ -49,8 +49,8 @@ pub struct Route {
     pub revalidates: bool,
     /// Wait for a permit before sending the response head.
     pub hold_head: Option<Arc<Semaphore>>,
-    /// Other answers on the same path, chosen when the request's `Accept` contains the text.
-    pub alternates: Vec<(String, Route)>,
+    /// Other answers on the same path, chosen when the named request header contains the text.
+    pub alternates: Vec<(String, String, Route)>,
 }
 
 impl Route {
@@ -71,8 +71,13 @@ impl Route {
     }
 
     /// Answer with `route` instead when the request's `Accept` contains `accept`.
-    pub fn when_accept(mut self, accept: &str, route: Route) -> Self {
-        self.alternates.push((accept.to_string(), route));
+    pub fn when_accept(self, accept: &str, route: Route) -> Self {
+        self.when_header("accept", accept, route)
+    }
+
+    /// Answer with `route` instead when the request's `name` header contains `text`.
+    pub fn when_header(mut self, name: &str, text: &str, route: Route) -> Self {
+        self.alternates.push((name.to_string(), text.to_string(), route));
         self
     }
 
@@ -307,8 +312,8 @@ async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(sock: S, st: Arc<State>) 
         st.total.fetch_add(1, Ordering::SeqCst);
         let route = st.routes.lock().unwrap().get(path.split('?').next().unwrap_or("")).cloned();
         let mut route = route.unwrap_or_else(|| Route::ok(b"not found\n".to_vec()).status(404).header("Cache-Control", "no-store"));
-        let accept = req_for_route.header("accept").unwrap_or("").to_string();
-        if let Some((_, alt)) = route.alternates.iter().find(|(a, _)| accept.contains(a.as_str())) {
+        let has = |name: &str, text: &str| req_for_route.headers.iter().any(|(k, v)| k.eq_ignore_ascii_case(name) && v.contains(text));
+        if let Some((_, _, alt)) = route.alternates.iter().find(|(name, text, _)| has(name, text)) {
             route = alt.clone();
         }
         if let Some(name) = route.echo_header.clone() {

@@ -1,27 +1,7 @@
 //! HTTPS upstreams are verified against the trust store, which `SSL_CERT_FILE` can replace.
 
-use std::path::Path;
-use std::process::Command;
-
+use hangar_e2e::tls::make_pki;
 use hangar_e2e::{get, Proxy, Route, Upstream};
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl").current_dir(dir).args(args).output().expect("openssl");
-    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-/// A throwaway CA and a server certificate for `localhost` signed by it.
-fn make_pki(dir: &Path) {
-    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
-    let mut ca = vec!["req", "-x509", "-days", "2", "-subj", "/CN=Hangar Test CA", "-keyout", "ca.key", "-out", "ca.pem"];
-    ca.extend(ec);
-    openssl(dir, &ca);
-    let mut csr = vec!["req", "-subj", "/CN=localhost", "-keyout", "srv.key", "-out", "srv.csr"];
-    csr.extend(ec);
-    openssl(dir, &csr);
-    std::fs::write(dir.join("ext"), "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n").unwrap();
-    openssl(dir, &["x509", "-req", "-in", "srv.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2", "-out", "srv.pem", "-extfile", "ext"]);
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_upstreams_are_verified_against_the_configured_trust_store() {

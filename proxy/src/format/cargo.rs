@@ -113,7 +113,7 @@ mod tests {
         Cargo::new(&Upstreams {
             primary: UpstreamUrl::parse("https://index.test/").unwrap(),
             files: Some(dl.into()),
-            pins: Default::default(),
+            ..Default::default()
         })
         .unwrap()
     }

@@ -90,7 +90,7 @@ impl FormatKind {
             FormatKind::Maven => Arc::new(maven::Maven),
             FormatKind::Apt => Arc::new(apt::Apt),
             FormatKind::Gems => Arc::new(gems::Gems),
-            FormatKind::Oci => Arc::new(oci::Oci),
+            FormatKind::Oci => Arc::new(oci::Oci::new(upstreams.namespace.as_deref())),
         })
     }
 }
@@ -105,6 +105,8 @@ pub struct Upstreams {
     pub files: Option<String>,
     /// `path below the prefix -> "sha256:<hex>"`.
     pub pins: std::collections::BTreeMap<String, String>,
+    /// The registry name it mirrors (`docker.io`), for formats whose names depend on it.
+    pub namespace: Option<String>,
 }
 
 /// Which of the repository's upstreams a request goes to.
@@ -145,6 +147,19 @@ pub struct Resolved {
     /// Store one variant per `Accept` header (registries vary a tag's manifest by it
     /// without saying `Vary`).
     pub vary_accept: bool,
+    /// The path is a mutable name for an immutable object: ask the upstream which one, then
+    /// serve that object from the cache.
+    pub pointer: Option<Pointer>,
+}
+
+/// How a mutable name (a registry tag) is resolved: a HEAD upstream answers with the
+/// object's digest in `digest_header`, and `target_prefix` + digest (`sha256:<hex>`) is the
+/// path of the immutable object, resolved again by the format. HEAD costs the upstream no
+/// body and, on Docker Hub, no pull from the rate limit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pointer {
+    pub digest_header: &'static str,
+    pub target_prefix: String,
 }
 
 impl Resolved {
@@ -169,6 +184,7 @@ impl Resolved {
             store: true,
             local: None,
             vary_accept: false,
+            pointer: None,
         }
     }
 }
@@ -220,6 +236,12 @@ pub trait Format: Send + Sync {
     /// Methods this format answers at `path`; others get 405 before any upstream or cache work.
     fn allows(&self, method: &Method, _path: &str) -> bool {
         method == Method::GET || method == Method::HEAD
+    }
+
+    /// Where clients address this kind of registry whatever the repository's prefix (OCI's
+    /// `/v2/`): the version check is answered there, and `?ns=` picks the repository.
+    fn registry_root(&self) -> Option<&'static str> {
+        None
     }
 
     /// Map a request below the repository prefix. The path has been checked for traversal

@@ -253,7 +253,7 @@ mod tests {
         Npm::new(&Upstreams {
             primary: UpstreamUrl::parse("https://registry.test/").unwrap(),
             files: None,
-            pins: Default::default(),
+            ..Default::default()
         })
     }
 

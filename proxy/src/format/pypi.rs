@@ -186,7 +186,7 @@ mod tests {
         Pypi::new(&Upstreams {
             primary: UpstreamUrl::parse("https://index.test/simple/").unwrap(),
             files: Some("https://files.test".into()),
-            pins: Default::default(),
+            ..Default::default()
         })
         .unwrap()
     }

@@ -1,7 +1,9 @@
-//! Upstream bearer tokens (the Docker registry token flow): a 401 with
+//! Upstream authentication (the Docker registry token flow): a 401 with
 //! `WWW-Authenticate: Bearer realm=...,service=...,scope=...` makes the proxy fetch a token
-//! from the realm, if the realm is the upstream's own host or one the repository lists in
-//! `token_realms`, and retry with it. Tokens are cached until they expire.
+//! from the realm (http or https), if the realm is the upstream's own host or one the
+//! repository lists in `token_realms`, and retry with it. Tokens are cached until they expire.
+//! The repository's `credentials` go to the realm, or answer a `Basic` challenge directly;
+//! without them the proxy is anonymous.
 
 use std::time::{Duration, Instant};
 
@@ -43,8 +45,11 @@ pub(super) fn parse_challenge(value: &str) -> Option<Challenge> {
     (!c.realm.is_empty()).then_some(c)
 }
 
+/// Everything but RFC 3986's unreserved characters is escaped in query values.
+const QUERY_VALUE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+
 fn urlencode(s: &str) -> String {
-    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+    percent_encoding::utf8_percent_encode(s, QUERY_VALUE).to_string()
 }
 
 impl HangarProxy {
@@ -53,19 +58,32 @@ impl HangarProxy {
         repo.tokens.lock().get(scope).filter(|(_, until)| *until > Instant::now()).map(|(t, _)| t.clone())
     }
 
-    /// Answer a Bearer challenge: the token for it, from cache or from its realm.
+    /// The `Authorization` value that answers an upstream's `WWW-Authenticate`: a Bearer
+    /// token from its realm, or the repository's credentials for Basic.
+    pub(super) async fn answer_challenge(&self, repo: &Repository, www_authenticate: &str) -> Result<String, String> {
+        if let Some(challenge) = parse_challenge(www_authenticate) {
+            return Ok(format!("Bearer {}", self.token_for(repo, &challenge).await?));
+        }
+        match (&repo.credentials, www_authenticate.trim().get(..6)) {
+            (Some(c), Some(scheme)) if scheme.eq_ignore_ascii_case("basic ") => Ok(c.basic()),
+            (None, Some(scheme)) if scheme.eq_ignore_ascii_case("basic ") => Err("the upstream wants credentials and none are configured".into()),
+            _ => Err(format!("unsupported upstream challenge '{www_authenticate}'")),
+        }
+    }
+
+    /// Answer a Bearer challenge: the token for it, from cache or from its realm (with the
+    /// repository's credentials, if it has any; anonymously otherwise).
     pub(super) async fn token_for(&self, repo: &Repository, challenge: &Challenge) -> Result<String, String> {
         let scope_key = format!("{}|{}", challenge.service.as_deref().unwrap_or(""), challenge.scope.as_deref().unwrap_or(""));
         if let Some(t) = self.cached_token(repo, &scope_key) {
             return Ok(t);
         }
         let realm = UpstreamUrl::parse(&challenge.realm).map_err(|e| format!("token realm: {e}"))?;
+        // The realm comes from the upstream's response; credentials go only where the
+        // operator said they may.
         let allowed = realm.host.eq_ignore_ascii_case(&repo.upstream.host) || repo.token_realms.iter().any(|h| h.eq_ignore_ascii_case(&realm.host));
         if !allowed {
             return Err(format!("token realm host {} is not the upstream's and not in token_realms", realm.host));
-        }
-        if realm.tls {
-            return Err("https token realms are not supported yet".into());
         }
         let mut query = Vec::new();
         if let Some(s) = &challenge.service {
@@ -76,15 +94,21 @@ impl HangarProxy {
         }
         let path = challenge.realm.splitn(4, '/').nth(3).map_or("/".to_string(), |p| format!("/{p}"));
         let target = if query.is_empty() { path } else { format!("{path}{}{}", if path.contains('?') { "&" } else { "?" }, query.join("&")) };
-        let addr = self.resolver.resolve(&realm.host, realm.port).await.map_err(|e| e.to_string())?;
-        let body = crate::loopback::get_from(addr, &realm.host_header(), &target, "application/json", 1 << 20).await.map_err(|e| e.to_string())?;
+        let mut headers = vec![(http::header::ACCEPT, "application/json".to_string())];
+        if let Some(c) = &repo.credentials {
+            headers.push((http::header::AUTHORIZATION, c.basic()));
+        }
+        let response = self.client.send("GET", &realm, &target, &headers, &repo.timeouts, 1 << 20).await.map_err(|e| e.to_string())?;
+        if response.head.status != http::StatusCode::OK {
+            return Err(format!("token endpoint {} answered {}", realm.host, response.head.status));
+        }
         #[derive(serde::Deserialize)]
         struct TokenResponse {
             token: Option<String>,
             access_token: Option<String>,
             expires_in: Option<u64>,
         }
-        let parsed: TokenResponse = serde_json::from_slice(&body).map_err(|e| format!("token response: {e}"))?;
+        let parsed: TokenResponse = serde_json::from_slice(&response.body).map_err(|e| format!("token response: {e}"))?;
         let token = parsed.token.or(parsed.access_token).ok_or("token response has no token")?;
         // Registries issue short tokens (60 s by default); keep a margin.
         let lifetime = Duration::from_secs(parsed.expires_in.unwrap_or(60).saturating_sub(10).max(1));
@@ -97,9 +121,9 @@ impl HangarProxy {
     }
 }
 
-/// Whether this request has already been retried with a token (a second 401 is the answer).
+/// Whether this request has already been retried with credentials (a second 401 is the answer).
 pub(super) fn may_retry_with_token(ctx: &RequestCtx) -> bool {
-    ctx.bearer.is_none()
+    ctx.upstream_auth.is_none()
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ mod auth;
 mod body;
 mod hops;
 mod local;
+mod pointer;
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -45,6 +46,7 @@ use crate::path::RequestPath;
 use crate::router::{Repository, Router};
 use crate::storage::TieredStorage;
 use crate::upstream::{make_peer, SharedResolver, UpstreamUrl};
+use crate::upstream_client::UpstreamClient;
 
 /// Longest request target accepted (414 beyond).
 pub const MAX_URI_BYTES: usize = 8 * 1024;
@@ -71,6 +73,8 @@ pub struct HangarProxy {
     /// The regional origin: asked before upstreams for immutable artefacts, and handed
     /// those fetched from upstreams.
     pub origin: Option<Arc<OriginClient>>,
+    /// For the proxy's own upstream requests: token endpoints, tag lookups.
+    pub client: Arc<UpstreamClient>,
 }
 
 /// Per-request state.
@@ -127,8 +131,8 @@ pub struct RequestCtx {
     from_hop: bool,
     /// The request arrived from another proxy of the fleet.
     fleet_hop: bool,
-    /// An upstream bearer token this request carries after a challenge.
-    bearer: Option<String>,
+    /// The `Authorization` this request carries upstream after a challenge.
+    upstream_auth: Option<String>,
     /// The body states its own expiry (apt's Valid-Until).
     states_expiry: bool,
     /// The first bytes of such a body, until the expiry is found.
@@ -179,6 +183,19 @@ fn merge_not_modified(stored: &ResponseHeader, not_modified: &ResponseHeader) ->
         }
     }
     merged
+}
+
+/// Every `Accept` value of the request, as one normalised list: clients send several headers
+/// (registries need them all) and space them differently.
+fn accept_list(req: &RequestHeader) -> String {
+    req.headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("").split(','))
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// The `X-Hangar-Cache` label for where pingora's cache state machine ended.
@@ -247,8 +264,9 @@ impl ProxyHttp for HangarProxy {
         let path = req.uri.path().to_string();
         let query = req.uri.query().map(str::to_string);
         let method = req.method.clone();
-        let Some((repo, rest)) = self.router.route(&path) else {
-            return respond_local(session, ctx, 404, "no repository is mounted at this path", &[]).await;
+        let (repo, rest) = match self.router.route(&path, query.as_deref()) {
+            Ok(found) => found,
+            Err(e) => return respond_local(session, ctx, 404, &e.to_string(), &[]).await,
         };
         let repo = repo.clone();
         ctx.repo = Some(repo.clone());
@@ -260,11 +278,26 @@ impl ProxyHttp for HangarProxy {
                 .join(", ");
             return respond_local(session, ctx, 405, "method not allowed", &[(header::ALLOW, &allow)]).await;
         }
-        let resolved = match repo.format.resolve(&RequestPath { relative: rest, query: query.as_deref() }, session.req_header()) {
+        let mut resolved = match repo.format.resolve(&RequestPath { relative: rest, query: query.as_deref() }, session.req_header()) {
             Ok(r) => r,
             Err(FormatError::NotFound(why)) => return respond_local(session, ctx, 404, why, &[]).await,
             Err(e) => return respond_local(session, ctx, 400, &e.to_string(), &[]).await,
         };
+        if let Some(pointer) = resolved.pointer.clone() {
+            match self.follow_pointer(&repo, &resolved, session.req_header()).await {
+                pointer::Followed::To(digest) => {
+                    let target = format!("{}{digest}", pointer.target_prefix);
+                    resolved = match repo.format.resolve(&RequestPath { relative: &target, query: None }, session.req_header()) {
+                        Ok(r) => r,
+                        Err(e) => return respond_local(session, ctx, 502, &format!("upstream named an unusable digest: {e}"), &[]).await,
+                    };
+                }
+                pointer::Followed::NotFound => {
+                    return respond_local_json(session, ctx, 404, r#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown to the upstream registry"}]}"#).await;
+                }
+                pointer::Followed::Unresolved => {}
+            }
+        }
         let upstream = match resolved.upstream {
             UpstreamChoice::Primary => repo.upstream.clone(),
             UpstreamChoice::Files => match repo.files.clone() {
@@ -425,8 +458,7 @@ impl ProxyHttp for HangarProxy {
             builder.add_owned_value("hangar-proxy-base", ctx.proxy_base.clone().into_bytes());
         }
         if ctx.resolved.as_ref().is_some_and(|r| r.vary_accept) {
-            let accept: Vec<String> = req.headers.get_all(header::ACCEPT).iter().flat_map(|v| v.to_str().unwrap_or("").split(',').map(|s| s.trim().to_string())).collect();
-            builder.add_owned_value("accept", accept.join(",").into_bytes());
+            builder.add_owned_value("accept", accept_list(req).into_bytes());
         }
         for vary in meta.headers().get_all(header::VARY) {
             for name in vary.to_str().unwrap_or("").split(',').map(str::trim).filter(|n| !n.is_empty()) {
@@ -550,8 +582,8 @@ impl ProxyHttp for HangarProxy {
                 upstream_request.insert_header(header::ACCEPT_ENCODING, "identity")?;
             }
         }
-        if let Some(token) = &ctx.bearer {
-            upstream_request.insert_header(header::AUTHORIZATION, format!("Bearer {token}"))?;
+        if let Some(auth) = &ctx.upstream_auth {
+            upstream_request.insert_header(header::AUTHORIZATION, auth.as_str())?;
         }
         if ctx.cross_origin || ctx.hop == Some(Hop::Origin) {
             upstream_request.remove_header(&header::AUTHORIZATION);
@@ -613,20 +645,20 @@ impl ProxyHttp for HangarProxy {
         if resp.status == http::StatusCode::OK {
             self.prepare_body_checks(resp, ctx)?;
         }
-        // A registry's token challenge: fetch the token and ask again with it.
+        // A registry's challenge: fetch the token (or use the credentials) and ask again.
         if resp.status == http::StatusCode::UNAUTHORIZED && ctx.hop.is_none() && auth::may_retry_with_token(ctx) {
-            let challenge = resp.headers.get(header::WWW_AUTHENTICATE).and_then(|v| v.to_str().ok()).and_then(auth::parse_challenge);
+            let challenge = resp.headers.get(header::WWW_AUTHENTICATE).and_then(|v| v.to_str().ok()).map(str::to_string);
             if let (Some(challenge), Some(repo)) = (challenge, ctx.repo.clone()) {
-                match self.token_for(&repo, &challenge).await {
-                    Ok(token) => {
-                        ctx.bearer = Some(token);
+                match self.answer_challenge(&repo, &challenge).await {
+                    Ok(authorization) => {
+                        ctx.upstream_auth = Some(authorization);
                         let mut e = Error::explain(ErrorType::Custom("upstream token challenge"), "retrying with a token");
                         e.set_retry(true);
                         return Err(e.into_up());
                     }
                     Err(why) => {
                         self.metrics.upstream_errors.with_label_values(&[&repo_name, "token"]).inc();
-                        tracing::warn!(repository = %repo_name, error = %why, "cannot get an upstream token");
+                        tracing::warn!(repository = %repo_name, error = %why, "cannot answer the upstream's challenge");
                     }
                 }
             }

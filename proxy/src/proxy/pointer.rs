@@ -1,0 +1,128 @@
+//! Following a [`Pointer`]: which immutable object a mutable name (a registry tag) names now.
+//!
+//! The upstream is asked with HEAD, carrying every `Accept` header of the client's request
+//! (a registry picks the manifest, or the index, by them). Its answer is remembered per name
+//! and `Accept` list; within `metadata_ttl` it is used without asking again, and when the
+//! upstream fails (or the repository is offline) the last answer is used however old. The
+//! object itself is then served by digest, through the cache, verified.
+
+use http::header;
+use pingora::http::RequestHeader;
+
+use super::{accept_list, HangarProxy};
+use crate::breaker::Admission;
+use crate::digest::Digest;
+use crate::format::{Pointer, Resolved};
+use crate::router::Repository;
+
+/// The outcome of following a pointer.
+pub(super) enum Followed {
+    /// Serve the object with this digest.
+    To(Digest),
+    /// The upstream says the name does not exist.
+    NotFound,
+    /// No digest could be learned: ask for the name itself, as an ordinary cached request.
+    Unresolved,
+}
+
+/// What the HEAD said.
+enum Answer {
+    Digest(Digest),
+    NotFound,
+    /// The upstream failed (connection, 5xx, 429): a remembered answer may stand in.
+    Failed,
+    /// The upstream answered, but without a usable digest.
+    NoDigest,
+}
+
+/// Responses of HEAD requests have no body; anything more is not a registry's answer.
+const HEAD_BODY_LIMIT: usize = 64 * 1024;
+
+impl HangarProxy {
+    pub(super) async fn follow_pointer(&self, repo: &Repository, resolved: &Resolved, req: &RequestHeader) -> Followed {
+        let Some(pointer) = resolved.pointer.as_ref() else { return Followed::Unresolved };
+        let key = format!("{}\n{}", resolved.key_path, accept_list(req));
+        let known = repo.pointers.get(&key);
+        let count = |result: &str| self.metrics.pointer_lookups.with_label_values(&[&repo.name, result]).inc();
+        let fresh_for = repo.freshness.metadata_ttl().unwrap_or_default();
+        if let Some((digest, age)) = &known {
+            if age < &fresh_for {
+                count("remembered");
+                return Followed::To(digest.clone());
+            }
+        }
+        let answer = if self.offline.is_offline(&repo.name) || repo.breaker.admit() == Admission::Reject {
+            Answer::Failed
+        } else {
+            let answer = self.ask_upstream(repo, pointer, resolved, req).await;
+            self.breaker_outcome(repo, !matches!(answer, Answer::Failed));
+            answer
+        };
+        match answer {
+            Answer::Digest(digest) => {
+                count("upstream");
+                repo.pointers.insert(key, digest.clone());
+                Followed::To(digest)
+            }
+            Answer::NotFound => {
+                count("not_found");
+                repo.pointers.remove(&key);
+                Followed::NotFound
+            }
+            Answer::Failed => match known {
+                Some((digest, _)) => {
+                    count("last_known");
+                    Followed::To(digest)
+                }
+                None => {
+                    count("unresolved");
+                    Followed::Unresolved
+                }
+            },
+            Answer::NoDigest => {
+                count("unresolved");
+                Followed::Unresolved
+            }
+        }
+    }
+
+    /// HEAD the name upstream, answering one authentication challenge.
+    async fn ask_upstream(&self, repo: &Repository, pointer: &Pointer, resolved: &Resolved, req: &RequestHeader) -> Answer {
+        let target = format!("{}{}", repo.upstream.base_path, resolved.upstream_path);
+        let mut headers: Vec<(header::HeaderName, String)> =
+            req.headers.get_all(header::ACCEPT).iter().filter_map(|v| v.to_str().ok()).map(|v| (header::ACCEPT, v.to_string())).collect();
+        for attempt in 0..2 {
+            let response = match self.client.send("HEAD", &repo.upstream, &target, &headers, &repo.timeouts, HEAD_BODY_LIMIT).await {
+                Ok(r) => r,
+                Err(e) => {
+                    self.metrics.upstream_errors.with_label_values(&[&repo.name, "pointer"]).inc();
+                    tracing::warn!(repository = %repo.name, error = %e, "tag lookup failed");
+                    return Answer::Failed;
+                }
+            };
+            let status = response.head.status;
+            if status == http::StatusCode::UNAUTHORIZED && attempt == 0 {
+                let Some(challenge) = response.header("www-authenticate") else { return Answer::NoDigest };
+                match self.answer_challenge(repo, challenge).await {
+                    Ok(authorization) => headers.push((header::AUTHORIZATION, authorization)),
+                    Err(why) => {
+                        self.metrics.upstream_errors.with_label_values(&[&repo.name, "token"]).inc();
+                        tracing::warn!(repository = %repo.name, error = %why, "cannot answer the upstream's challenge");
+                        return Answer::NoDigest;
+                    }
+                }
+                continue;
+            }
+            return if status.is_success() {
+                response.header(pointer.digest_header).and_then(Digest::parse).map_or(Answer::NoDigest, Answer::Digest)
+            } else if status == http::StatusCode::NOT_FOUND {
+                Answer::NotFound
+            } else if status.is_server_error() || status.as_u16() == 429 {
+                Answer::Failed
+            } else {
+                Answer::NoDigest
+            };
+        }
+        Answer::NoDigest
+    }
+}
