@@ -557,6 +557,15 @@ impl Config {
                 Ok((url, files)) => {
                     repo.upstream = url;
                     repo.files_upstream = files;
+                    let mut realms = Vec::with_capacity(repo.token_realms.len());
+                    for realm in std::mem::take(&mut repo.token_realms) {
+                        match interpolate(&realm, env) {
+                            Ok(host) => realms.push(host),
+                            Err(InterpolationError::Unset(_)) => {}
+                            Err(e) => return Err(invalid(&format!("repository[{i}].token_realms"), e.to_string())),
+                        }
+                    }
+                    repo.token_realms = realms;
                     if let Some(c) = repo.credentials.take() {
                         match (interpolate(&c.username, env), interpolate(&c.password, env)) {
                             (Ok(username), Ok(password)) => repo.credentials = Some(Credentials { username, password }),
@@ -730,6 +739,28 @@ mod tests {
         assert_eq!(interpolate("a${UP}b$$", &env).unwrap(), "ahttp://127.0.0.1:9b$");
         assert_eq!(interpolate("${NOPE}", &env), Err(InterpolationError::Unset("NOPE".into())));
         assert!(matches!(interpolate("${UP", &env), Err(InterpolationError::Malformed(_))));
+    }
+
+    #[test]
+    fn registry_settings_interpolate_and_unset_credentials_mean_anonymous() {
+        let text = |extra: &str| {
+            format!("[[repository]]\nname = \"hub\"\nprefix = \"/v2/\"\nformat = \"oci\"\nupstream = \"${{UP}}/v2/\"\nnamespace = \"docker.io\"\ntoken_realms = [\"${{AUTH}}\", \"${{NO_REALM}}\"]\ncredentials = {{ username = \"${{USER_X}}\", password = \"${{PASS}}\" }}\n{extra}")
+        };
+        let with = |vars: &'static [(&'static str, &'static str)]| {
+            move |n: &str| vars.iter().find(|(k, _)| *k == n).map(|(_, v)| v.to_string()).or_else(|| env(n))
+        };
+        let anonymous = Config::from_toml(&text(""), "t", &with(&[("AUTH", "auth.test"), ("USER_X", "me")])).unwrap().config;
+        assert_eq!(anonymous.repositories[0].token_realms, vec!["auth.test".to_string()]);
+        assert!(anonymous.repositories[0].credentials.is_none());
+        let user = Config::from_toml(&text(""), "t", &with(&[("USER_X", "me"), ("PASS", "pw")])).unwrap().config;
+        let c = user.repositories[0].credentials.as_ref().unwrap();
+        assert_eq!((c.username.as_str(), c.basic().as_str()), ("me", "Basic bWU6cHc="));
+        assert!(!format!("{c:?}").contains("pw"), "the password is never logged");
+
+        let twice = text("[[repository]]\nname = \"b\"\nprefix = \"/v2/b/\"\nformat = \"oci\"\nupstream = \"${UP}/v2/\"\nnamespace = \"Docker.io\"\n");
+        assert!(Config::from_toml(&twice, "t", &env).is_err(), "one repository per namespace");
+        let generic = "[[repository]]\nname = \"g\"\nprefix = \"/g/\"\nupstream = \"${UP}\"\nnamespace = \"x\"\n";
+        assert!(Config::from_toml(generic, "t", &env).is_err(), "namespaces are for registries");
     }
 
     #[test]
