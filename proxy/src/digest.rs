@@ -130,6 +130,9 @@ impl Hasher {
 pub struct DigestIndex {
     capacity: usize,
     inner: Mutex<(HashMap<String, Digest>, VecDeque<String>)>,
+    /// Listings still being read (off the event loop), and a wake-up when one finishes.
+    pending: std::sync::atomic::AtomicUsize,
+    settled: tokio::sync::Notify,
 }
 
 impl DigestIndex {
@@ -137,6 +140,33 @@ impl DigestIndex {
         DigestIndex {
             capacity,
             inner: Mutex::new((HashMap::new(), VecDeque::new())),
+            pending: Default::default(),
+            settled: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// A listing is being read: [`DigestIndex::settle`] waits until [`DigestIndex::end_learning`].
+    pub fn begin_learning(&self) {
+        self.pending.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    pub fn end_learning(&self) {
+        self.pending.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        self.settled.notify_waiters();
+    }
+
+    /// Wait (at most `limit`) until no listing is being read: a digest not known yet may be
+    /// in one that has arrived but is still being unpacked.
+    pub async fn settle(&self, limit: std::time::Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let notified = self.settled.notified();
+            if self.pending.load(std::sync::atomic::Ordering::Acquire) == 0 {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return;
+            }
         }
     }
 

@@ -28,9 +28,12 @@ pub struct Metrics {
     pub upstream_errors: IntCounterVec,
     /// Stale-while-revalidate refreshes run in the background, by upstream status class.
     pub background_refreshes: IntCounterVec,
-    /// Tag lookups by outcome: `upstream` (HEAD answered), `remembered` (within
-    /// metadata_ttl), `last_known` (upstream failed), `not_found`, `unresolved`.
+    /// Pointer lookups (registry tags, apt indexes by name) by outcome: `upstream` (HEAD
+    /// answered), `remembered` (within metadata_ttl), `last_known` (upstream failed),
+    /// `listed` (from the document listing it), `not_found`, `unresolved`.
     pub pointer_lookups: IntCounterVec,
+    /// Bodies whose digest was checked and matched.
+    pub verified: IntCounterVec,
     /// Upstream bodies that did not match their published digest (never cached).
     pub integrity_failures: IntCounterVec,
     /// Immutable artefacts asked of origin before the upstream: hit, miss, error.
@@ -80,7 +83,8 @@ impl Metrics {
         let upstream_redirects = counter_vec("upstream_redirects_total", "Upstream redirects followed", &["repository"]);
         let upstream_errors = counter_vec("upstream_errors_total", "Upstream failures by kind", &["repository", "kind"]);
         let background_refreshes = counter_vec("background_refreshes_total", "Background refreshes of stale entries", &["repository", "status"]);
-        let pointer_lookups = counter_vec("pointer_lookups_total", "What registry tags point to, by where the answer came from", &["repository", "result"]);
+        let pointer_lookups = counter_vec("pointer_lookups_total", "What mutable names point to, by where the answer came from", &["repository", "result"]);
+        let verified = counter_vec("verified_total", "Upstream bodies whose digest was checked and matched", &["repository"]);
         let integrity_failures = counter_vec("integrity_failures_total", "Upstream bodies that did not match their published digest", &["repository"]);
         let origin_fetches = counter_vec("origin_fetches_total", "Immutable artefacts asked of origin first", &["repository", "result"]);
         let origin_uploads = counter_vec("origin_uploads_total", "Background uploads of fetched artefacts to origin", &["result"]);
@@ -106,6 +110,7 @@ impl Metrics {
             upstream_errors,
             background_refreshes,
             pointer_lookups,
+            verified,
             integrity_failures,
             origin_fetches,
             origin_uploads,

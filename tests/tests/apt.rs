@@ -80,6 +80,7 @@ async fn apt_get_update_and_download_through_the_proxy_and_keep_working_offline(
         let conf = apt_config(&root, &proxy, &suite);
         let out = run(&mut apt_get(&conf, &root, &["update"]));
         assert!(out.contains(&format!("http://{}/apt/debian", proxy.addr)), "{round}: {out}");
+        let verified = proxy.metric("hangar_verified_total", &[("repository", "debian")]).await;
         run(&mut apt_get(&conf, &root, &["download", "hostname"]));
         let debs: Vec<_> = std::fs::read_dir(&root).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().ends_with(".deb")).collect();
         assert_eq!(debs.len(), 1, "{round}: hostname's .deb downloaded");
@@ -87,6 +88,9 @@ async fn apt_get_update_and_download_through_the_proxy_and_keep_working_offline(
         if round == "online" {
             assert!(proxy.metric("hangar_cache_results_total", &[("repository", "debian"), ("result", "miss")]).await >= 3.0);
             assert_eq!(proxy.metric("hangar_integrity_failures_total", &[]).await, 0.0, "by-hash indexes matched their names");
+            assert!(verified >= 1.0, "the indexes fetched by hash were verified");
+            let after = proxy.metric("hangar_verified_total", &[("repository", "debian")]).await;
+            assert_eq!(after, verified + 1.0, "the .deb was verified against the SHA256 its Packages index lists: {}", proxy.stderr());
             fetched = upstream_bytes;
             let r = http(proxy.admin, "PUT", "/offline/debian", &[("Content-Length", "0")]).await.unwrap().collect().await;
             assert_eq!(r.status, 200);
@@ -142,4 +146,72 @@ async fn by_hash_objects_are_verified_against_their_names() {
     let r = get(proxy.addr, &path).await;
     assert_eq!((r.status, r.cache(), r.body == good), (200, "miss", true));
     assert_eq!(get(proxy.addr, &path).await.cache(), "hit");
+}
+
+fn xz(data: &[u8]) -> Vec<u8> {
+    let mut child = std::process::Command::new("xz").args(["-z", "-c"]).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).spawn().expect("xz");
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), data).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    out.stdout
+}
+
+fn sha256_hex(b: &[u8]) -> String {
+    format!("{:x}", sha2::Sha256::digest(b))
+}
+
+/// An InRelease listing one Packages.xz, and that index listing one .deb.
+fn archive(deb: &[u8], version: &str) -> (Vec<u8>, Vec<u8>) {
+    let packages = format!("Package: tool\nVersion: {version}\nFilename: pool/main/t/tool/tool_1_all.deb\nSize: {}\nSHA256: {}\n", deb.len(), sha256_hex(deb));
+    let packages_xz = xz(packages.as_bytes());
+    let valid = httpdate::fmt_http_date(std::time::SystemTime::now() + std::time::Duration::from_secs(86400)).replace("GMT", "UTC");
+    let release = format!(
+        "-----BEGIN PGP SIGNED MESSAGE-----\nHash: SHA512\n\nOrigin: Test\nSuite: t\nValid-Until: {valid}\nAcquire-By-Hash: yes\nSHA256:\n {} {} main/binary-amd64/Packages.xz\n-----BEGIN PGP SIGNATURE-----\n",
+        sha256_hex(&packages_xz),
+        packages_xz.len()
+    );
+    (release.into_bytes(), packages_xz)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn indexes_by_name_follow_the_in_release_and_pool_files_are_verified_against_the_packages_index() {
+    let up = Upstream::start().await;
+    let deb = b"!<arch>\ndebian-binary   the tool".to_vec();
+    let (release, packages_xz) = archive(&deb, "1");
+    let by_hash = format!("/dists/t/main/binary-amd64/by-hash/SHA256/{}", sha256_hex(&packages_xz));
+    up.route("/dists/t/InRelease", Route::ok(release).without("Cache-Control"));
+    up.route(&by_hash, Route::ok(packages_xz.clone()));
+    up.route("/dists/t/main/binary-amd64/Packages.xz", Route::ok(b"a newer index than the InRelease names".to_vec()));
+    up.route("/pool/main/t/tool/tool_1_all.deb", Route::ok(b"!<arch>\nnot the tool".to_vec()));
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!("[[repository]]\nname = \"d\"\nprefix = \"/\"\nformat = \"apt\"\nupstream = \"{}/\"\n[repository.freshness]\nmetadata_ttl = \"0s\"\nstale_while_revalidate = \"0s\"\n", up.url());
+    let proxy = Proxy::builder(dir.path()).config(&config).start();
+
+    // Asked for by name, the index is the one the InRelease names, fetched by its hash.
+    assert_eq!(get(proxy.addr, "/dists/t/InRelease").await.status, 200);
+    let r = get(proxy.addr, "/dists/t/main/binary-amd64/Packages.xz").await;
+    assert_eq!((r.status, r.body == packages_xz), (200, true), "{}", proxy.stderr());
+    assert_eq!(up.hits("/dists/t/main/binary-amd64/Packages.xz"), 0);
+    assert_eq!(up.hits(&by_hash), 1);
+
+    // The pool file the index lists must have the SHA256 it lists.
+    for _ in 0..2 {
+        let r = get(proxy.addr, "/pool/main/t/tool/tool_1_all.deb").await;
+        assert!(r.truncated || r.status != 200, "a .deb that does not match its index is not delivered whole");
+    }
+    assert_eq!(up.hits("/pool/main/t/tool/tool_1_all.deb"), 2, "and never cached");
+    assert_eq!(proxy.metric("hangar_integrity_failures_total", &[("repository", "d")]).await, 2.0);
+    up.route("/pool/main/t/tool/tool_1_all.deb", Route::ok(deb.clone()));
+    let r = get(proxy.addr, "/pool/main/t/tool/tool_1_all.deb").await;
+    assert_eq!((r.status, r.body == deb, r.cache()), (200, true, "miss"));
+    assert_eq!(get(proxy.addr, "/pool/main/t/tool/tool_1_all.deb").await.cache(), "hit");
+
+    // The archive moves on: once the new InRelease is served, so is its index.
+    let (release2, packages2) = archive(b"version two", "2");
+    up.route("/dists/t/InRelease", Route::ok(release2).without("Cache-Control"));
+    up.route(&format!("/dists/t/main/binary-amd64/by-hash/SHA256/{}", sha256_hex(&packages2)), Route::ok(packages2.clone()));
+    assert_eq!(get(proxy.addr, "/dists/t/InRelease").await.status, 200);
+    let r = get(proxy.addr, "/dists/t/main/binary-amd64/Packages.xz").await;
+    assert_eq!((r.status, r.body == packages2), (200, true));
+    assert_eq!(up.hits("/dists/t/main/binary-amd64/Packages.xz"), 0);
 }

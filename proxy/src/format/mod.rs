@@ -147,19 +147,40 @@ pub struct Resolved {
     /// Store one variant per `Accept` header (registries vary a tag's manifest by it
     /// without saying `Vary`).
     pub vary_accept: bool,
-    /// The path is a mutable name for an immutable object: ask the upstream which one, then
-    /// serve that object from the cache.
+    /// The path is a mutable name for an immutable object: find out which one, then serve
+    /// that object from the cache.
     pub pointer: Option<Pointer>,
+    /// The body lists artefact digests ([`Format::digests_in`]): learn them as it passes.
+    pub lists_digests: bool,
+    /// Verify the body against a digest learned from a listing, when one has been learned.
+    pub learned_digest: bool,
 }
 
-/// How a mutable name (a registry tag) is resolved: a HEAD upstream answers with the
-/// object's digest in `digest_header`, and `target_prefix` + digest (`sha256:<hex>`) is the
-/// path of the immutable object, resolved again by the format. HEAD costs the upstream no
-/// body and, on Docker Hub, no pull from the rate limit.
+/// How a mutable name is resolved to the immutable object it names now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pointer {
-    pub digest_header: &'static str,
-    pub target_prefix: String,
+    pub source: PointerSource,
+    /// The object's path below the prefix, resolved again by the format: `{digest}` becomes
+    /// `sha256:<hex>`, `{hex}` the hex alone.
+    pub target: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PointerSource {
+    /// A HEAD upstream answers with the digest in this header (a registry tag). HEAD costs
+    /// the upstream no body and, on Docker Hub, no pull from the rate limit.
+    Head(&'static str),
+    /// The digest is the one this document (a path below the prefix) lists for the name
+    /// (an apt index named in the InRelease being served).
+    Document(String),
+}
+
+impl Pointer {
+    pub fn target_for(&self, digest: &Digest) -> String {
+        let text = digest.to_string();
+        let hex = text.split_once(':').map_or(text.as_str(), |(_, h)| h);
+        self.target.replace("{digest}", &text).replace("{hex}", hex)
+    }
 }
 
 impl Resolved {
@@ -185,6 +206,8 @@ impl Resolved {
             local: None,
             vary_accept: false,
             pointer: None,
+            lists_digests: false,
+            learned_digest: false,
         }
     }
 }
@@ -275,7 +298,8 @@ pub trait Format: Send + Sync {
         Vec::new()
     }
 
-    /// Read the digests a [`Resolved::digest_from`] document lists, keyed by cache key path.
+    /// Read the digests a [`Resolved::digest_from`] or [`Resolved::lists_digests`] document
+    /// lists, keyed by cache key path. May be called off the event loop for large documents.
     fn digests_in(&self, _document_path: &str, _body: &[u8]) -> Result<Vec<(String, Digest)>, FormatError> {
         Ok(Vec::new())
     }

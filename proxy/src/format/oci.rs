@@ -15,7 +15,7 @@
 
 use pingora::http::RequestHeader;
 
-use super::{Format, FormatError, FormatKind, Pointer, Resolved};
+use super::{Format, FormatError, FormatKind, Pointer, PointerSource, Resolved};
 use crate::digest::Digest;
 use crate::freshness::PathClass;
 use crate::path::RequestPath;
@@ -104,7 +104,7 @@ impl Format for Oci {
             ("manifests", None) if valid_tag(reference) => {
                 let mut r = Resolved::passthrough(path_of(reference), PathClass::Metadata);
                 r.vary_accept = true;
-                r.pointer = Some(Pointer { digest_header: "docker-content-digest", target_prefix: format!("{name}/manifests/") });
+                r.pointer = Some(Pointer { source: PointerSource::Head("docker-content-digest"), target: format!("{name}/manifests/{{digest}}") });
                 r
             }
             ("manifests", None) => return Err(FormatError::BadRequest("invalid manifest reference (a tag or sha256:/sha512: digest)")),
@@ -140,7 +140,7 @@ mod tests {
         assert_eq!((by_digest.class, by_digest.digest.is_some(), by_digest.vary_accept, by_digest.pointer.is_some()), (PathClass::Immutable, true, false, false));
         let by_tag = resolve("library/alpine/manifests/3.20");
         assert_eq!((by_tag.class, by_tag.vary_accept), (PathClass::Metadata, true));
-        assert_eq!(by_tag.pointer.unwrap().target_prefix, "library/alpine/manifests/");
+        assert_eq!(by_tag.pointer.unwrap().target_for(&Digest::parse(SHA).unwrap()), format!("library/alpine/manifests/{SHA}"));
         let blob = resolve(&format!("a/b/c/blobs/{SHA}"));
         assert_eq!((blob.class, blob.digest.is_some()), (PathClass::Immutable, true));
         assert_eq!(resolve("library/alpine/tags/list").class, PathClass::Metadata);

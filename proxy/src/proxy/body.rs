@@ -99,6 +99,9 @@ impl HangarProxy {
             resp.remove_header(&header::CONTENT_LENGTH);
             ctx.document = Some(BytesMut::with_capacity(capacity));
         }
+        if resolved.lists_digests && !encoded && !matches!(ctx.hop, Some(super::hops::Hop::Peer(_))) {
+            ctx.listing = Some(BytesMut::new());
+        }
         if let Some(r) = resolved.representation {
             // A registry that serves the representation as plain JSON gets the precise type;
             // one that ignored the Accept header keeps the type of what it actually sent.
@@ -142,6 +145,44 @@ impl HangarProxy {
             repo.digests.insert_all(rewritten.digests);
         }
         Ok(rewritten.body)
+    }
+
+    /// Keep a copy of a listing as it streams past; once complete, read its digests off the
+    /// event loop (a compressed apt index takes a while to unpack). Too large a listing is
+    /// just not learned from.
+    pub(super) fn collect_listing(&self, body: Option<&Bytes>, end_of_stream: bool, ctx: &mut RequestCtx) {
+        let limit = repo_max_document(ctx);
+        let Some(listing) = ctx.listing.as_mut() else { return };
+        if let Some(b) = body {
+            if listing.len() + b.len() > limit {
+                ctx.listing = None;
+                return;
+            }
+            listing.extend_from_slice(b);
+        }
+        if !end_of_stream {
+            return;
+        }
+        let raw = ctx.listing.take().expect("listing present").freeze();
+        let (Some(repo), Some(resolved)) = (ctx.repo.clone(), ctx.resolved.as_ref()) else { return };
+        let key = resolved.key_path.clone();
+        /// Ends the learning however the reading ends (a panic included).
+        struct Learning(std::sync::Arc<Repository>);
+        impl Drop for Learning {
+            fn drop(&mut self) {
+                self.0.digests.end_learning();
+            }
+        }
+        // Pending from now, so a request for an artefact it lists waits for it.
+        repo.digests.begin_learning();
+        let learning = Learning(repo);
+        tokio::task::spawn_blocking(move || {
+            let repo = &learning.0;
+            match repo.format.digests_in(&key, &raw) {
+                Ok(found) => repo.digests.insert_all(found),
+                Err(e) => tracing::warn!(repository = %repo.name, document = %key, error = %e, "cannot read digests"),
+            }
+        });
     }
 
     /// Read `document` (a path below the repository prefix) through this proxy and remember

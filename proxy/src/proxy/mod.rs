@@ -94,6 +94,8 @@ pub struct RequestCtx {
     unverified: bool,
     /// A document being collected for rewriting.
     document: Option<BytesMut>,
+    /// A copy of a listing being collected (while it streams on) to learn its digests.
+    listing: Option<BytesMut>,
     /// The document arrived gzip-encoded and is decoded before rewriting.
     document_gzip: bool,
     /// Where the next upstream attempt goes: origin and path-with-query.
@@ -286,7 +288,7 @@ impl ProxyHttp for HangarProxy {
         if let Some(pointer) = resolved.pointer.clone() {
             match self.follow_pointer(&repo, &resolved, session.req_header()).await {
                 pointer::Followed::To(digest) => {
-                    let target = format!("{}{digest}", pointer.target_prefix);
+                    let target = pointer.target_for(&digest);
                     resolved = match repo.format.resolve(&RequestPath { relative: &target, query: None }, session.req_header()) {
                         Ok(r) => r,
                         Err(e) => return respond_local(session, ctx, 502, &format!("upstream named an unusable digest: {e}"), &[]).await,
@@ -420,6 +422,12 @@ impl ProxyHttp for HangarProxy {
                         }
                     };
                     ctx.unverified = ctx.expected_digest.is_none() && resolved.digest_required;
+                } else if resolved.learned_digest {
+                    let key = resolved.key_path.clone();
+                    if repo.digests.get(&key).is_none() {
+                        repo.digests.settle(std::time::Duration::from_secs(30)).await;
+                    }
+                    ctx.expected_digest = repo.digests.get(&key);
                 }
             }
         }
@@ -733,8 +741,10 @@ impl ProxyHttp for HangarProxy {
                     *body = None;
                     return Err(Error::explain(ErrorType::HTTPStatus(502), "upstream body does not match its published digest").into_up());
                 }
+                self.metrics.verified.with_label_values(&[ctx.repo_name()]).inc();
             }
         }
+        self.collect_listing(body.as_ref(), end_of_stream, ctx);
         if let Some(buf) = ctx.document.as_mut() {
             if let Some(b) = body.take() {
                 let limit = ctx.repo.as_ref().map_or(usize::MAX, |r| r.max_document_bytes);

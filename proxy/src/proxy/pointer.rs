@@ -1,6 +1,7 @@
-//! Following a [`Pointer`]: which immutable object a mutable name (a registry tag) names now.
+//! Following a [`crate::format::Pointer`]: which immutable object a mutable name names now.
 //!
-//! The upstream is asked with HEAD, carrying every `Accept` header of the client's request
+//! An apt index asked for by name is the one the InRelease being served lists (learned as the
+//! InRelease passed). For a registry tag, the upstream is asked with HEAD, carrying every `Accept` header of the client's request
 //! (a registry picks the manifest, or the index, by them). Its answer is remembered per name
 //! and `Accept` list; within `metadata_ttl` it is used without asking again, and when the
 //! upstream fails (or the repository is offline) the last answer is used however old. The
@@ -12,7 +13,7 @@ use pingora::http::RequestHeader;
 use super::{accept_list, HangarProxy};
 use crate::breaker::Admission;
 use crate::digest::Digest;
-use crate::format::{Pointer, Resolved};
+use crate::format::{PointerSource, Resolved};
 use crate::router::Repository;
 
 /// The outcome of following a pointer.
@@ -41,6 +42,10 @@ const HEAD_BODY_LIMIT: usize = 64 * 1024;
 impl HangarProxy {
     pub(super) async fn follow_pointer(&self, repo: &Repository, resolved: &Resolved, req: &RequestHeader) -> Followed {
         let Some(pointer) = resolved.pointer.as_ref() else { return Followed::Unresolved };
+        let digest_header = match &pointer.source {
+            PointerSource::Head(header) => *header,
+            PointerSource::Document(document) => return self.follow_listing(repo, resolved, document).await,
+        };
         let key = format!("{}\n{}", resolved.key_path, accept_list(req));
         let known = repo.pointers.get(&key);
         let count = |result: &str| self.metrics.pointer_lookups.with_label_values(&[&repo.name, result]).inc();
@@ -54,7 +59,7 @@ impl HangarProxy {
         let answer = if self.offline.is_offline(&repo.name) || repo.breaker.admit() == Admission::Reject {
             Answer::Failed
         } else {
-            let answer = self.ask_upstream(repo, pointer, resolved, req).await;
+            let answer = self.ask_upstream(repo, digest_header, resolved, req).await;
             self.breaker_outcome(repo, !matches!(answer, Answer::Failed));
             answer
         };
@@ -87,7 +92,32 @@ impl HangarProxy {
     }
 
     /// HEAD the name upstream, answering one authentication challenge.
-    async fn ask_upstream(&self, repo: &Repository, pointer: &Pointer, resolved: &Resolved, req: &RequestHeader) -> Answer {
+    /// The digest `document` lists for the name: learned as the document last passed, or read
+    /// through the proxy (so from cache when it can) when not known yet.
+    async fn follow_listing(&self, repo: &Repository, resolved: &Resolved, document: &str) -> Followed {
+        let count = |result: &str| self.metrics.pointer_lookups.with_label_values(&[&repo.name, result]).inc();
+        // A listing that has just passed may still be being read.
+        repo.digests.settle(std::time::Duration::from_secs(30)).await;
+        let digest = match repo.digests.get(&resolved.key_path) {
+            Some(d) => Some(d),
+            None => {
+                self.learn_digests(repo, document).await;
+                repo.digests.get(&resolved.key_path)
+            }
+        };
+        match digest {
+            Some(d) => {
+                count("listed");
+                Followed::To(d)
+            }
+            None => {
+                count("unresolved");
+                Followed::Unresolved
+            }
+        }
+    }
+
+    async fn ask_upstream(&self, repo: &Repository, digest_header: &str, resolved: &Resolved, req: &RequestHeader) -> Answer {
         let target = format!("{}{}", repo.upstream.base_path, resolved.upstream_path);
         let mut headers: Vec<(header::HeaderName, String)> =
             req.headers.get_all(header::ACCEPT).iter().filter_map(|v| v.to_str().ok()).map(|v| (header::ACCEPT, v.to_string())).collect();
@@ -114,7 +144,7 @@ impl HangarProxy {
                 continue;
             }
             return if status.is_success() {
-                response.header(pointer.digest_header).and_then(Digest::parse).map_or(Answer::NoDigest, Answer::Digest)
+                response.header(digest_header).and_then(Digest::parse).map_or(Answer::NoDigest, Answer::Digest)
             } else if status == http::StatusCode::NOT_FOUND {
                 Answer::NotFound
             } else if status.is_server_error() || status.as_u16() == 429 {
