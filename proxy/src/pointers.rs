@@ -4,39 +4,112 @@
 //! is kept here so that, for `metadata_ttl`, the upstream is not asked again, and so that when
 //! the upstream fails the tag still leads to the manifest it last named.
 //!
-//! The index is in memory and bounded: at capacity, an arbitrary entry makes room (a forgotten
-//! tag costs one HEAD, or, during an outage, that tag).
+//! The index is bounded: at capacity, an arbitrary entry makes room (a forgotten tag costs
+//! one HEAD, or, during an outage, that tag). With a journal, every change of a pointer is
+//! appended to a file in the cache directory and read back at start, so a proxy restarted
+//! while its upstream is down still knows its tags. Entries read back are never fresh: they
+//! stand in only when the upstream cannot answer. A torn last line (a crash mid-append) is
+//! skipped; the file is rewritten compactly at start when it has grown well past its entries.
 
 use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
 use crate::digest::Digest;
 
+struct Entry {
+    digest: Digest,
+    /// When the upstream said so; `None` for entries read back from the journal.
+    checked: Option<Instant>,
+}
+
 pub struct PointerIndex {
     capacity: usize,
-    entries: Mutex<HashMap<String, (Digest, Instant)>>,
+    entries: Mutex<HashMap<String, Entry>>,
+    journal: Option<Mutex<std::fs::File>>,
 }
 
 impl PointerIndex {
     pub fn new(capacity: usize) -> Self {
-        PointerIndex { capacity: capacity.max(1), entries: Mutex::new(HashMap::new()) }
+        PointerIndex { capacity: capacity.max(1), entries: Mutex::new(HashMap::new()), journal: None }
     }
 
-    /// The digest `key` last pointed to, and how long ago the upstream said so.
-    pub fn get(&self, key: &str) -> Option<(Digest, Duration)> {
-        self.entries.lock().get(key).map(|(d, at)| (d.clone(), at.elapsed()))
-    }
-
-    pub fn insert(&self, key: String, digest: Digest) {
-        let mut entries = self.entries.lock();
-        if entries.len() >= self.capacity && !entries.contains_key(&key) {
-            if let Some(victim) = entries.keys().next().cloned() {
-                entries.remove(&victim);
+    /// An index kept in `path` too: read back now, appended to on every change.
+    pub fn with_journal(capacity: usize, path: &Path) -> std::io::Result<Self> {
+        let mut entries = HashMap::new();
+        let mut lines = 0usize;
+        let mut complete_len = None;
+        if let Ok(text) = std::fs::read_to_string(path) {
+            // Only complete lines: a crash may have left the last one torn.
+            let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+            if !text.is_empty() && !text.ends_with('\n') {
+                complete_len = Some(if complete.is_empty() { 0 } else { complete.len() as u64 + 1 });
+            }
+            for line in complete.lines() {
+                lines += 1;
+                if let Some((digest, key)) = line.split_once(' ').and_then(|(d, k)| Some((Digest::parse(d)?, k))) {
+                    if entries.len() < capacity || entries.contains_key(key) {
+                        entries.insert(key.to_string(), Entry { digest, checked: None });
+                    }
+                }
             }
         }
-        entries.insert(key, (digest, Instant::now()));
+        if lines > 2 * entries.len() + 1000 {
+            let tmp = path.with_extension("tmp");
+            let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+            for (key, e) in &entries {
+                writeln!(out, "{} {key}", e.digest)?;
+            }
+            out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+            std::fs::rename(&tmp, path)?;
+        }
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+        if let Some(len) = complete_len.filter(|_| path.exists()) {
+            // Cut the torn line off, so the next append starts a line of its own.
+            file.set_len(len)?;
+        }
+        Ok(PointerIndex { capacity: capacity.max(1), entries: Mutex::new(entries), journal: Some(Mutex::new(file)) })
+    }
+
+    /// Where `repository`'s journal lives below the cache directory.
+    pub fn journal_path(cache_dir: &Path, repository: &str) -> PathBuf {
+        cache_dir.join("pointers").join(format!("{repository}.log"))
+    }
+
+    /// The digest `key` last pointed to, and how long ago the upstream said so (`None`: not
+    /// since this process started).
+    pub fn get(&self, key: &str) -> Option<(Digest, Option<Duration>)> {
+        self.entries.lock().get(key).map(|e| (e.digest.clone(), e.checked.map(|at| at.elapsed())))
+    }
+
+    /// Keys must not contain line breaks (request paths and header values cannot).
+    pub fn insert(&self, key: String, digest: Digest) {
+        let changed = {
+            let mut entries = self.entries.lock();
+            if entries.len() >= self.capacity && !entries.contains_key(&key) {
+                if let Some(victim) = entries.keys().next().cloned() {
+                    entries.remove(&victim);
+                }
+            }
+            let changed = entries.get(&key).is_none_or(|e| e.digest != digest);
+            entries.insert(key.clone(), Entry { digest: digest.clone(), checked: Some(Instant::now()) });
+            changed
+        };
+        if let (true, Some(journal)) = (changed, self.journal.as_ref()) {
+            if key.contains('\n') {
+                return;
+            }
+            // One write per line, so appends from several threads never interleave.
+            if let Err(e) = journal.lock().write_all(format!("{digest} {key}\n").as_bytes()) {
+                tracing::warn!(error = %e, "cannot record a tag in the pointer journal");
+            }
+        }
     }
 
     pub fn remove(&self, key: &str) {
@@ -48,9 +121,12 @@ impl PointerIndex {
 mod tests {
     use super::*;
 
+    fn d(b: u8) -> Digest {
+        Digest::Sha256([b; 32])
+    }
+
     #[test]
     fn remembers_within_capacity() {
-        let d = |b: u8| Digest::Sha256([b; 32]);
         let index = PointerIndex::new(2);
         index.insert("a".into(), d(1));
         index.insert("b".into(), d(2));
@@ -61,5 +137,27 @@ mod tests {
         assert!(index.get("c").is_some());
         index.remove("c");
         assert!(index.get("c").is_none());
+    }
+
+    #[test]
+    fn the_journal_survives_a_restart_and_a_torn_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = PointerIndex::journal_path(dir.path(), "hub");
+        {
+            let index = PointerIndex::with_journal(10, &path).unwrap();
+            index.insert("a/manifests/v1\taccept".into(), d(1));
+            index.insert("a/manifests/v1\taccept".into(), d(2));
+            index.insert("b/manifests/v1\t".into(), d(3));
+            assert!(index.get("b/manifests/v1\t").unwrap().1.is_some(), "fresh while this process asked");
+        }
+        std::fs::OpenOptions::new().append(true).open(&path).unwrap().write_all(b"sha256:00 torn").unwrap();
+        {
+            let index = PointerIndex::with_journal(10, &path).unwrap();
+            assert_eq!(index.get("a/manifests/v1\taccept"), Some((d(2), None)), "the last answer, never fresh");
+            assert_eq!(index.get("b/manifests/v1\t").map(|(x, _)| x), Some(d(3)));
+            index.insert("c/manifests/v1\t".into(), d(4));
+        }
+        let index = PointerIndex::with_journal(10, &path).unwrap();
+        assert_eq!(index.get("c/manifests/v1\t").map(|(x, _)| x), Some(d(4)), "written after the torn line was cut");
     }
 }

@@ -160,11 +160,16 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     }
     tracing::info!(dir = %dir.display(), entries = restored, "disk cache opened");
 
-    let repos = config
+    let mut repos = config
         .repositories
         .iter()
         .map(|r| Repository::from_config(r, &metrics).map_err(|e| anyhow::anyhow!("repository {}: {e}", r.name)))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    // What registry tags named survives restarts, for when the registry is down.
+    for r in repos.iter_mut().filter(|r| r.format.kind() == crate::format::FormatKind::Oci) {
+        let path = crate::pointers::PointerIndex::journal_path(&dir, &r.name);
+        r.pointers = crate::pointers::PointerIndex::with_journal(100_000, &path).map_err(|e| anyhow::anyhow!("pointer journal {}: {e}", path.display()))?;
+    }
     for r in &repos {
         tracing::info!(repository = %r.name, prefix = %r.prefix, format = r.format.kind().as_str(), "repository enabled");
     }

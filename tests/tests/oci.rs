@@ -148,6 +148,9 @@ async fn skopeo_and_oras_pull_through_the_proxy_from_several_registries_and_agai
         let accept = [("Accept", "application/vnd.oci.image.manifest.v1+json")];
         let r = http(proxy.addr, "GET", "/v2/test/hello/manifests/v1?ns=second.test", &accept).await.unwrap().collect().await;
         assert_eq!((r.status, r.header("content-type")), (200, Some("application/vnd.oci.image.manifest.v1+json")), "{round}");
+        // Docker's registry-mirrors and containerd both ask Docker Hub's names in full.
+        let r = http(proxy.addr, "GET", "/v2/library/hello/manifests/v1?ns=docker.io", &accept).await.unwrap().collect().await;
+        assert_eq!(r.status, 200, "{round}");
         let r = http(proxy.addr, "GET", "/v2/test/hello/manifests/v1?ns=elsewhere.test", &accept).await.unwrap().collect().await;
         assert_eq!(r.status, 404, "{round}");
         if round == "online" {
@@ -244,6 +247,15 @@ async fn tags_are_asked_with_head_and_served_by_digest_with_the_last_known_diges
     assert_eq!((r.status, r.body.as_slice()), (200, index.as_slice()));
     assert_eq!(proxy.metric("hangar_pointer_lookups_total", &[("repository", "reg"), ("result", "last_known")]).await, 2.0);
     assert_eq!(proxy.metric("hangar_pointer_lookups_total", &[("repository", "reg"), ("result", "not_found")]).await, 1.0);
+
+    // Killed and restarted while the registry is down: the tags still lead to their manifests.
+    let mut proxy = proxy;
+    proxy.kill9();
+    proxy.restart();
+    let r = fetch(&proxy, "GET", "/v2/team/app/manifests/v1", &both).await;
+    assert_eq!((r.status, r.body.as_slice()), (200, index.as_slice()), "{}", proxy.stderr());
+    let r = fetch(&proxy, "GET", "/v2/team/app/manifests/v1", &single).await;
+    assert_eq!((r.status, r.body.as_slice()), (200, moved.as_slice()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

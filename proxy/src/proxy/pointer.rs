@@ -46,11 +46,11 @@ impl HangarProxy {
             PointerSource::Head(header) => *header,
             PointerSource::Document(document) => return self.follow_listing(repo, resolved, document).await,
         };
-        let key = format!("{}\n{}", resolved.key_path, accept_list(req));
+        let key = format!("{}\t{}", resolved.key_path, accept_list(req));
         let known = repo.pointers.get(&key);
         let count = |result: &str| self.metrics.pointer_lookups.with_label_values(&[&repo.name, result]).inc();
         let fresh_for = repo.freshness.metadata_ttl().unwrap_or_default();
-        if let Some((digest, age)) = &known {
+        if let Some((digest, Some(age))) = &known {
             if age < &fresh_for {
                 count("remembered");
                 return Followed::To(digest.clone());
