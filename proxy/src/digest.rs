@@ -133,7 +133,12 @@ pub struct DigestIndex {
     /// Listings still being read (off the event loop), and a wake-up when one finishes.
     pending: std::sync::atomic::AtomicUsize,
     settled: tokio::sync::Notify,
+    /// Listings read since start (so a cached one is read once, on its first hit).
+    learned: Mutex<std::collections::HashSet<String>>,
 }
+
+/// Listings read at once, each up to a few hundred MB unpacked.
+pub const MAX_LEARNING: usize = 2;
 
 impl DigestIndex {
     pub fn new(capacity: usize) -> Self {
@@ -142,17 +147,33 @@ impl DigestIndex {
             inner: Mutex::new((HashMap::new(), VecDeque::new())),
             pending: Default::default(),
             settled: tokio::sync::Notify::new(),
+            learned: Default::default(),
         }
     }
 
-    /// A listing is being read: [`DigestIndex::settle`] waits until [`DigestIndex::end_learning`].
-    pub fn begin_learning(&self) {
-        self.pending.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    /// Start reading a listing, unless [`MAX_LEARNING`] already are (a listing not read
+    /// leaves its digests unknown, nothing worse). [`DigestIndex::settle`] waits for it
+    /// until [`DigestIndex::end_learning`].
+    pub fn try_begin_learning(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        self.pending.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < MAX_LEARNING).then_some(n + 1)).is_ok()
     }
 
-    pub fn end_learning(&self) {
+    pub fn end_learning(&self, listing: &str) {
+        {
+            let mut learned = self.learned.lock();
+            if learned.len() >= 10_000 {
+                learned.clear();
+            }
+            learned.insert(listing.to_string());
+        }
         self.pending.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
         self.settled.notify_waiters();
+    }
+
+    /// Whether this process has read `listing` (the document's key) already.
+    pub fn has_learned(&self, listing: &str) -> bool {
+        self.learned.lock().contains(listing)
     }
 
     /// Wait (at most `limit`) until no listing is being read: a digest not known yet may be

@@ -9,7 +9,7 @@
 //! appended to a file in the cache directory and read back at start, so a proxy restarted
 //! while its upstream is down still knows its tags. Entries read back are never fresh: they
 //! stand in only when the upstream cannot answer. A torn last line (a crash mid-append) is
-//! skipped; the file is rewritten compactly at start when it has grown well past its entries.
+//! skipped; the file is rewritten compactly when it has grown well past its entries.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -29,8 +29,30 @@ struct Entry {
 pub struct PointerIndex {
     capacity: usize,
     entries: Mutex<HashMap<String, Entry>>,
-    journal: Option<Mutex<std::fs::File>>,
+    journal: Option<Mutex<Journal>>,
 }
+
+struct Journal {
+    path: PathBuf,
+    file: std::fs::File,
+    /// Lines in the file, to know when rewriting it compactly is worth it.
+    lines: usize,
+}
+
+/// Rewrite `path` with one line per entry (through a temporary file and a rename, so a crash
+/// leaves the old journal or the new one).
+fn write_compact<'a>(path: &Path, entries: impl Iterator<Item = (&'a String, &'a Digest)>) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+    for (key, digest) in entries {
+        writeln!(out, "{digest} {key}")?;
+    }
+    out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Compact when the file holds this many lines more than twice its entries.
+const COMPACT_SLACK: usize = 10_000;
 
 impl PointerIndex {
     pub fn new(capacity: usize) -> Self {
@@ -48,33 +70,35 @@ impl PointerIndex {
             if !text.is_empty() && !text.ends_with('\n') {
                 complete_len = Some(if complete.is_empty() { 0 } else { complete.len() as u64 + 1 });
             }
+            // Later lines override earlier ones; `- <key>` records a removal.
             for line in complete.lines() {
                 lines += 1;
-                if let Some((digest, key)) = line.split_once(' ').and_then(|(d, k)| Some((Digest::parse(d)?, k))) {
-                    if entries.len() < capacity || entries.contains_key(key) {
-                        entries.insert(key.to_string(), Entry { digest, checked: None });
-                    }
+                if let Some(key) = line.strip_prefix("- ") {
+                    entries.remove(key);
+                } else if let Some((digest, key)) = line.split_once(' ').and_then(|(d, k)| Some((Digest::parse(d)?, k))) {
+                    entries.insert(key.to_string(), Entry { digest, checked: None });
                 }
             }
         }
-        if lines > 2 * entries.len() + 1000 {
-            let tmp = path.with_extension("tmp");
-            let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
-            for (key, e) in &entries {
-                writeln!(out, "{} {key}", e.digest)?;
-            }
-            out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-            std::fs::rename(&tmp, path)?;
+        while entries.len() > capacity {
+            let Some(victim) = entries.keys().next().cloned() else { break };
+            entries.remove(&victim);
         }
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
+        }
+        if lines > 2 * entries.len() + COMPACT_SLACK {
+            write_compact(path, entries.iter().map(|(k, e)| (k, &e.digest)))?;
+            lines = entries.len();
+            complete_len = None;
         }
         let file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
         if let Some(len) = complete_len.filter(|_| path.exists()) {
             // Cut the torn line off, so the next append starts a line of its own.
             file.set_len(len)?;
         }
-        Ok(PointerIndex { capacity: capacity.max(1), entries: Mutex::new(entries), journal: Some(Mutex::new(file)) })
+        let journal = Journal { path: path.to_path_buf(), file, lines };
+        Ok(PointerIndex { capacity: capacity.max(1), entries: Mutex::new(entries), journal: Some(Mutex::new(journal)) })
     }
 
     /// Where `repository`'s journal lives below the cache directory.
@@ -101,19 +125,49 @@ impl PointerIndex {
             entries.insert(key.clone(), Entry { digest: digest.clone(), checked: Some(Instant::now()) });
             changed
         };
-        if let (true, Some(journal)) = (changed, self.journal.as_ref()) {
-            if key.contains('\n') {
-                return;
-            }
-            // One write per line, so appends from several threads never interleave.
-            if let Err(e) = journal.lock().write_all(format!("{digest} {key}\n").as_bytes()) {
-                tracing::warn!(error = %e, "cannot record a tag in the pointer journal");
-            }
+        if changed {
+            self.record(format!("{digest} {key}\n"));
         }
     }
 
+    /// Forget `key` (the upstream says it no longer exists), in the journal too.
     pub fn remove(&self, key: &str) {
-        self.entries.lock().remove(key);
+        if self.entries.lock().remove(key).is_some() {
+            self.record(format!("- {key}\n"));
+        }
+    }
+
+    /// Append one line to the journal, compacting it when it has grown well past the entries.
+    fn record(&self, line: String) {
+        let Some(journal) = self.journal.as_ref() else { return };
+        if line.matches('\n').count() != 1 {
+            return;
+        }
+        let mut journal = journal.lock();
+        // One write per line, so appends from several threads never interleave.
+        if let Err(e) = journal.file.write_all(line.as_bytes()) {
+            tracing::warn!(error = %e, "cannot record a tag in the pointer journal");
+            return;
+        }
+        journal.lines += 1;
+        // A snapshot, so lookups do not wait for the rewrite. (The entries lock is never held
+        // while waiting for the journal's, so taking it here cannot deadlock.)
+        let snapshot: Vec<(String, Digest)> = {
+            let entries = self.entries.lock();
+            if journal.lines <= 2 * entries.len() + COMPACT_SLACK {
+                return;
+            }
+            entries.iter().map(|(k, e)| (k.clone(), e.digest.clone())).collect()
+        };
+        let reopened = write_compact(&journal.path, snapshot.iter().map(|(k, d)| (k, d)))
+            .and_then(|_| std::fs::OpenOptions::new().append(true).open(&journal.path));
+        match reopened {
+            Ok(file) => {
+                journal.file = file;
+                journal.lines = snapshot.len();
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot compact the pointer journal"),
+        }
     }
 }
 
@@ -140,6 +194,21 @@ mod tests {
     }
 
     #[test]
+    fn the_journal_is_compacted_as_it_grows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = PointerIndex::journal_path(dir.path(), "hub");
+        let index = PointerIndex::with_journal(10, &path).unwrap();
+        for i in 0..(COMPACT_SLACK + 10) {
+            index.insert("a/manifests/latest\t".into(), d((i % 2) as u8));
+        }
+        let lines = std::fs::read_to_string(&path).unwrap().lines().count();
+        assert!(lines < 20, "{lines} lines for one tag");
+        drop(index);
+        let index = PointerIndex::with_journal(10, &path).unwrap();
+        assert_eq!(index.get("a/manifests/latest\t").map(|(x, _)| x), Some(d(((COMPACT_SLACK + 9) % 2) as u8)));
+    }
+
+    #[test]
     fn the_journal_survives_a_restart_and_a_torn_line() {
         let dir = tempfile::tempdir().unwrap();
         let path = PointerIndex::journal_path(dir.path(), "hub");
@@ -156,8 +225,11 @@ mod tests {
             assert_eq!(index.get("a/manifests/v1\taccept"), Some((d(2), None)), "the last answer, never fresh");
             assert_eq!(index.get("b/manifests/v1\t").map(|(x, _)| x), Some(d(3)));
             index.insert("c/manifests/v1\t".into(), d(4));
+            index.insert("gone/manifests/v1\t".into(), d(5));
+            index.remove("gone/manifests/v1\t");
         }
         let index = PointerIndex::with_journal(10, &path).unwrap();
         assert_eq!(index.get("c/manifests/v1\t").map(|(x, _)| x), Some(d(4)), "written after the torn line was cut");
+        assert!(index.get("gone/manifests/v1\t").is_none(), "a removal is remembered too");
     }
 }

@@ -160,9 +160,18 @@ fn sha256_hex(b: &[u8]) -> String {
     format!("{:x}", sha2::Sha256::digest(b))
 }
 
-/// An InRelease listing one Packages.xz, and that index listing one .deb.
+const OTHER_DEB: &[u8] = b"!<arch>\nanother package";
+
+/// An InRelease listing one Packages.xz, and that index listing `deb` as the tool's package
+/// and [`OTHER_DEB`].
 fn archive(deb: &[u8], version: &str) -> (Vec<u8>, Vec<u8>) {
-    let packages = format!("Package: tool\nVersion: {version}\nFilename: pool/main/t/tool/tool_1_all.deb\nSize: {}\nSHA256: {}\n", deb.len(), sha256_hex(deb));
+    let packages = format!(
+        "Package: tool\nVersion: {version}\nFilename: pool/main/t/tool/tool_1_all.deb\nSize: {}\nSHA256: {}\n\nPackage: other\nVersion: 1\nFilename: pool/main/o/other/other_1_all.deb\nSize: {}\nSHA256: {}\n",
+        deb.len(),
+        sha256_hex(deb),
+        OTHER_DEB.len(),
+        sha256_hex(OTHER_DEB)
+    );
     let packages_xz = xz(packages.as_bytes());
     let valid = httpdate::fmt_http_date(std::time::SystemTime::now() + std::time::Duration::from_secs(86400)).replace("GMT", "UTC");
     let release = format!(
@@ -205,6 +214,19 @@ async fn indexes_by_name_follow_the_in_release_and_pool_files_are_verified_again
     let r = get(proxy.addr, "/pool/main/t/tool/tool_1_all.deb").await;
     assert_eq!((r.status, r.body == deb, r.cache()), (200, true, "miss"));
     assert_eq!(get(proxy.addr, "/pool/main/t/tool/tool_1_all.deb").await.cache(), "hit");
+
+    // Killed and restarted, the proxy has learned nothing yet: the index comes from cache,
+    // and is read as it goes out, so the next pool file is verified too.
+    let mut proxy = proxy;
+    proxy.kill9();
+    proxy.restart();
+    up.route("/pool/main/o/other/other_1_all.deb", Route::ok(b"!<arch>\nnot that package".to_vec()));
+    assert_eq!(get(proxy.addr, &by_hash).await.cache(), "hit");
+    let r = get(proxy.addr, "/pool/main/o/other/other_1_all.deb").await;
+    assert!(r.truncated || r.status != 200, "verified against the cached index: {}", proxy.stderr());
+    up.route("/pool/main/o/other/other_1_all.deb", Route::ok(OTHER_DEB.to_vec()));
+    let r = get(proxy.addr, "/pool/main/o/other/other_1_all.deb").await;
+    assert_eq!((r.status, r.body.as_slice()), (200, OTHER_DEB));
 
     // The archive moves on: once the new InRelease is served, so is its index.
     let (release2, packages2) = archive(b"version two", "2");

@@ -314,6 +314,10 @@ async fn tokens_come_from_an_https_realm_with_credentials_and_blob_redirects_los
     registry.route("/v2/team/app/manifests/v1", guarded(manifest_route(&manifest, OCI_MANIFEST)));
     registry.route(&format!("/v2/team/app/manifests/{m}"), guarded(manifest_route(&manifest, OCI_MANIFEST)));
     registry.route(&format!("/v2/team/app/blobs/{b}"), guarded(Route::ok(Vec::new()).status(307).header("Location", &format!("{}/signed/blob", cdn.url()))));
+    // A CDN that asks for credentials itself gets none of the registry's.
+    let private = sha256(b"private");
+    cdn.route("/signed/private", Route::ok(Vec::new()).status(401).header("WWW-Authenticate", "Basic realm=\"cdn\""));
+    registry.route(&format!("/v2/team/app/blobs/{private}"), guarded(Route::ok(Vec::new()).status(307).header("Location", &format!("{}/signed/private", cdn.url()))));
 
     let dir = tempfile::tempdir().unwrap();
     let repo = |name: &str, prefix: &str, extra: &str| {
@@ -345,6 +349,12 @@ async fn tokens_come_from_an_https_realm_with_credentials_and_blob_redirects_los
     let at_cdn = cdn.requests("/signed/blob");
     assert_eq!(at_cdn.len(), 1);
     assert_eq!(at_cdn[0].header("authorization"), None, "the registry's token does not follow the redirect to the CDN");
+
+    let r = fetch(&proxy, "GET", &format!("/v2/team/app/blobs/{private}"), &[]).await;
+    assert_ne!(r.status, 200);
+    let at_cdn = cdn.requests("/signed/private");
+    assert_eq!(at_cdn.len(), 1, "the CDN's challenge is not answered");
+    assert_eq!(at_cdn[0].header("authorization"), None);
 
     // A realm on a host that is neither the upstream's nor listed gets no request.
     let r = fetch(&proxy, "GET", &format!("/v2/unlisted/team/app/manifests/{m}"), &[]).await;

@@ -132,7 +132,8 @@ impl Format for Apt {
     fn resolve(&self, path: &RequestPath<'_>, _req: &RequestHeader) -> Result<Resolved, FormatError> {
         let rel = path.checked_relative(false)?;
         let mut resolved = Resolved::passthrough(with_query(&rel, path.query), PathClass::Metadata);
-        resolved.lists_digests = is_packages_listing(&rel) || (is_release(&rel) && !rel.ends_with(".gpg"));
+        // (A query makes another cache entry, not another archive: only the real one teaches.)
+        resolved.lists_digests = path.query.is_none() && (is_packages_listing(&rel) || (is_release(&rel) && !rel.ends_with(".gpg")));
         if let Some((_, hash)) = rel.split_once("/by-hash/") {
             resolved.class = PathClass::Immutable;
             if let Some(hex) = hash.strip_prefix("SHA256/") {

@@ -96,6 +96,10 @@ impl HangarProxy {
         let target = if query.is_empty() { path } else { format!("{path}{}{}", if path.contains('?') { "&" } else { "?" }, query.join("&")) };
         let mut headers = vec![(http::header::ACCEPT, "application/json".to_string())];
         if let Some(c) = &repo.credentials {
+            // Credentials for an https upstream never travel in the clear.
+            if repo.upstream.tls && !realm.tls {
+                return Err(format!("token realm {} is plain http; credentials are only sent over https", realm.host));
+            }
             headers.push((http::header::AUTHORIZATION, c.basic()));
         }
         let response = self.client.send("GET", &realm, &target, &headers, &repo.timeouts, 1 << 20).await.map_err(|e| e.to_string())?;
@@ -111,7 +115,7 @@ impl HangarProxy {
         let parsed: TokenResponse = serde_json::from_slice(&response.body).map_err(|e| format!("token response: {e}"))?;
         let token = parsed.token.or(parsed.access_token).ok_or("token response has no token")?;
         // Registries issue short tokens (60 s by default); keep a margin.
-        let lifetime = Duration::from_secs(parsed.expires_in.unwrap_or(60).saturating_sub(10).max(1));
+        let lifetime = Duration::from_secs(parsed.expires_in.unwrap_or(60).min(86_400).saturating_sub(10).max(1));
         let mut tokens = repo.tokens.lock();
         if tokens.len() > 10_000 {
             tokens.clear();

@@ -167,18 +167,21 @@ impl HangarProxy {
         let (Some(repo), Some(resolved)) = (ctx.repo.clone(), ctx.resolved.as_ref()) else { return };
         let key = resolved.key_path.clone();
         /// Ends the learning however the reading ends (a panic included).
-        struct Learning(std::sync::Arc<Repository>);
+        struct Learning(std::sync::Arc<Repository>, String);
         impl Drop for Learning {
             fn drop(&mut self) {
-                self.0.digests.end_learning();
+                self.0.digests.end_learning(&self.1);
             }
         }
         // Pending from now, so a request for an artefact it lists waits for it.
-        repo.digests.begin_learning();
-        let learning = Learning(repo);
+        if !repo.digests.try_begin_learning() {
+            tracing::debug!(repository = %repo.name, document = %key, "busy reading other listings; not learning from this one");
+            return;
+        }
+        let learning = Learning(repo, key);
         tokio::task::spawn_blocking(move || {
-            let repo = &learning.0;
-            match repo.format.digests_in(&key, &raw) {
+            let (repo, key) = (&learning.0, &learning.1);
+            match repo.format.digests_in(key, &raw) {
                 Ok(found) => repo.digests.insert_all(found),
                 Err(e) => tracing::warn!(repository = %repo.name, document = %key, error = %e, "cannot read digests"),
             }

@@ -96,6 +96,8 @@ pub struct RequestCtx {
     document: Option<BytesMut>,
     /// A copy of a listing being collected (while it streams on) to learn its digests.
     listing: Option<BytesMut>,
+    /// The listing comes from cache (read on its first hit since start), not the upstream.
+    listing_from_cache: bool,
     /// The document arrived gzip-encoded and is decoded before rewriting.
     document_gzip: bool,
     /// Where the next upstream attempt goes: origin and path-with-query.
@@ -425,7 +427,7 @@ impl ProxyHttp for HangarProxy {
                 } else if resolved.learned_digest {
                     let key = resolved.key_path.clone();
                     if repo.digests.get(&key).is_none() {
-                        repo.digests.settle(std::time::Duration::from_secs(30)).await;
+                        repo.digests.settle(std::time::Duration::from_secs(10)).await;
                     }
                     ctx.expected_digest = repo.digests.get(&key);
                 }
@@ -654,7 +656,8 @@ impl ProxyHttp for HangarProxy {
             self.prepare_body_checks(resp, ctx)?;
         }
         // A registry's challenge: fetch the token (or use the credentials) and ask again.
-        if resp.status == http::StatusCode::UNAUTHORIZED && ctx.hop.is_none() && auth::may_retry_with_token(ctx) {
+        // Only the upstream's own challenges: credentials never go to a host a redirect led to.
+        if resp.status == http::StatusCode::UNAUTHORIZED && ctx.hop.is_none() && !ctx.cross_origin && auth::may_retry_with_token(ctx) {
             let challenge = resp.headers.get(header::WWW_AUTHENTICATE).and_then(|v| v.to_str().ok()).map(str::to_string);
             if let (Some(challenge), Some(repo)) = (challenge, ctx.repo.clone()) {
                 match self.answer_challenge(&repo, &challenge).await {
@@ -744,7 +747,9 @@ impl ProxyHttp for HangarProxy {
                 self.metrics.verified.with_label_values(&[ctx.repo_name()]).inc();
             }
         }
-        self.collect_listing(body.as_ref(), end_of_stream, ctx);
+        if !ctx.listing_from_cache {
+            self.collect_listing(body.as_ref(), end_of_stream, ctx);
+        }
         if let Some(buf) = ctx.document.as_mut() {
             if let Some(b) = body.take() {
                 let limit = ctx.repo.as_ref().map_or(usize::MAX, |r| r.max_document_bytes);
@@ -769,6 +774,9 @@ impl ProxyHttp for HangarProxy {
         ctx: &mut RequestCtx,
     ) -> Result<Option<std::time::Duration>> {
         self.check_expiry(body.as_ref(), end_of_stream, ctx)?;
+        if ctx.listing_from_cache {
+            self.collect_listing(body.as_ref(), end_of_stream, ctx);
+        }
         Ok(None)
     }
 
@@ -851,6 +859,18 @@ impl ProxyHttp for HangarProxy {
                 for k in &purged {
                     self.eviction.remove(pingora::cache::CacheEntryKeyRef::from_entry_id(k, None));
                 }
+            }
+        }
+        // A listing served from cache that this process has not read yet (after a restart):
+        // read it as it goes out, so the artefacts it lists are verified.
+        let whole_hit = session.cache.phase() == CachePhase::Hit
+            && resp.status == http::StatusCode::OK
+            && method == Method::GET
+            && !session.req_header().headers.contains_key(header::RANGE);
+        if let (true, Some(repo), Some(resolved)) = (whole_hit, ctx.repo.as_ref(), ctx.resolved.as_ref()) {
+            if resolved.lists_digests && !repo.digests.has_learned(&resolved.key_path) {
+                ctx.listing = Some(BytesMut::new());
+                ctx.listing_from_cache = true;
             }
         }
         resp.insert_header(CACHE_HEADER, ctx.result(session))?;

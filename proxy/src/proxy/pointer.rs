@@ -39,6 +39,18 @@ enum Answer {
 /// Responses of HEAD requests have no body; anything more is not a registry's answer.
 const HEAD_BODY_LIMIT: usize = 64 * 1024;
 
+/// Longest name-and-Accept key remembered: real clients' lists are a few hundred bytes.
+const MAX_POINTER_KEY: usize = 2048;
+
+/// The media types the client accepts, without parameters, sorted and deduplicated: what the
+/// registry chooses by, in one spelling however the client wrote it.
+fn media_types(req: &RequestHeader) -> String {
+    let mut types: Vec<String> = accept_list(req).split(',').map(|t| t.split(';').next().unwrap_or("").trim().to_ascii_lowercase()).filter(|t| !t.is_empty()).collect();
+    types.sort();
+    types.dedup();
+    types.join(",")
+}
+
 impl HangarProxy {
     pub(super) async fn follow_pointer(&self, repo: &Repository, resolved: &Resolved, req: &RequestHeader) -> Followed {
         let Some(pointer) = resolved.pointer.as_ref() else { return Followed::Unresolved };
@@ -46,7 +58,7 @@ impl HangarProxy {
             PointerSource::Head(header) => *header,
             PointerSource::Document(document) => return self.follow_listing(repo, resolved, document).await,
         };
-        let key = format!("{}\t{}", resolved.key_path, accept_list(req));
+        let key = format!("{}\t{}", resolved.key_path, media_types(req));
         let known = repo.pointers.get(&key);
         let count = |result: &str| self.metrics.pointer_lookups.with_label_values(&[&repo.name, result]).inc();
         let fresh_for = repo.freshness.metadata_ttl().unwrap_or_default();
@@ -66,7 +78,10 @@ impl HangarProxy {
         match answer {
             Answer::Digest(digest) => {
                 count("upstream");
-                repo.pointers.insert(key, digest.clone());
+                // An outlandish Accept list is answered, but not remembered.
+                if key.len() <= MAX_POINTER_KEY {
+                    repo.pointers.insert(key, digest.clone());
+                }
                 Followed::To(digest)
             }
             Answer::NotFound => {
@@ -97,7 +112,7 @@ impl HangarProxy {
     async fn follow_listing(&self, repo: &Repository, resolved: &Resolved, document: &str) -> Followed {
         let count = |result: &str| self.metrics.pointer_lookups.with_label_values(&[&repo.name, result]).inc();
         // A listing that has just passed may still be being read.
-        repo.digests.settle(std::time::Duration::from_secs(30)).await;
+        repo.digests.settle(std::time::Duration::from_secs(10)).await;
         let digest = match repo.digests.get(&resolved.key_path) {
             Some(d) => Some(d),
             None => {
