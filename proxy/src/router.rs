@@ -30,6 +30,8 @@ pub struct Repository {
     pub expiries: parking_lot::Mutex<std::collections::HashMap<String, std::time::SystemTime>>,
     /// Upstream bearer tokens by challenge (service and scope), with their expiry.
     pub tokens: parking_lot::Mutex<std::collections::HashMap<String, (String, std::time::Instant)>>,
+    /// The `service` the upstream's token challenges name, once one has been seen.
+    pub token_service: parking_lot::Mutex<Option<String>>,
     pub token_realms: Vec<String>,
     pub credentials: Option<Credentials>,
     /// The registry name containerd's `?ns=` uses for this repository.
@@ -87,6 +89,7 @@ impl Repository {
             digests: DigestIndex::new(200_000),
             expiries: Default::default(),
             tokens: Default::default(),
+            token_service: Default::default(),
             token_realms: cfg.token_realms.clone(),
             credentials: cfg.credentials.clone(),
             namespace: cfg.namespace.as_ref().map(|n| n.to_ascii_lowercase()),

@@ -344,8 +344,11 @@ async fn tokens_come_from_an_https_realm_with_credentials_and_blob_redirects_los
     let basic = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("ci:s3cret"));
     assert_eq!(tokens[0].header("authorization"), Some(basic.as_str()), "the configured credentials went to the realm");
     assert!(tokens[0].path.contains("scope=repository%3Ateam%2Fapp%3Apull") && tokens[0].path.contains("service=reg.test"), "{}", tokens[0].path);
+    // Once the token is known, it goes with the first request: no 401 round trip.
     let blob_requests = registry.requests(&format!("/v2/team/app/blobs/{b}"));
-    assert_eq!(blob_requests.last().unwrap().header("authorization"), Some("Bearer t0ken"));
+    assert_eq!(blob_requests.len(), 1);
+    assert_eq!(blob_requests[0].header("authorization"), Some("Bearer t0ken"));
+    assert_eq!(registry.requests(&format!("/v2/team/app/manifests/{m}")).len(), 1);
     let at_cdn = cdn.requests("/signed/blob");
     assert_eq!(at_cdn.len(), 1);
     assert_eq!(at_cdn[0].header("authorization"), None, "the registry's token does not follow the redirect to the CDN");
@@ -356,9 +359,19 @@ async fn tokens_come_from_an_https_realm_with_credentials_and_blob_redirects_los
     assert_eq!(at_cdn.len(), 1, "the CDN's challenge is not answered");
     assert_eq!(at_cdn[0].header("authorization"), None);
 
+    // The registry stops accepting the cached token: it is dropped, and a new one fetched.
+    auth.route("/token", Route::ok(br#"{"token":"n3w","expires_in":300}"#.to_vec()).header("Content-Type", "application/json"));
+    let blob2 = hangar_e2e::pattern(4, 1000);
+    let b2 = sha256(&blob2);
+    let challenge2 = challenge.clone();
+    registry.route(&format!("/v2/team/app/blobs/{b2}"), Route::ok(b"{}".to_vec()).status(401).header("WWW-Authenticate", &challenge2).when_header("authorization", "Bearer n3w", Route::ok(blob2.clone())));
+    let r = fetch(&proxy, "GET", &format!("/v2/team/app/blobs/{b2}"), &[]).await;
+    assert_eq!((r.status, r.body == blob2), (200, true), "{}", proxy.stderr());
+    assert_eq!(auth.requests("/token").len(), 2);
+
     // A realm on a host that is neither the upstream's nor listed gets no request.
     let r = fetch(&proxy, "GET", &format!("/v2/unlisted/team/app/manifests/{m}"), &[]).await;
     assert_eq!(r.status, 401);
-    assert_eq!(auth.requests("/token").len(), 1);
+    assert_eq!(auth.requests("/token").len(), 2);
     assert!(proxy.metric("hangar_upstream_errors_total", &[("repository", "unlisted"), ("kind", "token")]).await >= 1.0);
 }

@@ -154,6 +154,10 @@ pub struct Resolved {
     pub lists_digests: bool,
     /// Verify the body against a digest learned from a listing, when one has been learned.
     pub learned_digest: bool,
+    /// The token scope the upstream's challenge will name (a registry's
+    /// `repository:<name>:pull`), so a cached token goes with the first request instead of
+    /// after a 401.
+    pub auth_scope: Option<String>,
 }
 
 /// How a mutable name is resolved to the immutable object it names now.
@@ -208,6 +212,7 @@ impl Resolved {
             pointer: None,
             lists_digests: false,
             learned_digest: false,
+            auth_scope: None,
         }
     }
 }

@@ -115,6 +115,7 @@ impl Format for Oci {
         if kind == "tags" || kind == "referrers" {
             resolved.vary_accept = true;
         }
+        resolved.auth_scope = Some(format!("repository:{name}:pull"));
         Ok(resolved)
     }
 }
@@ -149,7 +150,9 @@ mod tests {
     #[test]
     fn docker_hub_official_images_live_under_library() {
         let hub = Oci::new(Some("docker.io"));
-        assert_eq!(resolve_in(&hub, "alpine/manifests/3", None).unwrap().key_path, "library/alpine/manifests/3");
+        let official = resolve_in(&hub, "alpine/manifests/3", None).unwrap();
+        assert_eq!(official.key_path, "library/alpine/manifests/3");
+        assert_eq!(official.auth_scope.as_deref(), Some("repository:library/alpine:pull"));
         assert_eq!(resolve_in(&hub, "me/app/manifests/3", None).unwrap().key_path, "me/app/manifests/3");
         assert_eq!(resolve_in(&Oci::new(Some("ghcr.io")), "alpine/manifests/3", None).unwrap().key_path, "alpine/manifests/3");
     }

@@ -58,6 +58,19 @@ impl HangarProxy {
         repo.tokens.lock().get(scope).filter(|(_, until)| *until > Instant::now()).map(|(t, _)| t.clone())
     }
 
+    /// A cached token for `scope` to send before the upstream asks (`Bearer ...`), once the
+    /// upstream's token service is known.
+    pub(super) fn preauthorization(&self, repo: &Repository, scope: &str) -> Option<String> {
+        let service = repo.token_service.lock().clone()?;
+        self.cached_token(repo, &format!("{service}|{scope}")).map(|t| format!("Bearer {t}"))
+    }
+
+    /// The upstream refused a cached token: drop it, so the challenge fetches a new one.
+    pub(super) fn forget_token(&self, repo: &Repository, authorization: &str) {
+        let Some(token) = authorization.strip_prefix("Bearer ") else { return };
+        repo.tokens.lock().retain(|_, (t, _)| t != token);
+    }
+
     /// The `Authorization` value that answers an upstream's `WWW-Authenticate`: a Bearer
     /// token from its realm, or the repository's credentials for Basic.
     pub(super) async fn answer_challenge(&self, repo: &Repository, www_authenticate: &str) -> Result<String, String> {
@@ -121,13 +134,18 @@ impl HangarProxy {
             tokens.clear();
         }
         tokens.insert(scope_key, (token.clone(), Instant::now() + lifetime));
+        drop(tokens);
+        if let Some(service) = &challenge.service {
+            *repo.token_service.lock() = Some(service.clone());
+        }
         Ok(token)
     }
 }
 
-/// Whether this request has already been retried with credentials (a second 401 is the answer).
+/// Whether this request may answer a challenge: once, unless what it sent was only a cached
+/// token sent ahead (which may have been revoked).
 pub(super) fn may_retry_with_token(ctx: &RequestCtx) -> bool {
-    ctx.upstream_auth.is_none()
+    ctx.upstream_auth.is_none() || ctx.preauthorized
 }
 
 #[cfg(test)]

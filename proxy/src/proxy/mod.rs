@@ -137,6 +137,8 @@ pub struct RequestCtx {
     fleet_hop: bool,
     /// The `Authorization` this request carries upstream after a challenge.
     upstream_auth: Option<String>,
+    /// `upstream_auth` is a cached token sent before any challenge.
+    preauthorized: bool,
     /// The body states its own expiry (apt's Valid-Until).
     states_expiry: bool,
     /// The first bytes of such a body, until the expiry is found.
@@ -335,6 +337,10 @@ impl ProxyHttp for HangarProxy {
             ctx.directives.only_if_cached = true;
         }
         ctx.fleet_hop = session.req_header().headers.contains_key(HOP_HEADER);
+        if let Some(scope) = ctx.resolved.as_ref().and_then(|r| r.auth_scope.as_deref()) {
+            ctx.upstream_auth = self.preauthorization(&repo, scope);
+            ctx.preauthorized = ctx.upstream_auth.is_some();
+        }
         ctx.target = Some((upstream, upstream_path));
         Ok(false)
     }
@@ -592,7 +598,8 @@ impl ProxyHttp for HangarProxy {
                 upstream_request.insert_header(header::ACCEPT_ENCODING, "identity")?;
             }
         }
-        if let Some(auth) = &ctx.upstream_auth {
+        // The upstream's credentials are for the upstream: not for fleet peers or origin.
+        if let (Some(auth), None) = (&ctx.upstream_auth, ctx.hop) {
             upstream_request.insert_header(header::AUTHORIZATION, auth.as_str())?;
         }
         if ctx.cross_origin || ctx.hop == Some(Hop::Origin) {
@@ -660,6 +667,11 @@ impl ProxyHttp for HangarProxy {
         if resp.status == http::StatusCode::UNAUTHORIZED && ctx.hop.is_none() && !ctx.cross_origin && auth::may_retry_with_token(ctx) {
             let challenge = resp.headers.get(header::WWW_AUTHENTICATE).and_then(|v| v.to_str().ok()).map(str::to_string);
             if let (Some(challenge), Some(repo)) = (challenge, ctx.repo.clone()) {
+                if std::mem::take(&mut ctx.preauthorized) {
+                    if let Some(refused) = ctx.upstream_auth.take() {
+                        self.forget_token(&repo, &refused);
+                    }
+                }
                 match self.answer_challenge(&repo, &challenge).await {
                     Ok(authorization) => {
                         ctx.upstream_auth = Some(authorization);

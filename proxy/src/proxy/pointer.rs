@@ -136,6 +136,10 @@ impl HangarProxy {
         let target = format!("{}{}", repo.upstream.base_path, resolved.upstream_path);
         let mut headers: Vec<(header::HeaderName, String)> =
             req.headers.get_all(header::ACCEPT).iter().filter_map(|v| v.to_str().ok()).map(|v| (header::ACCEPT, v.to_string())).collect();
+        let sent_ahead = resolved.auth_scope.as_deref().and_then(|scope| self.preauthorization(repo, scope));
+        if let Some(auth) = &sent_ahead {
+            headers.push((header::AUTHORIZATION, auth.clone()));
+        }
         for attempt in 0..2 {
             let response = match self.client.send("HEAD", &repo.upstream, &target, &headers, &repo.timeouts, HEAD_BODY_LIMIT).await {
                 Ok(r) => r,
@@ -148,6 +152,10 @@ impl HangarProxy {
             let status = response.head.status;
             if status == http::StatusCode::UNAUTHORIZED && attempt == 0 {
                 let Some(challenge) = response.header("www-authenticate") else { return Answer::NoDigest };
+                if let Some(refused) = &sent_ahead {
+                    self.forget_token(repo, refused);
+                    headers.retain(|(name, _)| name != header::AUTHORIZATION);
+                }
                 match self.answer_challenge(repo, challenge).await {
                     Ok(authorization) => headers.push((header::AUTHORIZATION, authorization)),
                     Err(why) => {
