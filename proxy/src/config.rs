@@ -706,13 +706,20 @@ pub fn interpolate(
             let end = after.find('}').ok_or_else(|| {
                 InterpolationError::Malformed(format!("unterminated '${{' in '{value}'"))
             })?;
-            let name = &after[..end];
+            // `${NAME:-default}`: the default when NAME is unset or empty.
+            let (name, default) = match after[..end].split_once(":-") {
+                Some((name, default)) => (name, Some(default)),
+                None => (&after[..end], None),
+            };
             if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
                 return Err(InterpolationError::Malformed(format!(
                     "'${{{name}}}' is not a valid variable name"
                 )));
             }
-            let v = env(name).filter(|v| !v.is_empty()).ok_or_else(|| InterpolationError::Unset(name.into()))?;
+            let v = env(name)
+                .filter(|v| !v.is_empty())
+                .or_else(|| default.map(str::to_string))
+                .ok_or_else(|| InterpolationError::Unset(name.into()))?;
             out.push_str(&v);
             rest = &after[end + 1..];
         } else {
@@ -739,6 +746,8 @@ mod tests {
         assert_eq!(interpolate("a${UP}b$$", &env).unwrap(), "ahttp://127.0.0.1:9b$");
         assert_eq!(interpolate("${NOPE}", &env), Err(InterpolationError::Unset("NOPE".into())));
         assert!(matches!(interpolate("${UP", &env), Err(InterpolationError::Malformed(_))));
+        assert_eq!(interpolate("${NOPE:-https://d.test/v2/}", &env).unwrap(), "https://d.test/v2/");
+        assert_eq!(interpolate("${UP:-https://d.test/}/x", &env).unwrap(), "http://127.0.0.1:9/x");
     }
 
     #[test]
