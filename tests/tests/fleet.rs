@@ -265,3 +265,37 @@ async fn a_full_upload_queue_drops_uploads_and_never_holds_up_a_client() {
     assert!(dropped >= 4.0, "dropped {dropped}, queued {queued}");
     assert_eq!(a.metric("hangar_origin_fetches_total", &[("result", "error")]).await, 6.0, "origin was asked first each time");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tag_is_looked_up_once_per_request_and_its_manifest_fetched_once_per_fleet() {
+    let root = tempfile::tempdir().unwrap();
+    let redis = services::redis(root.path());
+    let registry = Upstream::start().await;
+    let manifest = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","layers":[]}"#.to_vec();
+    let digest = format!("sha256:{:x}", <sha2::Sha256 as sha2::Digest>::digest(&manifest));
+    let answer = Route::ok(manifest.clone()).header("Content-Type", "application/vnd.oci.image.manifest.v1+json").header("Docker-Content-Digest", &digest);
+    registry.route("/v2/team/app/manifests/v1", answer.clone());
+    registry.route(&format!("/v2/team/app/manifests/{digest}"), answer);
+    let config = format!(
+        "[[repository]]\nname = \"reg\"\nprefix = \"/v2/\"\nformat = \"oci\"\nupstream = \"{}/v2/\"\n[repository.freshness]\nmetadata_ttl = \"0s\"\n[fleet]\nredis = \"redis://{}/\"\nregion = \"test\"\nheartbeat = \"100ms\"\nmember_ttl = \"1s\"\n",
+        registry.url(),
+        redis.addr
+    );
+    let proxies: Vec<Proxy> = (0..2).map(|i| start_proxy(root.path(), &format!("p{i}"), &config)).collect();
+    wait_for_members(&proxies.iter().collect::<Vec<_>>(), 2).await;
+    // One of the two is not the manifest's owner and asks the other for it, by digest.
+    for p in &proxies {
+        let r = get(p.addr, "/v2/team/app/manifests/v1").await;
+        assert_eq!((r.status, r.body == manifest), (200, true), "{}", p.stderr());
+    }
+    let peer_fetches: f64 = {
+        let mut n = 0.0;
+        for p in &proxies {
+            n += p.metric("hangar_fleet_fetches_total", &[("repository", "reg")]).await;
+        }
+        n
+    };
+    assert_eq!(peer_fetches, 1.0, "one proxy got the manifest from its owner");
+    assert_eq!(registry.hits("/v2/team/app/manifests/v1"), 2, "one tag lookup per client request, none by the owner for its peer");
+    assert_eq!(registry.hits(&format!("/v2/team/app/manifests/{digest}")), 1, "the manifest itself came from the registry once");
+}

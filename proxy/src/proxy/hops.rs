@@ -80,7 +80,7 @@ impl HangarProxy {
             Some(Hop::Peer(addr)) => {
                 let peer = UpstreamUrl { tls: false, host: addr.ip().to_string(), port: addr.port(), base_path: "/".into() };
                 let req = session.req_header();
-                let path = req.uri.path_and_query().map_or_else(|| req.uri.path().to_string(), |pq| pq.as_str().to_string());
+                let path = ctx.peer_path.clone().unwrap_or_else(|| req.uri.path_and_query().map_or_else(|| req.uri.path().to_string(), |pq| pq.as_str().to_string()));
                 Some((peer, path))
             }
             Some(Hop::Origin) => {

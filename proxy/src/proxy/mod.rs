@@ -139,6 +139,9 @@ pub struct RequestCtx {
     upstream_auth: Option<String>,
     /// `upstream_auth` is a cached token sent before any challenge.
     preauthorized: bool,
+    /// The request path a fleet peer is asked, when it is not the client's: the object a
+    /// pointer led to, so the owner serves exactly that (and does not look the tag up again).
+    peer_path: Option<String>,
     /// The body states its own expiry (apt's Valid-Until).
     states_expiry: bool,
     /// The first bytes of such a body, until the expiry is found.
@@ -293,6 +296,7 @@ impl ProxyHttp for HangarProxy {
             match self.follow_pointer(&repo, &resolved, session.req_header()).await {
                 pointer::Followed::To(digest) => {
                     let target = pointer.target_for(&digest);
+                    ctx.peer_path = Some(format!("{}{target}", repo.prefix));
                     resolved = match repo.format.resolve(&RequestPath { relative: &target, query: None }, session.req_header()) {
                         Ok(r) => r,
                         Err(e) => return respond_local(session, ctx, 502, &format!("upstream named an unusable digest: {e}"), &[]).await,
