@@ -124,12 +124,15 @@ impl Hasher {
     }
 }
 
-/// Digests learned from documents the proxy has served (npm packuments), for artefacts whose
-/// URL does not carry one. Bounded: the oldest entries are forgotten first, and a forgotten
-/// digest is learned again by reading the document through the cache.
+/// Digests learned from documents the proxy has served (npm packuments, apt indexes), for
+/// artefacts whose URL does not carry one. Bounded: the least recently learned entries are
+/// forgotten first, and a forgotten digest is learned again when its document is next read.
 pub struct DigestIndex {
     capacity: usize,
-    inner: Mutex<(HashMap<String, Digest>, VecDeque<String>)>,
+    /// Digests with the generation of their last insert, and keys in insertion order with
+    /// the generation they were queued at (a re-learned key is queued again; its older place
+    /// in the queue no longer evicts it).
+    inner: Mutex<(HashMap<String, (Digest, u64)>, VecDeque<(String, u64)>, u64)>,
     /// Listings still being read (off the event loop), and a wake-up when one finishes.
     pending: std::sync::atomic::AtomicUsize,
     settled: tokio::sync::Notify,
@@ -144,7 +147,7 @@ impl DigestIndex {
     pub fn new(capacity: usize) -> Self {
         DigestIndex {
             capacity,
-            inner: Mutex::new((HashMap::new(), VecDeque::new())),
+            inner: Mutex::new((HashMap::new(), VecDeque::new(), 0)),
             pending: Default::default(),
             settled: tokio::sync::Notify::new(),
             learned: Default::default(),
@@ -192,24 +195,27 @@ impl DigestIndex {
     }
 
     pub fn get(&self, key: &str) -> Option<Digest> {
-        self.inner.lock().0.get(key).cloned()
+        self.inner.lock().0.get(key).map(|(d, _)| d.clone())
     }
 
     pub fn insert_all(&self, entries: Vec<(String, Digest)>) {
         let mut guard = self.inner.lock();
-        let (map, order) = &mut *guard;
+        let (map, order, generation) = &mut *guard;
         for (k, d) in entries {
-            if map.insert(k.clone(), d).is_none() {
-                order.push_back(k);
+            *generation += 1;
+            map.insert(k.clone(), (d, *generation));
+            order.push_back((k, *generation));
+        }
+        // Least recently learned first; stale queue places are skipped.
+        while map.len() > self.capacity {
+            let Some((old, queued)) = order.pop_front() else { break };
+            if map.get(&old).is_some_and(|(_, current)| *current == queued) {
+                map.remove(&old);
             }
         }
-        while map.len() > self.capacity {
-            match order.pop_front() {
-                Some(old) => {
-                    map.remove(&old);
-                }
-                None => break,
-            }
+        // Re-learning queues keys again: drop the stale places now and then (amortised O(1)).
+        if order.len() > 2 * self.capacity.max(1) {
+            order.retain(|(k, queued)| map.get(k).is_some_and(|(_, current)| current == queued));
         }
     }
 }
@@ -237,6 +243,14 @@ mod tests {
         let d = Digest::Sha1([1; 20]);
         idx.insert_all(vec![("a".into(), d.clone()), ("b".into(), d.clone()), ("c".into(), d.clone())]);
         assert!(idx.get("a").is_none());
-        assert_eq!(idx.get("c"), Some(d));
+        assert_eq!(idx.get("c"), Some(d.clone()));
+        // Learned again, `b` is now the newest: `c` goes first.
+        idx.insert_all(vec![("b".into(), d.clone())]);
+        idx.insert_all(vec![("e".into(), d.clone())]);
+        assert!(idx.get("b").is_some() && idx.get("c").is_none() && idx.get("e").is_some());
+        for _ in 0..10 {
+            idx.insert_all(vec![("b".into(), d.clone()), ("e".into(), d.clone())]);
+        }
+        assert!(idx.inner.lock().1.len() <= 4, "stale queue places are dropped");
     }
 }
