@@ -129,15 +129,22 @@ impl Hasher {
 /// forgotten first, and a forgotten digest is learned again when its document is next read.
 pub struct DigestIndex {
     capacity: usize,
-    /// Digests with the generation of their last insert, and keys in insertion order with
-    /// the generation they were queued at (a re-learned key is queued again; its older place
-    /// in the queue no longer evicts it).
-    inner: Mutex<(HashMap<String, (Digest, u64)>, VecDeque<(String, u64)>, u64)>,
+    inner: Mutex<Learned>,
     /// Listings still being read (off the event loop), and a wake-up when one finishes.
     pending: std::sync::atomic::AtomicUsize,
     settled: tokio::sync::Notify,
     /// Listings read since start (so a cached one is read once, on its first hit).
     learned: Mutex<std::collections::HashSet<String>>,
+}
+
+/// Digests with the generation of their last insert, and keys in insertion order with the
+/// generation they were queued at (a re-learned key is queued again; its older place in the
+/// queue no longer evicts it).
+#[derive(Default)]
+struct Learned {
+    map: HashMap<String, (Digest, u64)>,
+    order: VecDeque<(String, u64)>,
+    generation: u64,
 }
 
 /// Listings read at once, each up to a few hundred MB unpacked.
@@ -147,7 +154,7 @@ impl DigestIndex {
     pub fn new(capacity: usize) -> Self {
         DigestIndex {
             capacity,
-            inner: Mutex::new((HashMap::new(), VecDeque::new(), 0)),
+            inner: Mutex::new(Learned::default()),
             pending: Default::default(),
             settled: tokio::sync::Notify::new(),
             learned: Default::default(),
@@ -195,12 +202,12 @@ impl DigestIndex {
     }
 
     pub fn get(&self, key: &str) -> Option<Digest> {
-        self.inner.lock().0.get(key).map(|(d, _)| d.clone())
+        self.inner.lock().map.get(key).map(|(d, _)| d.clone())
     }
 
     pub fn insert_all(&self, entries: Vec<(String, Digest)>) {
         let mut guard = self.inner.lock();
-        let (map, order, generation) = &mut *guard;
+        let Learned { map, order, generation } = &mut *guard;
         for (k, d) in entries {
             *generation += 1;
             map.insert(k.clone(), (d, *generation));
@@ -251,6 +258,6 @@ mod tests {
         for _ in 0..10 {
             idx.insert_all(vec![("b".into(), d.clone()), ("e".into(), d.clone())]);
         }
-        assert!(idx.inner.lock().1.len() <= 4, "stale queue places are dropped");
+        assert!(idx.inner.lock().order.len() <= 4, "stale queue places are dropped");
     }
 }
