@@ -30,7 +30,7 @@ pub async fn get(addr: SocketAddr, target: &str, accept: &str, limit: usize) -> 
 }
 
 /// GET `target` from the HTTP server at `addr`, naming it `host`.
-pub async fn get_from(addr: SocketAddr, host: &str, target: &str, accept: &str, limit: usize) -> Result<Bytes, LoopbackError> {
+async fn get_from(addr: SocketAddr, host: &str, target: &str, accept: &str, limit: usize) -> Result<Bytes, LoopbackError> {
     tokio::time::timeout(TIMEOUT, fetch(addr, host, target, accept, limit)).await.map_err(|_| LoopbackError::Timeout)?
 }
 

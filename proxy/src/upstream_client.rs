@@ -21,6 +21,8 @@ pub enum ClientError {
     TooLarge { host: String, limit: usize },
     #[error("bad request target '{0}'")]
     BadTarget(String),
+    #[error("bad value for request header {0}")]
+    BadHeader(http::HeaderName),
 }
 
 /// A response head and its (bounded) body.
@@ -60,9 +62,9 @@ impl UpstreamClient {
         let peer = make_peer(upstream, addr, timeouts);
         let failed = |source: Box<pingora::Error>| ClientError::Request { host: upstream.host.clone(), source };
         let mut req = RequestHeader::build(method, target.as_bytes(), Some(headers.len() + 2)).map_err(|_| ClientError::BadTarget(target.into()))?;
-        req.insert_header(http::header::HOST, upstream.host_header()).map_err(|_| ClientError::BadTarget(target.into()))?;
+        req.insert_header(http::header::HOST, upstream.host_header()).map_err(|_| ClientError::BadHeader(http::header::HOST))?;
         for (name, value) in headers {
-            req.append_header(name.clone(), value.as_str()).map_err(|_| ClientError::BadTarget(target.into()))?;
+            req.append_header(name.clone(), value.as_str()).map_err(|_| ClientError::BadHeader(name.clone()))?;
         }
         let (mut session, _reused) = self.connector.get_http_session(&*peer).await.map_err(failed)?;
         session.set_read_timeout(Some(timeouts.read.0));

@@ -13,7 +13,7 @@
 //! - `pool/` files are immutable, and verified against that SHA256 when it has been learned
 //!   (apt checks them too, against the index it holds).
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::time::SystemTime;
 
 use pingora::http::RequestHeader;
@@ -72,12 +72,7 @@ fn unpack(body: &[u8]) -> Result<Vec<u8>, FormatError> {
         lzma_rs::xz_decompress(&mut &body[..], &mut out).map_err(|e| bad(format!("xz: {e}")))?;
         Ok(out.0)
     } else if body.starts_with(&[0x1F, 0x8B]) {
-        let mut out = Vec::new();
-        flate2::read::MultiGzDecoder::new(body).take(MAX_UNPACKED as u64 + 1).read_to_end(&mut out).map_err(|e| bad(format!("gzip: {e}")))?;
-        if out.len() > MAX_UNPACKED {
-            return Err(bad("index larger than the unpack limit".into()));
-        }
-        Ok(out)
+        super::gunzip(body, MAX_UNPACKED).map_err(|e| bad(format!("gzip: {e}")))
     } else {
         Ok(body.to_vec())
     }

@@ -325,6 +325,27 @@ pub(crate) fn accepts(req: &RequestHeader, media_type: &str) -> bool {
         })
 }
 
+/// Why a gzip body could not be unpacked.
+#[derive(Debug, thiserror::Error)]
+pub enum GunzipError {
+    #[error("not valid gzip: {0}")]
+    Invalid(#[from] std::io::Error),
+    #[error("larger than {0} bytes unpacked")]
+    TooLarge(usize),
+}
+
+/// Unpack a gzip body (all its members), refusing to grow past `limit` bytes: an upstream's
+/// gzip bomb is an error, not an out-of-memory.
+pub(crate) fn gunzip(body: &[u8], limit: usize) -> Result<Vec<u8>, GunzipError> {
+    use std::io::Read;
+    let mut out = Vec::with_capacity(body.len().saturating_mul(4).min(limit));
+    flate2::read::MultiGzDecoder::new(body).take(limit as u64 + 1).read_to_end(&mut out)?;
+    if out.len() > limit {
+        return Err(GunzipError::TooLarge(limit));
+    }
+    Ok(out)
+}
+
 /// The path with its query, as a resolved upstream or key path.
 pub(crate) fn with_query(path: &str, query: Option<&str>) -> String {
     match query {

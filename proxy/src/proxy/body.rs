@@ -124,15 +124,8 @@ impl HangarProxy {
             return Ok(raw);
         };
         let raw = if ctx.document_gzip {
-            use std::io::Read;
-            let mut out = Vec::with_capacity(raw.len() * 4);
-            flate2::read::GzDecoder::new(&raw[..])
-                .take(repo.max_document_bytes as u64 + 1)
-                .read_to_end(&mut out)
-                .map_err(|e| Error::because(ErrorType::HTTPStatus(502), "upstream document is not valid gzip", e).into_up())?;
-            if out.len() > repo.max_document_bytes {
-                return Err(Error::explain(ErrorType::HTTPStatus(502), "upstream document larger than max_document_bytes").into_up());
-            }
+            let out = crate::format::gunzip(&raw, repo.max_document_bytes)
+                .map_err(|e| Error::explain(ErrorType::HTTPStatus(502), format!("upstream document: {e}")).into_up())?;
             Bytes::from(out)
         } else {
             raw
