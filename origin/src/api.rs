@@ -18,13 +18,13 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full, StreamBody};
+use hangar_core::wire::{parse_object_path, SHA256_HEADER};
 use hyper::body::{Frame, Incoming};
-use percent_encoding::percent_decode_str;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
 use crate::config::{OriginConfig, Serve};
-use crate::manifest::{blob_key, manifest_key, valid_repository, Manifest};
+use crate::manifest::{blob_key, manifest_key, Manifest};
 use crate::store::{BlobStore, Created, StoreError};
 
 pub type Body = UnsyncBoxBody<Bytes, std::io::Error>;
@@ -52,29 +52,15 @@ fn store_error(e: StoreError) -> Response<Body> {
     error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string())
 }
 
-/// `<repository>/<path>` from `/objects/<repository>/<path>`, the path percent-decoded.
-fn object_name(uri_path: &str) -> Result<(String, String), &'static str> {
-    let rest = uri_path.strip_prefix("/objects/").ok_or("not found")?;
-    let (repo, path) = rest.split_once('/').ok_or("no path after the repository")?;
-    if !valid_repository(repo) {
-        return Err("invalid repository name");
-    }
-    let path = percent_decode_str(path).decode_utf8().map_err(|_| "path is not UTF-8")?.into_owned();
-    if path.is_empty() || path.contains('\0') {
-        return Err("invalid path");
-    }
-    Ok((repo.to_string(), path))
-}
-
 impl Origin {
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
         let path = req.uri().path().to_string();
         if path == "/healthz" {
             return Ok(full(StatusCode::OK, "text/plain", "ok\n"));
         }
-        let (repo, object) = match object_name(&path) {
+        let (repo, object) = match parse_object_path(&path) {
             Ok(n) => n,
-            Err(why) => return Ok(error(StatusCode::NOT_FOUND, why)),
+            Err(why) => return Ok(error(StatusCode::NOT_FOUND, &why.to_string())),
         };
         let resp = match *req.method() {
             Method::GET | Method::HEAD => {
@@ -105,7 +91,7 @@ impl Origin {
                     return Response::builder()
                         .status(StatusCode::TEMPORARY_REDIRECT)
                         .header(http::header::LOCATION, url)
-                        .header("x-hangar-sha256", &manifest.sha256)
+                        .header(SHA256_HEADER, &manifest.sha256)
                         .body(Full::new(Bytes::new()).map_err(|never: Infallible| match never {}).boxed_unsync())
                         .expect("valid redirect");
                 }
@@ -117,7 +103,7 @@ impl Origin {
             .status(StatusCode::OK)
             .header(http::header::CONTENT_LENGTH, manifest.size)
             .header(http::header::ETAG, format!("\"sha256:{}\"", manifest.sha256))
-            .header("x-hangar-sha256", &manifest.sha256)
+            .header(SHA256_HEADER, &manifest.sha256)
             .header(http::header::CONTENT_TYPE, manifest.content_type.as_deref().unwrap_or("application/octet-stream"));
         if head {
             builder = builder.header(http::header::CACHE_CONTROL, "public, max-age=31536000, immutable");
@@ -136,9 +122,9 @@ impl Origin {
     }
 
     async fn put(&self, repo: &str, object: &str, req: Request<Incoming>) -> Response<Body> {
-        let declared = req.headers().get("x-hangar-sha256").and_then(|v| v.to_str().ok()).map(|v| v.trim().to_ascii_lowercase());
+        let declared = req.headers().get(SHA256_HEADER).and_then(|v| v.to_str().ok()).map(|v| v.trim().to_ascii_lowercase());
         if declared.as_deref().is_some_and(|d| d.len() != 64 || !d.bytes().all(|b| b.is_ascii_hexdigit())) {
-            return error(StatusCode::BAD_REQUEST, "X-Hangar-Sha256 must be 64 hex digits");
+            return error(StatusCode::BAD_REQUEST, &format!("{SHA256_HEADER} must be 64 hex digits"));
         }
         let content_type = req.headers().get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_string);
         // Spool while hashing: the digest is known before anything is published.
@@ -201,18 +187,5 @@ impl Origin {
             },
             Err(e) => store_error(e),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn object_names_are_decoded_and_checked() {
-        assert_eq!(object_name("/objects/npm/%40s%2Fp/-/p-1.tgz%3Fx").unwrap(), ("npm".into(), "@s/p/-/p-1.tgz?x".into()));
-        assert!(object_name("/objects/../x").is_err());
-        assert!(object_name("/objects/npm/").is_err());
-        assert!(object_name("/other").is_err());
     }
 }

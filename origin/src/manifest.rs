@@ -1,17 +1,8 @@
-//! One small record per logical path, pointing at a content-addressed blob.
+//! Where origin keeps things: one small [`Manifest`] per logical path, pointing at a
+//! content-addressed blob. (The manifest itself is part of the wire protocol, in `hangar-core`.)
 
-use serde::{Deserialize, Serialize};
+pub use hangar_core::wire::Manifest;
 use sha2::{Digest, Sha256};
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Manifest {
-    pub repository: String,
-    pub path: String,
-    pub sha256: String,
-    pub size: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub content_type: Option<String>,
-}
 
 /// Where the bytes with `sha256` live.
 pub fn blob_key(sha256: &str) -> String {
@@ -24,10 +15,6 @@ pub fn manifest_key(repository: &str, path: &str) -> String {
     format!("manifests/{repository}/{}", hex::encode(Sha256::digest(path.as_bytes())))
 }
 
-/// Repository names become key segments, so they are held to a safe alphabet.
-pub fn valid_repository(name: &str) -> bool {
-    !name.is_empty() && name.len() <= 64 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.') && name != "." && name != ".."
-}
 
 #[cfg(test)]
 mod tests {
@@ -38,6 +25,5 @@ mod tests {
         let m = manifest_key("npm", "@scope/pkg/-/pkg-1.0.0.tgz?x=../..");
         assert!(m.starts_with("manifests/npm/") && !m.contains(".."));
         assert_eq!(blob_key("abcd"), "blobs/sha256/ab/abcd");
-        assert!(!valid_repository("../x") && !valid_repository("") && valid_repository("pypi"));
     }
 }

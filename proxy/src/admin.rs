@@ -1,7 +1,9 @@
 //! The admin listener: `/metrics`, `/healthz`, `/readyz`, and the offline switch:
 //! `GET /offline`, `PUT|DELETE /offline` (global), `PUT|DELETE /offline/<repository>`; and
 //! purges: `DELETE /cache/<repository>/<path>` drops one entry, a trailing `*` drops every
-//! entry under that prefix (`DELETE /cache/<repository>/*`: the whole repository).
+//! entry under that prefix (`DELETE /cache/<repository>/*`: the whole repository); and the
+//! fleet's object index: `GET /index/<repository>/<path>` says which proxies hold the object,
+//! its size, digest, last access and hits by region (fleet-wide with Redis).
 
 use std::sync::Arc;
 
@@ -11,6 +13,7 @@ use pingora::apps::http_app::ServeHttp;
 use pingora::cache::eviction::EvictionManager;
 use pingora::protocols::http::ServerSession;
 
+use crate::metadata::Metadata;
 use crate::metrics::Metrics;
 use crate::offline::OfflineSwitch;
 use crate::router::{cache_key, Router};
@@ -24,6 +27,8 @@ pub struct AdminApp {
     pub repositories: usize,
     pub offline: Arc<OfflineSwitch>,
     pub router: Arc<Router>,
+    /// The object index the request path writes (in-process, or the region's Redis).
+    pub metadata: Arc<dyn Metadata>,
 }
 
 fn reply(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
@@ -47,19 +52,13 @@ impl AdminApp {
             Some(p) => (p, true),
             None => (rel, false),
         };
-        // An exact path is resolved as a request would be (`@scope/name` and `@scope%2fname`
-        // are one npm package); a prefix is taken as written.
+        // A prefix is taken as written.
         let key_path = if prefix {
             rel.to_string()
         } else {
-            let (path, query) = match rel.split_once('?') {
-                Some((p, q)) => (p, Some(q)),
-                None => (rel, None),
-            };
-            let req = pingora::http::RequestHeader::build("GET", b"/", None).expect("static request");
-            match repo.format.resolve(&crate::path::RequestPath { relative: path, query }, &req) {
-                Ok(r) => r.key_path,
-                Err(e) => return reply(400, "application/json", format!("{{\"error\":\"{}\"}}\n", e.to_string().replace('"', "'")).into_bytes()),
+            match key_path(repo, rel) {
+                Ok(k) => k,
+                Err(response) => return response,
             }
         };
         let key = cache_key(&repo.name, &key_path);
@@ -73,6 +72,23 @@ impl AdminApp {
         reply(200, "application/json", format!("{{\"purged\":{purged}}}\n").into_bytes())
     }
 
+    /// `rest` is `<repository>/<path>`: what the object index knows of that object.
+    async fn index(&self, rest: &str) -> Response<Vec<u8>> {
+        let (name, rel) = rest.split_once('/').unwrap_or((rest, ""));
+        let Some(repo) = self.router.by_name(name) else {
+            return reply(404, "application/json", b"{\"error\":\"no such repository\"}\n".to_vec());
+        };
+        let key = match key_path(repo, rel) {
+            Ok(k) => k,
+            Err(response) => return response,
+        };
+        match self.metadata.object(&repo.name, &key).await {
+            Ok(Some(info)) => reply(200, "application/json", serde_json::to_vec(&info).expect("object info serialises")),
+            Ok(None) => reply(404, "application/json", b"{\"error\":\"not in the index\"}\n".to_vec()),
+            Err(e) => reply(503, "application/json", format!("{{\"error\":\"{}\"}}\n", e.to_string().replace('"', "'")).into_bytes()),
+        }
+    }
+
     fn refresh_gauges(&self) {
         let m = &self.metrics;
         m.tier_bytes.with_label_values(&["memory"]).set(self.storage.memory().bytes() as i64);
@@ -80,6 +96,20 @@ impl AdminApp {
         m.tier_bytes.with_label_values(&["disk"]).set(self.eviction.total_size() as i64);
         m.tier_objects.with_label_values(&["disk"]).set(self.eviction.total_items() as i64);
     }
+}
+
+/// The cache key path of `rel` (a path as a client would request it below the repository's
+/// prefix, with its query), resolved as a request would be (`@scope/name` and `@scope%2fname`
+/// are one npm package); a path the format refuses is a 400 that says why.
+fn key_path(repo: &crate::repository::Repository, rel: &str) -> Result<String, Response<Vec<u8>>> {
+    let (path, query) = match rel.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (rel, None),
+    };
+    repo.format
+        .resolve(&hangar_core::RequestPath { relative: path, query }, &http::HeaderMap::new())
+        .map(|r| r.key_path)
+        .map_err(|e| reply(400, "application/json", format!("{{\"error\":\"{}\"}}\n", e.to_string().replace('"', "'")).into_bytes()))
 }
 
 #[async_trait]
@@ -92,6 +122,12 @@ impl ServeHttp for AdminApp {
                 return reply(405, "application/json", b"{\"error\":\"use DELETE\"}\n".to_vec());
             }
             return self.purge(rest);
+        }
+        if let Some(rest) = path.strip_prefix("/index/") {
+            if method != http::Method::GET {
+                return reply(405, "application/json", b"{\"error\":\"use GET\"}\n".to_vec());
+            }
+            return self.index(rest).await;
         }
         if let Some(rest) = path.strip_prefix("/offline") {
             let on = match method.as_str() {

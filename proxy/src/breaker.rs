@@ -5,9 +5,15 @@
 //! `failures` consecutive failures the breaker opens: requests fail at once (and are served
 //! stale where a copy exists) for `cooldown`. Then one request is let through as a probe
 //! (half-open); its success closes the breaker, its failure opens it for another cool-down.
+//!
+//! An attempt is admitted as a [`Ticket`], which carries its outcome back: one ticket, settled
+//! once, wherever the attempt ends.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use prometheus::{IntCounter, IntGauge};
 
 /// What the breaker says about sending a request now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,7 +31,12 @@ pub const CLOSED: i64 = 0;
 pub const OPEN: i64 = 1;
 pub const HALF_OPEN: i64 = 2;
 
+/// One repository's breaker, with its state gauge and trip counter.
 pub struct Breaker {
+    /// The repository, for logs.
+    name: String,
+    state_gauge: IntGauge,
+    trips: IntCounter,
     threshold: u32,
     cooldown: Duration,
     failures: AtomicU32,
@@ -41,8 +52,12 @@ fn now_ms() -> u64 {
 }
 
 impl Breaker {
-    pub fn new(threshold: u32, cooldown: Duration) -> Self {
+    /// A closed breaker that opens after `threshold` consecutive failures, for `cooldown`.
+    pub fn new(name: &str, threshold: u32, cooldown: Duration, state_gauge: IntGauge, trips: IntCounter) -> Self {
         Breaker {
+            name: name.to_string(),
+            state_gauge,
+            trips,
             threshold: threshold.max(1),
             cooldown,
             failures: AtomicU32::new(0),
@@ -51,6 +66,15 @@ impl Breaker {
         }
     }
 
+    /// Admit an attempt: a ticket to settle with its outcome, or `None` while the breaker is open.
+    pub fn ticket(self: &Arc<Self>) -> Option<Ticket> {
+        match self.admit() {
+            Admission::Reject => None,
+            admission => Some(Ticket { breaker: self.clone(), probe: admission == Admission::Probe, settled: false }),
+        }
+    }
+
+    /// What the breaker says about sending a request now.
     pub fn admit(&self) -> Admission {
         let until = self.open_until.load(Ordering::Acquire);
         if until == 0 {
@@ -70,15 +94,28 @@ impl Breaker {
         }
     }
 
+    /// Record an outcome, logging and counting a change of state.
+    fn settle(&self, ok: bool) {
+        if ok {
+            if self.success() {
+                tracing::info!(repository = %self.name, "upstream recovered; circuit breaker closed");
+            }
+        } else if self.failure() {
+            tracing::warn!(repository = %self.name, "upstream failing; circuit breaker open");
+            self.trips.inc();
+        }
+        self.state_gauge.set(self.state());
+    }
+
     /// Returns true if this success closed an open breaker.
-    pub fn success(&self) -> bool {
+    fn success(&self) -> bool {
         self.failures.store(0, Ordering::Relaxed);
         self.probe_since.store(0, Ordering::Release);
         self.open_until.swap(0, Ordering::AcqRel) != 0
     }
 
     /// Returns true if this failure opened the breaker.
-    pub fn failure(&self) -> bool {
+    fn failure(&self) -> bool {
         let was_probe = self.probe_since.swap(0, Ordering::AcqRel) != 0;
         let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
         if was_probe || n >= self.threshold {
@@ -88,6 +125,7 @@ impl Breaker {
         false
     }
 
+    /// [`CLOSED`], [`OPEN`] or [`HALF_OPEN`].
     pub fn state(&self) -> i64 {
         let until = self.open_until.load(Ordering::Acquire);
         if until == 0 {
@@ -100,13 +138,70 @@ impl Breaker {
     }
 }
 
+/// An admitted attempt. Settle it with [`Ticket::succeeded`] or [`Ticket::failed`] when the
+/// upstream has answered or failed. Dropped unsettled (the client went away first), it tells
+/// the breaker nothing, except that a probe is no longer out: the next request may probe.
+pub struct Ticket {
+    breaker: Arc<Breaker>,
+    probe: bool,
+    settled: bool,
+}
+
+impl Ticket {
+    /// The upstream answered (anything but a 5xx or 429).
+    pub fn succeeded(mut self) {
+        self.settled = true;
+        self.breaker.settle(true);
+    }
+
+    /// The upstream failed: a connect error, a timeout, a 5xx or a 429.
+    pub fn failed(mut self) {
+        self.settled = true;
+        self.breaker.settle(false);
+    }
+
+    /// Settle by whether the attempt went well.
+    pub fn settle(self, ok: bool) {
+        if ok {
+            self.succeeded()
+        } else {
+            self.failed()
+        }
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if self.probe && !self.settled {
+            self.breaker.probe_since.store(0, Ordering::Release);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn breaker(threshold: u32, cooldown: Duration) -> Arc<Breaker> {
+        Arc::new(Breaker::new("r", threshold, cooldown, IntGauge::new("g", "g").unwrap(), IntCounter::new("c", "c").unwrap()))
+    }
+
+    #[test]
+    fn tickets_settle_once_and_an_abandoned_probe_frees_its_place() {
+        let b = breaker(1, Duration::ZERO);
+        b.ticket().unwrap().failed();
+        assert_eq!((b.state(), b.trips.get()), (HALF_OPEN, 1));
+        let probe = b.ticket().expect("the cool-down is over: one probe");
+        assert!(b.ticket().is_none(), "only one probe at a time");
+        drop(probe);
+        let probe = b.ticket().expect("an abandoned probe lets the next request probe");
+        probe.succeeded();
+        assert_eq!((b.state(), b.state_gauge.get()), (CLOSED, CLOSED));
+    }
+
     #[test]
     fn opens_after_threshold_and_probes_once_after_cooldown() {
-        let b = Breaker::new(3, Duration::ZERO);
+        let b = breaker(3, Duration::ZERO);
         assert_eq!(b.admit(), Admission::Allow);
         assert!(!b.failure() && !b.failure());
         assert!(b.failure(), "third consecutive failure opens it");
@@ -122,7 +217,7 @@ mod tests {
 
     #[test]
     fn stays_open_during_cooldown_and_success_resets_the_count() {
-        let b = Breaker::new(2, Duration::from_secs(3600));
+        let b = breaker(2, Duration::from_secs(3600));
         b.failure();
         b.success();
         assert!(!b.failure(), "the count restarted after a success");

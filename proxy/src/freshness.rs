@@ -14,6 +14,8 @@ use pingora::cache::cache_control::{CacheControl, InterpretCacheControl};
 use pingora::cache::{CacheMeta, NoCacheReason, RespCacheable};
 use pingora::http::ResponseHeader;
 
+use hangar_core::{PathClass, PathPattern};
+
 use crate::config::FreshnessConfig;
 
 /// "Forever" for immutable artefacts: long enough to never matter, short enough not to overflow.
@@ -31,92 +33,6 @@ fn heuristic_ttl(resp: &ResponseHeader, now: SystemTime) -> Option<Duration> {
     let age = now.duration_since(modified).ok()?;
     let ttl = (age / 10).min(MAX_HEURISTIC_TTL);
     (!ttl.is_zero()).then_some(ttl)
-}
-
-/// A path glob: `*` matches within one segment, `**` matches any number of characters.
-#[derive(Debug, Clone)]
-pub struct PathPattern {
-    tokens: Vec<Token>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-enum Token {
-    Literal(String),
-    Star,
-    DoubleStar,
-}
-
-impl PathPattern {
-    pub fn new(pattern: &str) -> Result<Self, String> {
-        if pattern.is_empty() {
-            return Err("empty path pattern".into());
-        }
-        let mut tokens = Vec::new();
-        let mut lit = String::new();
-        let mut chars = pattern.chars().peekable();
-        while let Some(c) = chars.next() {
-            if c == '*' {
-                if !lit.is_empty() {
-                    tokens.push(Token::Literal(std::mem::take(&mut lit)));
-                }
-                if chars.peek() == Some(&'*') {
-                    chars.next();
-                    tokens.push(Token::DoubleStar);
-                } else {
-                    tokens.push(Token::Star);
-                }
-            } else {
-                lit.push(c);
-            }
-        }
-        if !lit.is_empty() {
-            tokens.push(Token::Literal(lit));
-        }
-        Ok(PathPattern { tokens })
-    }
-
-    /// Patterns without a leading `/` match anywhere (as if they started with `**/`... or `**`).
-    pub fn matches(&self, path: &str) -> bool {
-        let anchored = matches!(self.tokens.first(), Some(Token::Literal(l)) if l.starts_with('/'));
-        if anchored {
-            Self::match_from(&self.tokens, path)
-        } else {
-            (0..=path.len())
-                .filter(|&i| path.is_char_boundary(i))
-                .any(|i| Self::match_from(&self.tokens, &path[i..]))
-        }
-    }
-
-    fn match_from(tokens: &[Token], s: &str) -> bool {
-        match tokens.split_first() {
-            None => s.is_empty(),
-            Some((Token::Literal(l), rest)) => {
-                s.strip_prefix(l.as_str()).is_some_and(|r| Self::match_from(rest, r))
-            }
-            Some((star, rest)) => {
-                let limit = if *star == Token::Star {
-                    s.find('/').unwrap_or(s.len())
-                } else {
-                    s.len()
-                };
-                (0..=limit)
-                    .filter(|&i| s.is_char_boundary(i))
-                    .any(|i| Self::match_from(rest, &s[i..]))
-            }
-        }
-    }
-}
-
-/// What a path holds, which decides how its freshness is judged.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PathClass {
-    /// Versioned artefacts: cached for good, never revalidated, served stale without limit.
-    Immutable,
-    /// Indexes that change when something is published: the repository's `metadata_ttl`
-    /// (when set) replaces the upstream's freshness, and stale-while-revalidate applies.
-    Metadata,
-    /// Everything else: the upstream's headers, by RFC 9111.
-    Http,
 }
 
 /// A repository's freshness rules, compiled.
@@ -223,10 +139,6 @@ impl FreshnessPolicy {
         } else {
             None
         }
-    }
-
-    pub fn negative_ttl(&self) -> Duration {
-        self.negative_ttl
     }
 
     /// How long an index (or what a tag points to) is used before asking the upstream again.
@@ -341,20 +253,6 @@ mod tests {
         }
     }
 
-    #[test]
-    fn patterns() {
-        let p = PathPattern::new("*.tar.gz").unwrap();
-        assert!(p.matches("/a/b/x-1.0.tar.gz"));
-        assert!(!p.matches("/a/b/x-1.0.tar.gz.sig"));
-        let anchored = PathPattern::new("/releases/*/asset").unwrap();
-        assert!(anchored.matches("/releases/v1/asset"));
-        assert!(!anchored.matches("/releases/v1/x/asset"));
-        assert!(!anchored.matches("/x/releases/v1/asset"));
-        let deep = PathPattern::new("/pool/**").unwrap();
-        assert!(deep.matches("/pool/main/a/b.deb"));
-        assert!(!deep.matches("/dists/x"));
-    }
-
     const HTTP: PathClass = PathClass::Http;
 
     fn policy(cfg: FreshnessConfig) -> FreshnessPolicy {
@@ -368,8 +266,8 @@ mod tests {
         }
     }
 
-    fn d(secs: u64) -> Option<crate::units::HumanDuration> {
-        Some(crate::units::HumanDuration(Duration::from_secs(secs)))
+    fn d(secs: u64) -> Option<hangar_core::HumanDuration> {
+        Some(hangar_core::HumanDuration(Duration::from_secs(secs)))
     }
 
     #[test]
@@ -440,8 +338,8 @@ mod tests {
         let p = policy(FreshnessConfig {
             metadata: vec!["/simple/**".into()],
             metadata_ttl: d(120),
-            stale_while_revalidate: crate::units::HumanDuration(Duration::from_secs(900)),
-            max_stale: crate::units::HumanDuration(Duration::from_secs(3600)),
+            stale_while_revalidate: hangar_core::HumanDuration(Duration::from_secs(900)),
+            max_stale: hangar_core::HumanDuration(Duration::from_secs(3600)),
             ..FreshnessConfig::default()
         });
         assert_eq!(windows(p.decide(HTTP, &resp(&[("cache-control", "max-age=60")]), false)), (0, 3600));

@@ -1,28 +1,40 @@
-//! Hangar's caching proxy, built on Pingora.
+//! Hangar's caching proxy, built on Pingora, as a library: the `hangar-proxy` binary and the
+//! CI agent both run it through [`ProxyBuilder`].
 //!
-//! Reading order: [`config`] (what an operator writes), [`router`] and [`format`] (what a
-//! request means), [`proxy`] (the request path through pingora's phases), [`storage`] (the
-//! memory and disk tiers), [`upstream`] (where misses go), [`admin`] and [`metrics`].
+//! The public surface is small: the [`Config`] an operator writes, the builder that runs it,
+//! and the seams an embedder plugs into: fleet [`Membership`], [`OutcomeSink`]s that hear how
+//! every request ended. Everything else is private; README.md's "Architecture" section walks
+//! through it.
+//!
+//! Reading order for the code: [`config`] (what an operator writes), `router` and `format`
+//! (what a request means), `request` (the request path through pingora's phases), `storage`
+//! (the memory and disk tiers), `upstream` and `client` (where misses go), `fleet`, `metadata`
+//! and `origin` (the region), `outcome` and `metrics` (what is reported), `admin`.
 
-pub mod admin;
-pub mod breaker;
+mod admin;
+mod breaker;
+mod builder;
+mod client;
 pub mod config;
-pub mod digest;
-pub mod directives;
-pub mod fleet;
-pub mod format;
-pub mod freshness;
-pub mod loopback;
-pub mod metadata;
-pub mod metrics;
-pub mod offline;
-pub mod origin;
-pub mod path;
-pub mod pointers;
-pub mod proxy;
-pub mod router;
-pub mod server;
-pub mod storage;
-pub mod units;
-pub mod upstream;
-pub mod upstream_client;
+mod digest_index;
+mod directives;
+mod fleet;
+mod format;
+mod freshness;
+mod metadata;
+mod metrics;
+mod offline;
+mod origin;
+mod outcome;
+mod pointers;
+mod repository;
+mod request;
+mod router;
+mod storage;
+mod upstream;
+mod upstream_auth;
+
+pub use builder::{ProxyBuilder, StartError};
+pub use config::{Config, ConfigError, LoadedConfig, RepositoryConfig};
+pub use fleet::{Member, Membership, MembershipError};
+pub use outcome::{Outcome, OutcomeSink};

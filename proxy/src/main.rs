@@ -1,11 +1,13 @@
-//! `hangar-proxy`: run the caching proxy, or check a config file.
+//! `hangar-proxy`: run the caching proxy, or check a config file. Flags and files become a
+//! [`Config`]; [`ProxyBuilder`] does the rest.
 
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use hangar_proxy::config::{Config, RepositoryConfig};
-use hangar_proxy::format::FormatKind;
+use hangar_core::FormatKind;
+use hangar_proxy::config::normalize_prefix;
+use hangar_proxy::{Config, ProxyBuilder, RepositoryConfig};
 
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
@@ -71,14 +73,15 @@ fn apply_flags(cli: &Cli, mut config: Config) -> anyhow::Result<Config> {
         let (prefix, url) = spec
             .split_once('=')
             .with_context(|| format!("--upstream {spec}: expected PREFIX=URL"))?;
-        let norm = hangar_proxy::config::normalize_prefix(prefix);
-        config.repositories.retain(|r| hangar_proxy::config::normalize_prefix(&r.prefix) != norm);
-        config.repositories.push(RepositoryConfig::new(&repo_name_for(prefix), prefix, FormatKind::Generic, url));
+        let norm = normalize_prefix(prefix);
+        config.repositories.retain(|r| normalize_prefix(&r.prefix) != norm);
+        config.repositories.push(RepositoryConfig::new(&repo_name_for(prefix), prefix, FormatKind::default(), url));
     }
     config.validate("command line")?;
     Ok(config)
 }
 
+/// Read `path`, warning of each repository its environment leaves disabled.
 fn load(path: &std::path::Path) -> anyhow::Result<Config> {
     let loaded = Config::load(path)?;
     for d in &loaded.disabled {
@@ -98,20 +101,17 @@ fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 
     let result = match &cli.command {
-        Some(Command::CheckConfig { file }) => load(file).map(|c| {
-            println!(
-                "{}: ok ({} repositories enabled)",
-                file.display(),
-                c.repositories.len()
-            );
+        // The same checks as startup, short of opening the cache and binding the listeners.
+        Some(Command::CheckConfig { file }) => load(file).and_then(|c| Ok(ProxyBuilder::new(c, &file.display().to_string())?)).map(|b| {
+            println!("{}: ok ({} repositories enabled)", file.display(), b.config().repositories.len());
         }),
         None => (|| {
-            let config = match &cli.config {
-                Some(path) => load(path)?,
-                None => Config::default(),
+            let (config, source) = match &cli.config {
+                Some(path) => (load(path)?, path.display().to_string()),
+                None => (Config::default(), "defaults".to_string()),
             };
             let config = apply_flags(&cli, config)?;
-            hangar_proxy::server::run(config)
+            Ok(ProxyBuilder::new(config, &source)?.run()?)
         })(),
     };
     match result {

@@ -1,10 +1,17 @@
-//! Prometheus metrics of one proxy process, served on the admin listener.
+//! Prometheus metrics of one proxy process, served on the admin listener, and the
+//! [`MetricsSink`] that counts every request's [`Outcome`].
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use hangar_core::CacheResult;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
 };
 
+/// Every metric of the process, registered under the `hangar_` prefix. Label sets are given
+/// per field; README.md lists them for operators.
 pub struct Metrics {
     pub registry: Registry,
     /// By repository, method and status class (`2xx`...).
@@ -120,6 +127,7 @@ impl Metrics {
         }
     }
 
+    /// The Prometheus text exposition (version 0.0.4) of every metric.
     pub fn render(&self) -> Vec<u8> {
         let mut buf = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
@@ -133,11 +141,11 @@ impl Default for Metrics {
     }
 }
 
-/// The results `X-Hangar-Cache` can carry.
-pub const CACHE_RESULTS: [&str; 6] = ["hit", "miss", "stale", "revalidated", "expired", "bypass"];
 const CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "other"];
 
-/// One repository's counters, resolved from the label vectors once at startup.
+/// One repository's counters, resolved from the label vectors once at startup (clones share
+/// the counters).
+#[derive(Clone)]
 pub struct RepoMetrics {
     get: [IntCounter; 6],
     head: [IntCounter; 6],
@@ -146,9 +154,13 @@ pub struct RepoMetrics {
     results: [IntCounter; 6],
     served: IntCounter,
     fetched: IntCounter,
+    /// `hangar_upstream_breaker_state` and `_trips_total` of this repository.
+    pub breaker_state: IntGauge,
+    pub breaker_trips: IntCounter,
 }
 
 impl RepoMetrics {
+    /// Resolve `repo`'s label values once.
     pub fn new(m: &Metrics, repo: &str) -> Self {
         let by_class = |method: &str| CLASSES.map(|c| m.requests.with_label_values(&[repo, method, c]));
         RepoMetrics {
@@ -156,13 +168,16 @@ impl RepoMetrics {
             head: by_class("HEAD"),
             requests: m.requests.clone(),
             name: repo.to_string(),
-            results: CACHE_RESULTS.map(|r| m.cache_results.with_label_values(&[repo, r])),
+            results: CacheResult::ALL.map(|r| m.cache_results.with_label_values(&[repo, r.as_str()])),
             served: m.bytes_served.with_label_values(&[repo]),
             fetched: m.bytes_upstream.with_label_values(&[repo]),
+            breaker_state: m.breaker_state.with_label_values(&[repo]),
+            breaker_trips: m.breaker_trips.with_label_values(&[repo]),
         }
     }
 
-    pub fn record(&self, method: &http::Method, status: u16, result: &str, served: u64, fetched: u64) {
+    /// Count one request: by method and status class, by cache result, and its bytes.
+    pub fn record(&self, method: &http::Method, status: u16, result: CacheResult, served: u64, fetched: u64) {
         let class = CLASSES.iter().position(|c| *c == status_class(status)).unwrap_or(5);
         if method == http::Method::GET {
             self.get[class].inc();
@@ -171,9 +186,7 @@ impl RepoMetrics {
         } else {
             self.requests.with_label_values(&[&self.name, method.as_str(), CLASSES[class]]).inc();
         }
-        if let Some(i) = CACHE_RESULTS.iter().position(|r| *r == result) {
-            self.results[i].inc();
-        }
+        self.results[result as usize].inc();
         self.served.inc_by(served);
         if fetched > 0 {
             self.fetched.inc_by(fetched);
@@ -190,5 +203,38 @@ pub fn status_class(status: u16) -> &'static str {
         400..=499 => "4xx",
         500..=599 => "5xx",
         _ => "other",
+    }
+}
+
+/// Counts every request's outcome: per repository (label values resolved once, so a request
+/// costs one map lookup and a few atomic increments), background refreshes apart.
+pub struct MetricsSink {
+    metrics: Arc<Metrics>,
+    repositories: HashMap<String, RepoMetrics>,
+}
+
+impl MetricsSink {
+    /// `repositories`: every repository's counters, by name.
+    pub fn new(metrics: Arc<Metrics>, repositories: HashMap<String, RepoMetrics>) -> Self {
+        MetricsSink { metrics, repositories }
+    }
+}
+
+impl crate::outcome::OutcomeSink for MetricsSink {
+    fn record(&self, o: &crate::outcome::Outcome<'_>) {
+        let repository = o.repository.unwrap_or("-");
+        if o.background {
+            self.metrics.background_refreshes.with_label_values(&[repository, status_class(o.status)]).inc();
+            return;
+        }
+        match self.repositories.get(repository) {
+            Some(repo) => repo.record(o.method, o.status, o.result, o.bytes_served, o.bytes_fetched),
+            None => {
+                let m = &self.metrics;
+                m.requests.with_label_values(&[repository, o.method.as_str(), status_class(o.status)]).inc();
+                m.cache_results.with_label_values(&[repository, o.result.as_str()]).inc();
+                m.bytes_served.with_label_values(&[repository]).inc_by(o.bytes_served);
+            }
+        }
     }
 }

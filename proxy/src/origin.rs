@@ -4,33 +4,23 @@
 //! Uploads go through a bounded queue: a full queue drops the upload (counted), never blocks
 //! or delays a client. A job the queue accepted is retried until origin takes it, so an
 //! origin (or S3 behind it) that is down for a while loses nothing it was promised. The bytes
-//! are read back through the proxy's own cache (a loopback request that never goes upstream)
-//! and streamed to origin; nothing is buffered whole.
+//! are read back through the proxy's own cache (a signed loopback request that never goes
+//! upstream) and streamed to origin; nothing is buffered whole.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::BodyExt;
-use hyper_util::rt::TokioIo;
-use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS};
+use hangar_core::event::Source;
+use hangar_core::wire::{object_path, HopKind, HOP_HEADER, SHA256_HEADER};
+use hangar_core::{CacheResult, Digest, PathClass, UpstreamUrl};
 use prometheus::IntCounterVec;
 use tokio::sync::{mpsc, Mutex};
 
-use crate::upstream::UpstreamUrl;
-
-/// Characters escaped when a cache key path becomes a path segment of an origin URL.
-const KEY_PATH: &AsciiSet = &CONTROLS.add(b' ').add(b'"').add(b'#').add(b'%').add(b'<').add(b'>').add(b'?').add(b'`').add(b'{').add(b'}');
-
-/// The request header that makes the proxy answer only from cache (504 otherwise); used by
-/// its own loopback reads so that reading an artefact back never fetches it again.
-pub const ONLY_IF_CACHED_HEADER: &str = "x-hangar-only-if-cached";
-
-/// `/objects/<repository>/<key path>` on origin.
-pub fn object_path(base: &UpstreamUrl, repository: &str, key_path: &str) -> String {
-    format!("{}objects/{repository}/{}", base.base_path, utf8_percent_encode(key_path, KEY_PATH))
-}
+use crate::client::{Client, ClientError, Request};
+use crate::config::TimeoutConfig;
+use crate::fleet::Fleet;
+use crate::outcome::{Outcome, OutcomeSink};
 
 /// Longest one upload attempt may take before it is abandoned and retried.
 const UPLOAD_TIMEOUT: Duration = Duration::from_secs(600);
@@ -45,9 +35,11 @@ pub struct UploadJob {
     /// The `Host` it was cached under (documents vary by it; artefacts do not, but the read
     /// must look like the original).
     pub host: String,
+    /// 64 hex digits, when the artefact's sha256 is known.
     pub sha256: Option<String>,
 }
 
+/// The proxy's side of origin: where objects are asked for, and the upload queue.
 pub struct OriginClient {
     pub url: UpstreamUrl,
     queue: mpsc::Sender<UploadJob>,
@@ -56,9 +48,15 @@ pub struct OriginClient {
 }
 
 impl OriginClient {
+    /// `queue_len` uploads wait at most; `results` is `hangar_origin_uploads_total`.
     pub fn new(url: UpstreamUrl, queue_len: usize, results: IntCounterVec) -> Self {
         let (tx, rx) = mpsc::channel(queue_len.max(1));
         OriginClient { url, queue: tx, receiver: Mutex::new(Some(rx)), results }
+    }
+
+    /// The request target that asks origin for `key_path` of `repository`.
+    pub fn object_target(&self, repository: &str, key_path: &str) -> String {
+        object_path(&self.url.base_path, repository, key_path)
     }
 
     /// Queue an upload; a full queue drops it (counted) rather than wait.
@@ -69,18 +67,20 @@ impl OriginClient {
         }
     }
 
-    /// Run `workers` upload loops until the queue closes.
-    pub async fn run(self: Arc<Self>, listen: SocketAddr, workers: usize) {
+    /// Run `workers` upload loops until the queue closes. Each reads the artefact back from
+    /// the proxy listening on `listen`.
+    pub async fn run(self: Arc<Self>, uploader: Uploader, workers: usize) {
         let Some(rx) = self.receiver.lock().await.take() else { return };
         let rx = Arc::new(Mutex::new(rx));
+        let uploader = Arc::new(uploader);
         let mut handles = Vec::new();
         for _ in 0..workers.max(1) {
-            let (me, rx) = (self.clone(), rx.clone());
+            let (me, rx, uploader) = (self.clone(), rx.clone(), uploader.clone());
             handles.push(tokio::spawn(async move {
                 loop {
                     let job = { rx.lock().await.recv().await };
                     let Some(job) = job else { return };
-                    me.deliver(listen, job).await;
+                    me.deliver(&uploader, job).await;
                 }
             }));
         }
@@ -90,10 +90,10 @@ impl OriginClient {
     }
 
     /// Upload one job, retrying with backoff while origin is unreachable or unavailable.
-    async fn deliver(&self, listen: SocketAddr, job: UploadJob) {
+    async fn deliver(&self, uploader: &Uploader, job: UploadJob) {
         let mut backoff = Duration::from_millis(100);
         loop {
-            let attempt = tokio::time::timeout(UPLOAD_TIMEOUT, self.upload(listen, &job)).await.unwrap_or_else(|_| Err(UploadError::Retry("upload timed out".into())));
+            let attempt = tokio::time::timeout(UPLOAD_TIMEOUT, uploader.upload(&self.url, &job)).await.unwrap_or_else(|_| Err(UploadError::Retry("upload timed out".into())));
             match attempt {
                 Ok(status) => {
                     let label = match status {
@@ -121,51 +121,14 @@ impl OriginClient {
             }
         }
     }
+}
 
-    async fn upload(&self, listen: SocketAddr, job: &UploadJob) -> Result<u16, UploadError> {
-        let retry = |e: &dyn std::fmt::Display| UploadError::Retry(e.to_string());
-        // Read the artefact back from the cache...
-        let (mut local, conn) = handshake(listen).await.map_err(|e| retry(&e))?;
-        tokio::spawn(conn);
-        let get = http::Request::get(&job.proxy_target)
-            .header(http::header::HOST, &job.host)
-            .header(ONLY_IF_CACHED_HEADER, "1")
-            .header(http::header::ACCEPT_ENCODING, "identity")
-            .body(http_body_util::Empty::<Bytes>::new())
-            .map_err(|e| retry(&e))?;
-        let cached = local.send_request(get).await.map_err(|e| retry(&e))?;
-        if cached.status() != http::StatusCode::OK {
-            return Err(UploadError::NotCached);
-        }
-        let len = cached.headers().get(http::header::CONTENT_LENGTH).cloned();
-        let content_type = cached.headers().get(http::header::CONTENT_TYPE).cloned();
-        // ... and stream it to origin.
-        let addr = tokio::net::lookup_host((self.url.host.as_str(), self.url.port))
-            .await
-            .map_err(|e| retry(&e))?
-            .next()
-            .ok_or_else(|| UploadError::Retry(format!("{} has no address", self.url.host)))?;
-        let (mut remote, conn) = handshake(addr).await.map_err(|e| retry(&e))?;
-        tokio::spawn(conn);
-        let mut put = http::Request::put(object_path(&self.url, &job.repository, &job.key_path)).header(http::header::HOST, self.url.host_header());
-        if let Some(l) = len {
-            put = put.header(http::header::CONTENT_LENGTH, l);
-        }
-        if let Some(ct) = content_type {
-            put = put.header(http::header::CONTENT_TYPE, ct);
-        }
-        if let Some(sha) = &job.sha256 {
-            put = put.header("x-hangar-sha256", sha);
-        }
-        let put = put.body(cached.into_body()).map_err(|e| retry(&e))?;
-        let resp = remote.send_request(put).await.map_err(|e| retry(&e))?;
-        let status = resp.status().as_u16();
-        let _ = resp.into_body().collect().await;
-        if status >= 500 {
-            return Err(UploadError::Retry(format!("origin answered {status}")));
-        }
-        Ok(status)
-    }
+/// What an upload needs besides the job: the client, this proxy's listener to read the
+/// artefact back from, and the fleet key that signs that read.
+pub struct Uploader {
+    pub client: Arc<Client>,
+    pub listen: SocketAddr,
+    pub fleet: Arc<Fleet>,
 }
 
 enum UploadError {
@@ -174,29 +137,75 @@ enum UploadError {
     Retry(String),
 }
 
-async fn handshake<B>(addr: SocketAddr) -> std::io::Result<(hyper::client::conn::http1::SendRequest<B>, impl std::future::Future<Output = ()>)>
-where
-    B: hyper::body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let tcp = tokio::time::timeout(Duration::from_secs(10), tokio::net::TcpStream::connect(addr))
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
-    let _ = tcp.set_nodelay(true);
-    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.map_err(std::io::Error::other)?;
-    Ok((send, async move {
-        let _ = conn.await;
-    }))
+impl From<ClientError> for UploadError {
+    fn from(e: ClientError) -> Self {
+        UploadError::Retry(e.to_string())
+    }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+impl Uploader {
+    async fn upload(&self, origin: &UpstreamUrl, job: &UploadJob) -> Result<u16, UploadError> {
+        let timeouts = TimeoutConfig::default();
+        // Read the artefact back from the cache...
+        let local = UpstreamUrl { tls: false, host: self.listen.ip().to_string(), port: self.listen.port(), base_path: "/".into() };
+        let read_headers = [
+            (http::header::HOST, job.host.clone()),
+            (http::header::ACCEPT_ENCODING, "identity".to_string()),
+            (http::HeaderName::from_static(HOP_HEADER), self.fleet.sign(HopKind::Loopback, &job.proxy_target)),
+        ];
+        let read = Request { method: http::Method::GET, url: &local, target: &job.proxy_target, headers: &read_headers, timeouts: &timeouts };
+        let mut cached = self.client.open(&read).await?;
+        if cached.head().status != http::StatusCode::OK {
+            return Err(UploadError::NotCached);
+        }
+        let head = cached.head();
+        let length = head.headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+        // ... and stream it to origin.
+        let mut headers = Vec::new();
+        if let Some(ct) = head.headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) {
+            headers.push((http::header::CONTENT_TYPE, ct.to_string()));
+        }
+        if let Some(sha) = &job.sha256 {
+            headers.push((http::HeaderName::from_static(SHA256_HEADER), sha.clone()));
+        }
+        let target = object_path(&origin.base_path, &job.repository, &job.key_path);
+        let put = Request { method: http::Method::PUT, url: origin, target: &target, headers: &headers, timeouts: &timeouts };
+        let status = self.client.upload(&put, length, &mut cached).await?.head.status.as_u16();
+        if status >= 500 {
+            return Err(UploadError::Retry(format!("origin answered {status}")));
+        }
+        Ok(status)
+    }
+}
 
-    #[test]
-    fn key_paths_become_one_escaped_path() {
-        let base = UpstreamUrl::parse("http://origin.test/base/").unwrap();
-        assert_eq!(object_path(&base, "npm", "@s/p/-/p 1.tgz?x=1#f"), "/base/objects/npm/@s/p/-/p%201.tgz%3Fx=1%23f");
+/// Hands origin every immutable artefact this proxy fetched from an upstream, cached and
+/// verified (not what came from a peer or from origin itself).
+pub struct OriginHandOff {
+    origin: Arc<OriginClient>,
+}
+
+impl OriginHandOff {
+    pub fn new(origin: Arc<OriginClient>) -> Self {
+        OriginHandOff { origin }
+    }
+}
+
+impl OutcomeSink for OriginHandOff {
+    fn record(&self, o: &Outcome<'_>) {
+        let (Some(repository), Some(key_path)) = (o.repository, o.key_path) else { return };
+        let fetched_and_cached = o.status == 200 && o.result == CacheResult::Miss && o.stored && !o.failed && o.source == Source::Upstream && !o.unverified;
+        if !fetched_and_cached || o.class != Some(PathClass::Immutable) || !(o.method == http::Method::GET || o.method == http::Method::HEAD) {
+            return;
+        }
+        self.origin.enqueue(UploadJob {
+            repository: repository.to_string(),
+            key_path: key_path.to_string(),
+            proxy_target: o.target.to_string(),
+            host: o.host.unwrap_or("localhost").to_string(),
+            sha256: match o.digest {
+                Some(d @ Digest::Sha256(_)) => Some(d.hex()),
+                _ => None,
+            },
+        });
     }
 }

@@ -1,6 +1,6 @@
 //! What mutable names (registry tags) last pointed to.
 //!
-//! A tag is resolved to a digest by asking the upstream (see `proxy/pointer.rs`); the answer
+//! A tag is resolved to a digest by asking the upstream (see `request/pointer.rs`); the answer
 //! is kept here so that, for `metadata_ttl`, the upstream is not asked again, and so that when
 //! the upstream fails the tag still leads to the manifest it last named.
 //!
@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use crate::digest::Digest;
+use hangar_core::Digest;
 
 struct Entry {
     digest: Digest,

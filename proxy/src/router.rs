@@ -1,126 +1,9 @@
-//! Repositories and the routing of a request path to one of them.
+//! Routing a request path to one of the mounted repositories, and the cache key of what it
+//! resolves to.
 
 use std::sync::Arc;
 
-use crate::breaker::Breaker;
-use crate::config::{normalize_prefix, Credentials, RepositoryConfig, TimeoutConfig};
-use crate::pointers::PointerIndex;
-use crate::digest::DigestIndex;
-use crate::format::{Format, Upstreams};
-use crate::freshness::{FreshnessPolicy, PathClass};
-use crate::metrics::{Metrics, RepoMetrics};
-use crate::upstream::UpstreamUrl;
-
-/// One mounted repository, ready to serve.
-pub struct Repository {
-    pub name: String,
-    /// Normalised to end with `/`.
-    pub prefix: String,
-    pub upstream: UpstreamUrl,
-    /// Where artefacts are downloaded from, for formats that keep them on another host.
-    pub files: Option<UpstreamUrl>,
-    pub public_url: Option<String>,
-    pub max_document_bytes: usize,
-    /// Hosts redirects may lead to (`None`: any public host).
-    pub redirect_hosts: Option<Vec<String>>,
-    pub allow_private_redirects: bool,
-    /// Artefact digests learned from the documents this repository served.
-    pub digests: DigestIndex,
-    /// Expiries read from bodies that state one (apt's Valid-Until), by cache key path.
-    pub expiries: parking_lot::Mutex<std::collections::HashMap<String, std::time::SystemTime>>,
-    /// Upstream bearer tokens by challenge (service and scope), with their expiry.
-    pub tokens: parking_lot::Mutex<std::collections::HashMap<String, (String, std::time::Instant)>>,
-    /// The `service` the upstream's token challenges name, once one has been seen.
-    pub token_service: parking_lot::Mutex<Option<String>>,
-    pub token_realms: Vec<String>,
-    pub credentials: Option<Credentials>,
-    /// The registry name containerd's `?ns=` uses for this repository.
-    pub namespace: Option<String>,
-    /// What mutable references (tags) pointed to when last asked.
-    pub pointers: PointerIndex,
-    pub timeouts: TimeoutConfig,
-    pub format: Arc<dyn Format>,
-    pub freshness: FreshnessPolicy,
-    /// Counters resolved once, so the per-request path does no label lookups.
-    pub metrics: RepoMetrics,
-    pub breaker: Breaker,
-}
-
-impl Repository {
-    pub fn from_config(cfg: &RepositoryConfig, metrics: &Metrics) -> Result<Self, String> {
-        let upstream = UpstreamUrl::parse(&cfg.upstream).map_err(|e| e.to_string())?;
-        let mut freshness_cfg = cfg.freshness.clone();
-        if freshness_cfg.honor_request_directives.is_none() {
-            freshness_cfg.honor_request_directives = Some(cfg.format == crate::format::FormatKind::Generic);
-        }
-        if freshness_cfg.metadata_ttl.is_none() {
-            freshness_cfg.metadata_ttl = cfg.format.default_metadata_ttl().map(crate::units::HumanDuration);
-        }
-        let freshness = FreshnessPolicy::from_config(&freshness_cfg)?;
-        let files = match cfg.files_upstream.as_deref() {
-            Some(f) => {
-                let (origin, _) = crate::upstream::split_origin(f).ok_or_else(|| format!("files_upstream '{f}' is not a URL"))?;
-                // Cargo's is a `dl` template whose whole path the format fills in; PyPI's is a
-                // base URL below which file paths go.
-                let base = if cfg.format == crate::format::FormatKind::Cargo { origin } else { f.to_string() };
-                Some(UpstreamUrl::parse(&base).map_err(|e| e.to_string())?)
-            }
-            None if cfg.format.needs_files_upstream() => return Err(format!("format {} needs files_upstream", cfg.format.as_str())),
-            None => None,
-        };
-        let format = cfg
-            .format
-            .build(&Upstreams {
-                primary: upstream.clone(),
-                files: cfg.files_upstream.clone(),
-                pins: cfg.pins.clone(),
-                namespace: cfg.namespace.clone(),
-            })
-            .map_err(|e| e.to_string())?;
-        Ok(Repository {
-            name: cfg.name.clone(),
-            prefix: normalize_prefix(&cfg.prefix),
-            upstream,
-            files,
-            public_url: cfg.public_url.as_ref().map(|u| if u.ends_with('/') { u.clone() } else { format!("{u}/") }),
-            max_document_bytes: cfg.max_document_bytes.0 as usize,
-            redirect_hosts: cfg.redirect_hosts.clone(),
-            allow_private_redirects: cfg.allow_private_redirects,
-            digests: DigestIndex::new(200_000),
-            expiries: Default::default(),
-            tokens: Default::default(),
-            token_service: Default::default(),
-            token_realms: cfg.token_realms.clone(),
-            credentials: cfg.credentials.clone(),
-            namespace: cfg.namespace.as_ref().map(|n| n.to_ascii_lowercase()),
-            pointers: PointerIndex::new(100_000),
-            timeouts: cfg.timeouts.clone(),
-            format,
-            freshness,
-            metrics: RepoMetrics::new(metrics, &cfg.name),
-            breaker: Breaker::new(cfg.breaker.failures, cfg.breaker.cooldown.0),
-        })
-    }
-}
-
-impl Repository {
-    /// Whether an upstream redirect may lead to `host` (before its address is checked).
-    pub fn redirect_host_allowed(&self, host: &str) -> bool {
-        let host = host.to_ascii_lowercase();
-        self.redirect_hosts.as_ref().is_none_or(|allowed| {
-            allowed.iter().any(|pattern| match pattern.strip_prefix("*.") {
-                Some(suffix) => host.ends_with(&format!(".{}", suffix.to_ascii_lowercase())),
-                None => host == pattern.to_ascii_lowercase(),
-            })
-        })
-    }
-
-    /// What `key_path` holds: the repository's patterns first, then the format's knowledge.
-    pub fn classify(&self, key_path: &str, format_class: PathClass) -> PathClass {
-        let path = key_path.split('?').next().unwrap_or(key_path);
-        self.freshness.configured_class(&format!("/{path}")).unwrap_or(format_class)
-    }
-}
+use crate::repository::Repository;
 
 /// The cache key of `upstream_path` (path and query as sent upstream) in `repo`.
 ///
@@ -160,6 +43,7 @@ pub struct Router {
 }
 
 impl Router {
+    /// Route over `repos` (longest prefix first).
     pub fn new(mut repos: Vec<Repository>) -> Self {
         repos.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
         Router {
@@ -167,10 +51,7 @@ impl Router {
         }
     }
 
-    pub fn repositories(&self) -> &[Arc<Repository>] {
-        &self.repos
-    }
-
+    /// The repository called `name`.
     pub fn by_name(&self, name: &str) -> Option<&Arc<Repository>> {
         self.repos.iter().find(|r| r.name == name)
     }
@@ -220,11 +101,12 @@ impl Router {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::RepositoryConfig;
     use crate::format::FormatKind;
+    use crate::metrics::Metrics;
 
     fn repo(name: &str, prefix: &str) -> Repository {
-        Repository::from_config(&RepositoryConfig::new(name, prefix, FormatKind::Generic, "http://127.0.0.1:1/"), &Metrics::new())
-        .unwrap()
+        Repository::from_config(&RepositoryConfig::new(name, prefix, FormatKind::Generic, "http://127.0.0.1:1/"), &Metrics::new(), None).unwrap()
     }
 
     #[test]
@@ -244,7 +126,7 @@ mod tests {
         let oci = |name: &str, prefix: &str, ns: Option<&str>| {
             let mut cfg = RepositoryConfig::new(name, prefix, FormatKind::Oci, "http://127.0.0.1:1/v2/");
             cfg.namespace = ns.map(str::to_string);
-            Repository::from_config(&cfg, &Metrics::new()).unwrap()
+            Repository::from_config(&cfg, &Metrics::new(), None).unwrap()
         };
         let r = Router::new(vec![oci("hub", "/v2/hub/", Some("docker.io")), oci("ghcr", "/v2/ghcr/", Some("ghcr.io")), repo("files", "/files/")]);
         let name = |p, q| r.route(p, q).map(|(r, rest)| (r.name.clone(), rest.to_string()));

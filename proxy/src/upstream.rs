@@ -1,4 +1,5 @@
-//! Upstream endpoints: URL parsing, non-blocking cached DNS, and pingora peers.
+//! Where misses go: non-blocking cached DNS, pingora peers, and which addresses an upstream's
+//! redirect may not lead to.
 //!
 //! Pingora's `HttpPeer::new` resolves a host name with the blocking system resolver on the
 //! calling worker thread. Hangar resolves through hickory (async, with its own TTL-respecting
@@ -9,130 +10,18 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use hangar_core::UpstreamUrl;
 use hickory_resolver::TokioResolver;
 use pingora::upstreams::peer::HttpPeer;
 
 use crate::config::TimeoutConfig;
 
+/// A host name that did not resolve.
 #[derive(Debug, thiserror::Error)]
-pub enum UpstreamError {
-    #[error("'{url}' is not a valid URL: {reason}")]
-    BadUrl { url: String, reason: String },
-    #[error("'{url}': only http and https upstreams are supported")]
-    Scheme { url: String },
-    #[error("cannot resolve upstream host '{host}': {reason}")]
-    Resolve { host: String, reason: String },
-}
-
-/// A parsed upstream base URL such as `https://mirror.example/base/`.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct UpstreamUrl {
-    pub tls: bool,
+#[error("cannot resolve upstream host '{host}': {reason}")]
+pub struct ResolveError {
     pub host: String,
-    pub port: u16,
-    /// Always ends with `/`.
-    pub base_path: String,
-}
-
-impl UpstreamUrl {
-    pub fn parse(s: &str) -> Result<Self, UpstreamError> {
-        let url = url::Url::parse(s).map_err(|e| UpstreamError::BadUrl {
-            url: s.into(),
-            reason: e.to_string(),
-        })?;
-        let tls = match url.scheme() {
-            "http" => false,
-            "https" => true,
-            _ => return Err(UpstreamError::Scheme { url: s.into() }),
-        };
-        let host = match url.host() {
-            Some(url::Host::Ipv6(ip)) => ip.to_string(),
-            Some(h) => h.to_string(),
-            None => {
-                return Err(UpstreamError::BadUrl {
-                    url: s.into(),
-                    reason: "no host".into(),
-                })
-            }
-        };
-        if url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() {
-            return Err(UpstreamError::BadUrl {
-                url: s.into(),
-                reason: "an upstream base URL takes no query, fragment or credentials".into(),
-            });
-        }
-        let port = url.port_or_known_default().unwrap_or(if tls { 443 } else { 80 });
-        let mut base_path = url.path().to_string();
-        if !base_path.ends_with('/') {
-            base_path.push('/');
-        }
-        Ok(UpstreamUrl {
-            tls,
-            host,
-            port,
-            base_path,
-        })
-    }
-
-    /// The value for the upstream request's `Host` header.
-    pub fn host_header(&self) -> String {
-        let default_port = if self.tls { 443 } else { 80 };
-        let host = if self.host.contains(':') {
-            format!("[{}]", self.host)
-        } else {
-            self.host.clone()
-        };
-        if self.port == default_port {
-            host
-        } else {
-            format!("{host}:{}", self.port)
-        }
-    }
-
-    /// Parse an absolute `Location`, or resolve a relative one against this origin.
-    pub fn redirect_target(&self, current_path: &str, location: &str) -> Result<(Self, String), UpstreamError> {
-        let scheme = if self.tls { "https" } else { "http" };
-        let base = format!("{scheme}://{}{}", self.host_header(), current_path);
-        let base = url::Url::parse(&base).map_err(|e| UpstreamError::BadUrl {
-            url: base.clone(),
-            reason: e.to_string(),
-        })?;
-        let target = base.join(location).map_err(|e| UpstreamError::BadUrl {
-            url: location.into(),
-            reason: e.to_string(),
-        })?;
-        let mut origin = target.clone();
-        origin.set_path("/");
-        origin.set_query(None);
-        origin.set_fragment(None);
-        let up = UpstreamUrl::parse(origin.as_str())?;
-        let mut path = target.path().to_string();
-        if let Some(q) = target.query() {
-            path.push('?');
-            path.push_str(q);
-        }
-        Ok((up, path))
-    }
-
-    /// Same scheme, host and port.
-    pub fn same_origin(&self, other: &UpstreamUrl) -> bool {
-        self.tls == other.tls && self.host.eq_ignore_ascii_case(&other.host) && self.port == other.port
-    }
-}
-
-impl std::fmt::Display for UpstreamUrl {
-    /// The base URL as documents spell it: `https://host[:port]/base/`.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let scheme = if self.tls { "https" } else { "http" };
-        write!(f, "{scheme}://{}{}", self.host_header(), self.base_path)
-    }
-}
-
-/// `https://host:port/path` -> (`https://host:port/`, `/path`).
-pub fn split_origin(url: &str) -> Option<(String, String)> {
-    let scheme_end = url.find("://")? + 3;
-    let path_start = url[scheme_end..].find('/').map_or(url.len(), |i| scheme_end + i);
-    Some((format!("{}/", &url[..path_start]), url[path_start..].to_string()))
+    pub reason: String,
 }
 
 /// Async, caching DNS shared by all repositories.
@@ -151,18 +40,18 @@ impl Resolver {
         Resolver { inner }
     }
 
-    pub async fn resolve(&self, host: &str, port: u16) -> Result<SocketAddr, UpstreamError> {
+    pub async fn resolve(&self, host: &str, port: u16) -> Result<SocketAddr, ResolveError> {
         if let Ok(ip) = host.parse::<IpAddr>() {
             return Ok(SocketAddr::new(ip, port));
         }
         if host.eq_ignore_ascii_case("localhost") {
             return Ok(SocketAddr::new(IpAddr::from([127, 0, 0, 1]), port));
         }
-        let resolver = self.inner.as_ref().ok_or_else(|| UpstreamError::Resolve {
+        let resolver = self.inner.as_ref().ok_or_else(|| ResolveError {
             host: host.into(),
             reason: "no DNS configuration".into(),
         })?;
-        let lookup = resolver.lookup_ip(host).await.map_err(|e| UpstreamError::Resolve {
+        let lookup = resolver.lookup_ip(host).await.map_err(|e| ResolveError {
             host: host.into(),
             reason: e.to_string(),
         })?;
@@ -170,7 +59,7 @@ impl Resolver {
             .iter()
             .next()
             .map(|ip| SocketAddr::new(ip, port))
-            .ok_or_else(|| UpstreamError::Resolve {
+            .ok_or_else(|| ResolveError {
                 host: host.into(),
                 reason: "no addresses".into(),
             })
@@ -193,30 +82,59 @@ pub fn make_peer(up: &UpstreamUrl, addr: SocketAddr, timeouts: &TimeoutConfig) -
 
 pub type SharedResolver = Arc<Resolver>;
 
+/// Whether an upstream's redirect may send the proxy to `ip`: not to loopback, private (RFC
+/// 1918), shared (RFC 6598), link-local (the cloud metadata service), unique-local, multicast
+/// or unspecified addresses, in any IPv6 spelling that carries an IPv4 one.
+pub fn is_internal(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_multicast()
+                || o[0] == 0
+                || o[0] >= 240
+                || (o[0] == 100 && (o[1] & 0xc0) == 64)
+                || (o[0] == 198 && (o[1] & 0xfe) == 18)
+        }
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            // IPv6 forms that carry an IPv4 address: mapped, compatible, NAT64, 6to4.
+            let embedded = |hi: u16, lo: u16| std::net::Ipv4Addr::new((hi >> 8) as u8, hi as u8, (lo >> 8) as u8, lo as u8);
+            let carried = if let Some(v4) = v6.to_ipv4_mapped() {
+                Some(v4)
+            } else if (s[..6] == [0; 6] && !v6.is_loopback() && !v6.is_unspecified()) || (s[0] == 0x64 && s[1] == 0xff9b && s[2..6] == [0; 4]) {
+                Some(embedded(s[6], s[7]))
+            } else if s[0] == 0x2002 {
+                Some(embedded(s[1], s[2]))
+            } else {
+                None
+            };
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (s[0] & 0xfe00) == 0xfc00
+                || (s[0] & 0xffc0) == 0xfe80
+                || (s[0] & 0xffc0) == 0xfec0
+                || carried.is_some_and(|v4| is_internal(v4.into()))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn parses_base_urls() {
-        let u = UpstreamUrl::parse("https://mirror.test/base").unwrap();
-        assert_eq!((u.tls, u.port, u.base_path.as_str()), (true, 443, "/base/"));
-        assert_eq!(u.host_header(), "mirror.test");
-        let u = UpstreamUrl::parse("http://127.0.0.1:8000").unwrap();
-        assert_eq!((u.tls, u.port, u.base_path.as_str(), u.host_header()), (false, 8000, "/", "127.0.0.1:8000".into()));
-        assert!(UpstreamUrl::parse("ftp://x").is_err());
-        assert!(UpstreamUrl::parse("not a url").is_err());
-        assert!(UpstreamUrl::parse("http://u:p@x/").is_err());
-    }
-
-    #[test]
-    fn redirects_resolve_relative_and_absolute() {
-        let u = UpstreamUrl::parse("http://127.0.0.1:8000/").unwrap();
-        let (t, p) = u.redirect_target("/a/b", "c?x=1").unwrap();
-        assert!(t.same_origin(&u));
-        assert_eq!(p, "/a/c?x=1");
-        let (t, p) = u.redirect_target("/a/b", "https://cdn.test/blob/1").unwrap();
-        assert!(!t.same_origin(&u));
-        assert_eq!((t.host.as_str(), t.tls, p.as_str()), ("cdn.test", true, "/blob/1"));
+    fn internal_addresses_are_recognised() {
+        for ip in ["127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "100.64.0.1", "0.0.0.0", "198.18.0.1", "224.0.0.1", "::1", "fd00::1", "fe80::1", "fec0::1", "ff02::1", "::ffff:10.0.0.1", "64:ff9b::a9fe:a9fe", "::a9fe:a9fe", "2002:a9fe:a9fe::1"] {
+            assert!(is_internal(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in ["93.184.216.34", "2606:4700::1", "100.128.0.1", "64:ff9b::5db8:d822", "2002:5db8:d822::1"] {
+            assert!(!is_internal(ip.parse().unwrap()), "{ip}");
+        }
     }
 }

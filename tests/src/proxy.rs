@@ -19,6 +19,7 @@ pub fn proxy_bin() -> PathBuf {
 }
 
 pub struct ProxyBuilder {
+    listen: String,
     config: Option<String>,
     args: Vec<String>,
     env: Vec<(String, String)>,
@@ -42,6 +43,13 @@ impl ProxyBuilder {
         self
     }
 
+    /// Listen on `addr` instead of a port the proxy picks (for fleets whose members are a
+    /// fixed list).
+    pub fn listen(mut self, addr: std::net::SocketAddr) -> Self {
+        self.listen = addr.to_string();
+        self
+    }
+
     pub fn upstream(self, prefix: &str, url: &str) -> Self {
         self.arg("--upstream").arg(&format!("{prefix}={url}"))
     }
@@ -49,7 +57,7 @@ impl ProxyBuilder {
     pub fn start(self) -> Proxy {
         let mut args = vec![
             "--listen".to_string(),
-            "127.0.0.1:0".into(),
+            self.listen.clone(),
             "--admin".into(),
             "127.0.0.1:0".into(),
             "--cache-dir".into(),
@@ -82,7 +90,7 @@ pub struct Proxy {
 
 impl Proxy {
     pub fn builder(cache_dir: &Path) -> ProxyBuilder {
-        ProxyBuilder { config: None, args: Vec::new(), env: Vec::new(), cache_dir: cache_dir.to_path_buf() }
+        ProxyBuilder { listen: "127.0.0.1:0".into(), config: None, args: Vec::new(), env: Vec::new(), cache_dir: cache_dir.to_path_buf() }
     }
 
     fn spawn(args: Vec<String>, env: Vec<(String, String)>, cache_dir: PathBuf) -> Proxy {

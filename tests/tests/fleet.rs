@@ -9,6 +9,9 @@ use hangar_e2e::{get, pattern, Proxy, Route, Upstream};
 
 const OBJECT_LEN: u64 = 64 * 1024;
 
+/// What the test fleets sign their hops with.
+const SECRET: &str = "the-test-fleet-secret";
+
 fn object_path(i: usize) -> String {
     format!("/pkg/object-{i}.bin")
 }
@@ -28,7 +31,7 @@ fn proxy_config(up: &Upstream, redis: Option<&Service>, origin: Option<&Service>
         up.url()
     );
     if let Some(r) = redis {
-        c.push_str(&format!("[fleet]\nredis = \"redis://{}/\"\nregion = \"test\"\nheartbeat = \"100ms\"\nmember_ttl = \"1s\"\n", r.addr));
+        c.push_str(&format!("[fleet]\nredis = \"redis://{}/\"\nregion = \"test\"\nheartbeat = \"100ms\"\nmember_ttl = \"1s\"\nsecret = \"{SECRET}\"\n", r.addr));
     }
     if let Some(o) = origin {
         c.push_str(&format!("[origin]\nurl = \"http://{}/\"\n", o.addr));
@@ -213,7 +216,7 @@ fn redis_cli(redis: &Service, args: &[&str]) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_region_shares_an_index_of_objects_negative_entries_and_members_in_redis() {
+async fn the_region_shares_an_index_of_objects_and_members_in_redis() {
     let root = tempfile::tempdir().unwrap();
     let redis = services::redis(root.path());
     let up = upstream_with(1).await;
@@ -224,12 +227,13 @@ async fn the_region_shares_an_index_of_objects_negative_entries_and_members_in_r
     for p in [&a, &b, &a, &b] {
         assert_eq!(get(p.addr, &object_path(0)).await.status, 200);
     }
-    // A 404 the proxy remembers (the fixture's default 404 says no-store, so give one that doesn't).
+    // A 404 the proxy remembers (the fixture's default 404 says no-store, so give one that
+    // doesn't): its owner's cache holds it, and nothing in Redis would read it back.
     up.route("/pkg/missing.bin", Route::ok(b"no such object".to_vec()).status(404));
     assert_eq!(get(a.addr, "/pkg/missing.bin").await.status, 404);
-    // Each proxy stores its copy and counts a hit; A also remembers the 404. Applied in the
-    // background, so wait for the writes to be acknowledged.
-    a.wait_for_metric("hangar_metadata_writes_total", &[("result", "written")], 3.0).await;
+    // Each proxy stores its copy and counts a hit. Applied in the background, so wait for the
+    // writes to be acknowledged.
+    a.wait_for_metric("hangar_metadata_writes_total", &[("result", "written")], 2.0).await;
     b.wait_for_metric("hangar_metadata_writes_total", &[("result", "written")], 2.0).await;
     let object = redis_cli(&redis, &["HGETALL", "hangar:test:obj:files:pkg/object-0.bin"]);
     let fields: Vec<&str> = object.lines().collect();
@@ -238,9 +242,16 @@ async fn the_region_shares_an_index_of_objects_negative_entries_and_members_in_r
     assert!(fields.iter().any(|f| f.starts_with("tier:disk:127.0.0.1:")), "which proxy holds it: {object}");
     assert!(field("hits:test").and_then(|h| h.parse::<u64>().ok()).is_some_and(|h| h >= 2), "hits by region: {object}");
     assert!(field("last_access").is_some());
-    assert_eq!(redis_cli(&redis, &["EXISTS", "hangar:test:neg:files:pkg/missing.bin"]).trim(), "1", "the 404 is shared");
+    assert_eq!(redis_cli(&redis, &["EXISTS", "hangar:test:neg:files:pkg/missing.bin"]).trim(), "0", "nothing is written that nothing reads");
     let members = redis_cli(&redis, &["ZRANGE", "hangar:test:members", "0", "-1"]);
     assert_eq!(members.lines().count(), 2, "{members}");
+    // An operator reads the same index from any proxy's admin listener.
+    let index = get(b.admin, "/index/files/pkg/object-0.bin").await;
+    assert_eq!(index.status, 200, "{}", String::from_utf8_lossy(&index.body));
+    let info: serde_json::Value = serde_json::from_slice(&index.body).unwrap();
+    assert_eq!(info["size"], 65536);
+    assert_eq!(info["tiers"].as_array().map(Vec::len), Some(2), "both proxies hold a copy: {info}");
+    assert_eq!(get(a.admin, "/index/files/pkg/never-fetched.bin").await.status, 404);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -277,7 +288,7 @@ async fn a_tag_is_looked_up_once_per_request_and_its_manifest_fetched_once_per_f
     registry.route("/v2/team/app/manifests/v1", answer.clone());
     registry.route(&format!("/v2/team/app/manifests/{digest}"), answer);
     let config = format!(
-        "[[repository]]\nname = \"reg\"\nprefix = \"/v2/\"\nformat = \"oci\"\nupstream = \"{}/v2/\"\n[repository.freshness]\nmetadata_ttl = \"0s\"\n[fleet]\nredis = \"redis://{}/\"\nregion = \"test\"\nheartbeat = \"100ms\"\nmember_ttl = \"1s\"\n",
+        "[[repository]]\nname = \"reg\"\nprefix = \"/v2/\"\nformat = \"oci\"\nupstream = \"{}/v2/\"\n[repository.freshness]\nmetadata_ttl = \"0s\"\n[fleet]\nredis = \"redis://{}/\"\nregion = \"test\"\nheartbeat = \"100ms\"\nmember_ttl = \"1s\"\nsecret = \"{SECRET}\"\n",
         registry.url(),
         redis.addr
     );
@@ -298,4 +309,58 @@ async fn a_tag_is_looked_up_once_per_request_and_its_manifest_fetched_once_per_f
     assert_eq!(peer_fetches, 1.0, "one proxy got the manifest from its owner");
     assert_eq!(registry.hits("/v2/team/app/manifests/v1"), 2, "one tag lookup per client request, none by the owner for its peer");
     assert_eq!(registry.hits(&format!("/v2/team/app/manifests/{digest}")), 1, "the manifest itself came from the registry once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fixed_member_list_makes_one_upstream_request_per_object_without_redis() {
+    let root = tempfile::tempdir().unwrap();
+    let up = upstream_with(8).await;
+    let addrs: Vec<std::net::SocketAddr> = (0..2).map(|_| format!("127.0.0.1:{}", services::free_port()).parse().unwrap()).collect();
+    let config = format!(
+        "[[repository]]\nname = \"files\"\nprefix = \"/\"\nupstream = \"{}\"\n[repository.freshness]\nimmutable = [\"*.bin\"]\n[fleet]\nmembers = [\"{}\", \"{}\"]\nsecret = \"{SECRET}\"\n",
+        up.url(),
+        addrs[0],
+        addrs[1]
+    );
+    let proxies: Vec<Proxy> = addrs.iter().enumerate().map(|(i, a)| Proxy::builder(&root.path().join(format!("p{i}"))).listen(*a).config(&config).start()).collect();
+    for p in &proxies {
+        p.wait_for_metric("hangar_fleet_members", &[], 2.0).await;
+    }
+    for i in 0..8 {
+        for p in &proxies {
+            let r = get(p.addr, &object_path(i)).await;
+            assert!(r.status == 200 && r.body == pattern(i as u8, OBJECT_LEN), "object {i}");
+        }
+        assert_eq!(up.hits(&object_path(i)), 1, "object {i}: fetched once, by its owner");
+    }
+    let mut forwarded = 0.0;
+    for p in &proxies {
+        forwarded += p.metric("hangar_fleet_fetches_total", &[("result", "peer")]).await;
+    }
+    assert_eq!(forwarded, 8.0, "each object was asked of its owner by the other proxy");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_posing_as_a_fleet_peer_is_still_routed_to_the_keys_owner() {
+    let root = tempfile::tempdir().unwrap();
+    let redis = services::redis(root.path());
+    let up = upstream_with(6).await;
+    let config = proxy_config(&up, Some(&redis), None);
+    let (a, b) = (start_proxy(root.path(), "a", &config), start_proxy(root.path(), "b", &config));
+    wait_for_members(&[&a, &b], 2).await;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    // The header proxies sent each other before hops were signed, and a signed-looking one
+    // whose proof the client cannot make.
+    let forged_proof = format!("v1 peer {now} {}", "0".repeat(64));
+    let forged = [("x-hangar-fleet-hop", "1"), ("x-hangar-hop", forged_proof.as_str())];
+    for i in 0..6 {
+        for p in [&a, &b] {
+            let r = hangar_e2e::http(p.addr, "GET", &object_path(i), &forged).await.unwrap().collect().await;
+            assert!(r.status == 200 && r.body == pattern(i as u8, OBJECT_LEN), "object {i}");
+        }
+        // A proxy that believed the client would have fetched the object itself.
+        assert_eq!(up.hits(&object_path(i)), 1, "object {i}: one fetch for the region");
+        let seen = up.requests(&object_path(i));
+        assert!(seen.iter().all(|r| r.headers.iter().all(|(k, _)| !k.to_ascii_lowercase().starts_with("x-hangar-"))), "no internal header reaches the upstream: {seen:?}");
+    }
 }

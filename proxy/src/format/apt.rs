@@ -16,12 +16,10 @@
 use std::io::Write;
 use std::time::SystemTime;
 
-use pingora::http::RequestHeader;
+use http::HeaderMap;
 
+use hangar_core::{Digest, PathClass, RequestPath};
 use super::{with_query, Format, FormatError, FormatKind, Pointer, PointerSource, Resolved};
-use crate::digest::Digest;
-use crate::freshness::PathClass;
-use crate::path::RequestPath;
 
 pub struct Apt;
 
@@ -124,7 +122,7 @@ impl Format for Apt {
         FormatKind::Apt
     }
 
-    fn resolve(&self, path: &RequestPath<'_>, _req: &RequestHeader) -> Result<Resolved, FormatError> {
+    fn resolve(&self, path: &RequestPath<'_>, _headers: &HeaderMap) -> Result<Resolved, FormatError> {
         let rel = path.checked_relative(false)?;
         let mut resolved = Resolved::passthrough(with_query(&rel, path.query), PathClass::Metadata);
         // (A query makes another cache entry, not another archive: only the real one teaches.)
@@ -146,6 +144,7 @@ impl Format for Apt {
                 resolved.pointer = Some(Pointer {
                     source: PointerSource::Document(format!("{suite}/InRelease")),
                     target: format!("{dir}/by-hash/SHA256/{{hex}}"),
+                    missing: None,
                 });
             }
         }
@@ -176,7 +175,7 @@ mod tests {
     use super::*;
 
     fn resolve(path: &str) -> Resolved {
-        Apt.resolve(&RequestPath { relative: path, query: None }, &RequestHeader::build("GET", b"/", None).unwrap()).unwrap()
+        Apt.resolve(&RequestPath { relative: path, query: None }, &HeaderMap::new()).unwrap()
     }
 
     const SHA: &str = "1e61c37477a1626458e36f7b1d82aa5c9b094fa4802892072e49de9c60c4c926";

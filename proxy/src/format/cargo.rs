@@ -12,25 +12,26 @@
 //!   with cargo's markers, or `/{crate}/{version}/download` appended when it has none.
 
 use bytes::Bytes;
-use pingora::http::RequestHeader;
+use http::HeaderMap;
 
+use hangar_core::{Digest, PathClass, RequestPath, UpstreamUrl};
 use super::{with_query, Format, FormatError, FormatKind, Resolved, RewriteEnv, Rewritten, UpstreamChoice, Upstreams};
-use crate::digest::Digest;
-use crate::freshness::PathClass;
-use crate::path::RequestPath;
-use crate::upstream::split_origin;
+use hangar_core::url::split_origin;
 
 const MARKERS: [&str; 5] = ["{crate}", "{version}", "{prefix}", "{lowerprefix}", "{sha256-checksum}"];
 
 pub struct Cargo {
     /// The path part of the upstream `dl` template (after its origin), without a leading `/`.
     dl_path: String,
+    /// The `dl` template's origin (`https://static.example/`): where downloads go.
+    dl_origin: UpstreamUrl,
 }
 
 impl Cargo {
     pub fn new(up: &Upstreams) -> Result<Self, FormatError> {
         let dl = up.files.as_deref().ok_or(FormatError::MissingFilesUpstream)?;
-        let (_, path) = split_origin(dl).ok_or_else(|| FormatError::BadFilesUpstream(dl.to_string()))?;
+        let (origin, path) = split_origin(dl).ok_or_else(|| FormatError::BadFilesUpstream(dl.to_string()))?;
+        let dl_origin = UpstreamUrl::parse(&origin).map_err(|_| FormatError::BadFilesUpstream(dl.to_string()))?;
         let mut dl_path = path.trim_start_matches('/').to_string();
         if !MARKERS.iter().any(|m| dl_path.contains(m)) {
             if !dl_path.is_empty() && !dl_path.ends_with('/') {
@@ -38,7 +39,7 @@ impl Cargo {
             }
             dl_path.push_str("{crate}/{version}/download");
         }
-        Ok(Cargo { dl_path })
+        Ok(Cargo { dl_path, dl_origin })
     }
 
     fn download_path(&self, krate: &str, version: &str, sha256: &str) -> String {
@@ -70,7 +71,12 @@ impl Format for Cargo {
         FormatKind::Cargo
     }
 
-    fn resolve(&self, path: &RequestPath<'_>, _req: &RequestHeader) -> Result<Resolved, FormatError> {
+    /// The `dl` template's origin; the format fills in the whole path.
+    fn files_upstream(&self) -> Option<UpstreamUrl> {
+        Some(self.dl_origin.clone())
+    }
+
+    fn resolve(&self, path: &RequestPath<'_>, _headers: &HeaderMap) -> Result<Resolved, FormatError> {
         let rel = path.checked_relative(false)?;
         if rel == "config.json" {
             return Ok(Resolved {
@@ -107,7 +113,7 @@ impl Format for Cargo {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::upstream::UpstreamUrl;
+    use hangar_core::UpstreamUrl;
 
     fn cargo(dl: &str) -> Cargo {
         Cargo::new(&Upstreams {
@@ -119,7 +125,7 @@ mod tests {
     }
 
     fn resolve(c: &Cargo, path: &str) -> Result<Resolved, FormatError> {
-        c.resolve(&RequestPath { relative: path, query: None }, &RequestHeader::build("GET", b"/", None).unwrap())
+        c.resolve(&RequestPath { relative: path, query: None }, &HeaderMap::new())
     }
 
     const SHA: &str = "1e61c37477a1626458e36f7b1d82aa5c9b094fa4802892072e49de9c60c4c926";

@@ -7,12 +7,10 @@
 //!   against the `checksum:` its `info/<name>` lists (read through the proxy's own cache); a
 //!   source without a compact index still gets its gems cached.
 
-use pingora::http::RequestHeader;
+use http::HeaderMap;
 
+use hangar_core::{Digest, PathClass, RequestPath};
 use super::{with_query, Format, FormatError, FormatKind, Resolved};
-use crate::digest::Digest;
-use crate::freshness::PathClass;
-use crate::path::RequestPath;
 
 pub struct Gems;
 
@@ -28,7 +26,7 @@ impl Format for Gems {
         FormatKind::Gems
     }
 
-    fn resolve(&self, path: &RequestPath<'_>, _req: &RequestHeader) -> Result<Resolved, FormatError> {
+    fn resolve(&self, path: &RequestPath<'_>, _headers: &HeaderMap) -> Result<Resolved, FormatError> {
         let rel = path.checked_relative(false)?;
         if let Some(file) = rel.strip_prefix("gems/") {
             let mut resolved = Resolved::passthrough(with_query(&rel, path.query), PathClass::Immutable);
@@ -66,7 +64,7 @@ mod tests {
     const SHA: &str = "1e61c37477a1626458e36f7b1d82aa5c9b094fa4802892072e49de9c60c4c926";
 
     fn resolve(path: &str) -> Resolved {
-        Gems.resolve(&RequestPath { relative: path, query: None }, &RequestHeader::build("GET", b"/", None).unwrap()).unwrap()
+        Gems.resolve(&RequestPath { relative: path, query: None }, &HeaderMap::new()).unwrap()
     }
 
     #[test]

@@ -8,12 +8,10 @@
 
 use std::collections::HashMap;
 
-use pingora::http::RequestHeader;
+use http::HeaderMap;
 
+use hangar_core::{Digest, PathClass, RequestPath};
 use super::{with_query, Format, FormatError, FormatKind, Resolved};
-use crate::digest::Digest;
-use crate::freshness::PathClass;
-use crate::path::RequestPath;
 
 /// Plain HTTP: every path is judged by the upstream's headers (RFC 9111) unless the
 /// repository's patterns say otherwise.
@@ -62,6 +60,15 @@ impl Format for Generic {
         FormatKind::Generic
     }
 
+    /// Plain HTTP: the upstream's headers decide freshness, and clients' directives count.
+    fn default_metadata_ttl(&self) -> Option<std::time::Duration> {
+        None
+    }
+
+    fn honors_request_directives(&self) -> bool {
+        true
+    }
+
     /// Every standard method is forwarded (only GET and HEAD are cached; unsafe methods
     /// invalidate). CONNECT and TRACE are refused: a cache is not a tunnel, and TRACE reflects
     /// credentials back.
@@ -70,7 +77,7 @@ impl Format for Generic {
         [Method::GET, Method::HEAD, Method::POST, Method::PUT, Method::DELETE, Method::PATCH, Method::OPTIONS].contains(method)
     }
 
-    fn resolve(&self, path: &RequestPath<'_>, _req: &RequestHeader) -> Result<Resolved, FormatError> {
+    fn resolve(&self, path: &RequestPath<'_>, _headers: &HeaderMap) -> Result<Resolved, FormatError> {
         let rel = path.checked_relative(false)?;
         let (asked, query) = take_sha256(path.query)?;
         let pinned = self.pins.get(&rel).cloned();
@@ -92,7 +99,7 @@ mod tests {
     const SHA: &str = "1e61c37477a1626458e36f7b1d82aa5c9b094fa4802892072e49de9c60c4c926";
 
     fn resolve(g: &Generic, path: &str, query: Option<&str>) -> Result<Resolved, FormatError> {
-        g.resolve(&RequestPath { relative: path, query }, &RequestHeader::build("GET", b"/", None).unwrap())
+        g.resolve(&RequestPath { relative: path, query }, &HeaderMap::new())
     }
 
     #[test]

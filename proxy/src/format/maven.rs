@@ -9,12 +9,10 @@
 //!   the pair is always refreshed together and a client never sees a new file with an old
 //!   checksum.
 
-use pingora::http::RequestHeader;
+use http::HeaderMap;
 
+use hangar_core::{Digest, PathClass, RequestPath};
 use super::{with_query, Format, FormatError, FormatKind, Resolved};
-use crate::digest::Digest;
-use crate::freshness::PathClass;
-use crate::path::RequestPath;
 
 const CHECKSUMS: [&str; 4] = [".sha1", ".md5", ".sha256", ".sha512"];
 
@@ -34,7 +32,7 @@ impl Format for Maven {
         FormatKind::Maven
     }
 
-    fn resolve(&self, path: &RequestPath<'_>, _req: &RequestHeader) -> Result<Resolved, FormatError> {
+    fn resolve(&self, path: &RequestPath<'_>, _headers: &HeaderMap) -> Result<Resolved, FormatError> {
         let rel = path.checked_relative(false)?;
         if rel.is_empty() || rel.ends_with('/') {
             return Ok(Resolved::passthrough(with_query(&rel, path.query), PathClass::Metadata));
@@ -74,7 +72,7 @@ mod tests {
     use super::*;
 
     fn resolve(path: &str) -> Resolved {
-        Maven.resolve(&RequestPath { relative: path, query: None }, &RequestHeader::build("GET", b"/", None).unwrap()).unwrap()
+        Maven.resolve(&RequestPath { relative: path, query: None }, &HeaderMap::new()).unwrap()
     }
 
     #[test]

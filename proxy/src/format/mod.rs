@@ -4,8 +4,13 @@
 //! repository's format to [`Format::resolve`] the path: which upstream it goes to and at what
 //! path, what identifies it in the cache, which representation the client wants, what the path
 //! holds (artefact or index), whether the body must be rewritten so its links lead back through
-//! the proxy, and what digest the bytes must have. The cache and storage code never know which
-//! format they hold. Adding a format means adding a module and a [`FormatKind`] variant.
+//! the proxy, and what digest the bytes must have. What a format needs at startup (a second
+//! upstream, default freshness, whether its pointers outlive a restart) and what the proxy
+//! answers itself on its behalf ([`LocalAnswer`]) are asked of it the same way. The cache,
+//! storage and request path never know which format they hold: adding a format means adding a
+//! module here, a [`FormatKind`] variant in `hangar-core`, and one line in [`build`].
+//!
+//! Formats are pure: no I/O, no pingora types, plain `http` types in and out.
 
 mod apt;
 mod cargo;
@@ -17,87 +22,41 @@ mod oci;
 mod pypi;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
-use http::Method;
-use pingora::http::RequestHeader;
-use serde::Deserialize;
+use http::{HeaderMap, Method};
 
-use crate::digest::Digest;
-use crate::freshness::PathClass;
-use crate::path::{PathError, RequestPath};
-use crate::upstream::UpstreamUrl;
+pub use hangar_core::FormatKind;
+use hangar_core::{Digest, PathClass, PathError, RequestPath, UpstreamUrl};
 
-/// The `format` key of a repository.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum FormatKind {
-    /// Plain HTTP files: release assets, tarballs, anything addressed by URL.
-    #[default]
-    Generic,
-    /// A PEP 503/691 simple index and the host its files live on.
-    Pypi,
-    /// An npm registry: packuments and tarballs.
-    Npm,
-    /// A cargo sparse index and its download host.
-    Cargo,
-    /// A Maven 2 repository.
-    Maven,
-    /// A Debian-style apt archive.
-    Apt,
-    /// A RubyGems source.
-    Gems,
-    /// A Docker / OCI distribution registry.
-    Oci,
+/// How long index documents of package formats stay fresh when the repository does not say:
+/// registries often send no validators, and asking again on every request would make the proxy
+/// slower than going direct. New releases show within this time (plus one background refresh
+/// under stale-while-revalidate).
+pub const PACKAGE_METADATA_TTL: Duration = Duration::from_secs(300);
+
+/// The format `kind` for a repository with `upstreams`: the only place that maps a
+/// [`FormatKind`] to its module.
+pub fn build(kind: FormatKind, upstreams: &Upstreams) -> Result<Arc<dyn Format>, FormatError> {
+    if upstreams.namespace.is_some() && kind != FormatKind::Oci {
+        return Err(FormatError::Unsupported { key: "namespace", format: kind });
+    }
+    Ok(match kind {
+        FormatKind::Generic => Arc::new(generic::Generic::new(&upstreams.pins)?),
+        FormatKind::Pypi => Arc::new(pypi::Pypi::new(upstreams)?),
+        FormatKind::Npm => Arc::new(npm::Npm::new(upstreams)),
+        FormatKind::Cargo => Arc::new(cargo::Cargo::new(upstreams)?),
+        FormatKind::Maven => Arc::new(maven::Maven),
+        FormatKind::Apt => Arc::new(apt::Apt),
+        FormatKind::Gems => Arc::new(gems::Gems),
+        FormatKind::Oci => Arc::new(oci::Oci::new(upstreams.namespace.as_deref())),
+    })
 }
 
-impl FormatKind {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            FormatKind::Generic => "generic",
-            FormatKind::Pypi => "pypi",
-            FormatKind::Npm => "npm",
-            FormatKind::Cargo => "cargo",
-            FormatKind::Maven => "maven",
-            FormatKind::Apt => "apt",
-            FormatKind::Gems => "gems",
-            FormatKind::Oci => "oci",
-        }
-    }
-
-    /// How long index documents stay fresh when the repository does not say: registries
-    /// often send no validators, and asking again on every request would make the proxy
-    /// slower than going direct. New releases show within this time (plus one background
-    /// refresh under stale-while-revalidate).
-    pub fn default_metadata_ttl(&self) -> Option<std::time::Duration> {
-        match self {
-            FormatKind::Generic => None,
-            FormatKind::Pypi | FormatKind::Npm | FormatKind::Cargo | FormatKind::Maven | FormatKind::Apt | FormatKind::Gems | FormatKind::Oci => Some(std::time::Duration::from_secs(300)),
-        }
-    }
-
-    /// Whether the format needs a `files_upstream` (the host its artefacts are served from).
-    pub fn needs_files_upstream(&self) -> bool {
-        matches!(self, FormatKind::Pypi | FormatKind::Cargo)
-    }
-
-    pub fn build(self, upstreams: &Upstreams) -> Result<Arc<dyn Format>, FormatError> {
-        Ok(match self {
-            FormatKind::Generic => Arc::new(generic::Generic::new(&upstreams.pins)?),
-            FormatKind::Pypi => Arc::new(pypi::Pypi::new(upstreams)?),
-            FormatKind::Npm => Arc::new(npm::Npm::new(upstreams)),
-            FormatKind::Cargo => Arc::new(cargo::Cargo::new(upstreams)?),
-            FormatKind::Maven => Arc::new(maven::Maven),
-            FormatKind::Apt => Arc::new(apt::Apt),
-            FormatKind::Gems => Arc::new(gems::Gems),
-            FormatKind::Oci => Arc::new(oci::Oci::new(upstreams.namespace.as_deref())),
-        })
-    }
-}
-
-/// A repository's upstreams: the registry itself and, for formats whose artefacts live on
-/// another host, that host (PyPI's file host, cargo's `dl`); and the digests pinned in its
-/// config.
+/// What a format is built from: the repository's upstreams (the registry itself and, for
+/// formats whose artefacts live on another host, that host: PyPI's file host, cargo's `dl`),
+/// the digests pinned in its config, and the registry name it mirrors.
 #[derive(Debug, Clone, Default)]
 pub struct Upstreams {
     pub primary: UpstreamUrl,
@@ -142,8 +101,8 @@ pub struct Resolved {
     /// Whether the response may be cached at all (a PyPI file asked for without its digest
     /// is served, not stored).
     pub store: bool,
-    /// Answer with this status and JSON body without going upstream (a registry's `/v2/`).
-    pub local: Option<(u16, &'static str)>,
+    /// Answer with this without going upstream (a registry's `/v2/` version check).
+    pub local: Option<LocalAnswer>,
     /// Store one variant per `Accept` header (registries vary a tag's manifest by it
     /// without saying `Vary`).
     pub vary_accept: bool,
@@ -160,6 +119,16 @@ pub struct Resolved {
     pub auth_scope: Option<String>,
 }
 
+/// A response the proxy writes itself on the format's behalf: a registry's version check, or
+/// its error for a name that does not exist. The body is JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LocalAnswer {
+    pub status: u16,
+    pub body: &'static str,
+    /// Headers the format's clients expect on it (a registry's API version).
+    pub headers: &'static [(&'static str, &'static str)],
+}
+
 /// How a mutable name is resolved to the immutable object it names now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pointer {
@@ -167,6 +136,9 @@ pub struct Pointer {
     /// The object's path below the prefix, resolved again by the format: `{digest}` becomes
     /// `sha256:<hex>`, `{hex}` the hex alone.
     pub target: String,
+    /// What the client gets when the upstream says the name does not exist (a generic 404
+    /// when unset).
+    pub missing: Option<LocalAnswer>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -180,6 +152,7 @@ pub enum PointerSource {
 }
 
 impl Pointer {
+    /// The object's path below the prefix for `digest`.
     pub fn target_for(&self, digest: &Digest) -> String {
         let text = digest.to_string();
         let hex = text.split_once(':').map_or(text.as_str(), |(_, h)| h);
@@ -239,6 +212,7 @@ pub struct Rewritten {
     pub digests: Vec<(String, Digest)>,
 }
 
+/// Why a format cannot serve a request, or cannot be built from a repository's config.
 #[derive(Debug, thiserror::Error)]
 pub enum FormatError {
     #[error("the upstream's {what} is not valid: {reason}")]
@@ -255,11 +229,55 @@ pub enum FormatError {
     BadRequest(&'static str),
     #[error("pin for '{0}' must be sha256:<64 hex digits>")]
     BadPin(String),
+    #[error("format {format} has no {key}")]
+    Unsupported { key: &'static str, format: FormatKind },
 }
 
-/// One package format's rules. Implementations must be cheap to call per request.
+impl FormatError {
+    /// The repository config key a build error is about (`files_upstream`, `pins`, ...).
+    pub fn config_key(&self) -> &'static str {
+        match self {
+            FormatError::BadFilesUpstream(_) | FormatError::MissingFilesUpstream => "files_upstream",
+            FormatError::BadPin(_) => "pins",
+            FormatError::Unsupported { key, .. } => key,
+            _ => "format",
+        }
+    }
+}
+
+/// One package format's rules.
+///
+/// Built once per repository at startup ([`build`]) and shared by every worker thread; every
+/// method is called on the request path (or, for [`Format::digests_in`], off the event loop)
+/// and must be cheap and free of I/O. The methods with defaults describe a plain HTTP mirror.
 pub trait Format: Send + Sync {
     fn kind(&self) -> FormatKind;
+
+    /// The host artefacts are downloaded from when it is not the registry's (PyPI's file host,
+    /// the origin of cargo's `dl` template): requests resolved to [`UpstreamChoice::Files`] go
+    /// there, and redirects to it do not count as leaving the upstream.
+    fn files_upstream(&self) -> Option<UpstreamUrl> {
+        None
+    }
+
+    /// Freshness of [`PathClass::Metadata`] paths when the repository sets no `metadata_ttl`.
+    /// `None`: the upstream's headers decide, as for any other path.
+    fn default_metadata_ttl(&self) -> Option<Duration> {
+        Some(PACKAGE_METADATA_TTL)
+    }
+
+    /// Whether clients' `Cache-Control` request directives are obeyed when the repository does
+    /// not say: package managers send `max-age=0` on every index request (pip does), which
+    /// would turn every hit into a trip upstream.
+    fn honors_request_directives(&self) -> bool {
+        false
+    }
+
+    /// Whether what its [`Pointer`]s last named is journaled in the cache directory, so a proxy
+    /// restarted while the upstream is down still resolves them (registry tags).
+    fn journals_pointers(&self) -> bool {
+        false
+    }
 
     /// Methods this format answers at `path`; others get 405 before any upstream or cache work.
     fn allows(&self, method: &Method, _path: &str) -> bool {
@@ -272,9 +290,10 @@ pub trait Format: Send + Sync {
         None
     }
 
-    /// Map a request below the repository prefix. The path has been checked for traversal
-    /// only as far as the format allows (see [`RequestPath::checked_relative`]).
-    fn resolve(&self, path: &RequestPath<'_>, req: &RequestHeader) -> Result<Resolved, FormatError>;
+    /// Map a request below the repository prefix, with the client's request headers. The format
+    /// checks the path for traversal as far as it allows (see [`RequestPath::checked_relative`]).
+    /// [`FormatError::NotFound`] is answered 404, other errors 400.
+    fn resolve(&self, path: &RequestPath<'_>, headers: &HeaderMap) -> Result<Resolved, FormatError>;
 
     /// Rewrite a document's links to lead through the proxy. Called with the whole body of a
     /// 200 response whose [`Resolved::rewrite`] was set.
@@ -310,9 +329,9 @@ pub trait Format: Send + Sync {
     }
 }
 
-/// Whether the client's `Accept` header names `media_type`.
-pub(crate) fn accepts(req: &RequestHeader, media_type: &str) -> bool {
-    req.headers
+/// Whether the client's `Accept` header names `media_type` (without `q=0`).
+pub(crate) fn accepts(headers: &HeaderMap, media_type: &str) -> bool {
+    headers
         .get_all(http::header::ACCEPT)
         .iter()
         .filter_map(|v| v.to_str().ok())
@@ -351,5 +370,31 @@ pub(crate) fn with_query(path: &str, query: Option<&str>) -> String {
     match query {
         Some(q) => format!("{path}?{q}"),
         None => path.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_registries_take_a_namespace_and_file_hosts_are_the_formats_call() {
+        let up = |files: Option<&str>, namespace: Option<&str>| Upstreams {
+            primary: UpstreamUrl::parse("http://127.0.0.1:1/").unwrap(),
+            files: files.map(str::to_string),
+            pins: Default::default(),
+            namespace: namespace.map(str::to_string),
+        };
+        let err = build(FormatKind::Generic, &up(None, Some("x"))).err().unwrap();
+        assert_eq!((err.config_key(), err.to_string().as_str()), ("namespace", "format generic has no namespace"));
+        assert!(build(FormatKind::Oci, &up(None, Some("docker.io"))).is_ok());
+        assert_eq!(build(FormatKind::Pypi, &up(None, None)).err().unwrap().config_key(), "files_upstream");
+        let cargo = build(FormatKind::Cargo, &up(Some("https://dl.test/api/v1/crates"), None)).unwrap();
+        assert_eq!(cargo.files_upstream().unwrap().to_string(), "https://dl.test/", "cargo's dl is a template: only its origin is an upstream");
+        let pypi = build(FormatKind::Pypi, &up(Some("https://files.test/base"), None)).unwrap();
+        assert_eq!(pypi.files_upstream().unwrap().to_string(), "https://files.test/base/");
+        let generic = build(FormatKind::Generic, &up(None, None)).unwrap();
+        assert_eq!((generic.default_metadata_ttl(), generic.honors_request_directives()), (None, true));
+        assert_eq!((pypi.default_metadata_ttl(), pypi.honors_request_directives()), (Some(PACKAGE_METADATA_TTL), false));
     }
 }

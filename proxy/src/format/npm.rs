@@ -12,13 +12,11 @@
 
 use bytes::Bytes;
 use percent_encoding::percent_decode_str;
-use pingora::http::RequestHeader;
+use http::HeaderMap;
 use serde::Deserialize;
 
+use hangar_core::{Digest, PathClass, PathError, RequestPath};
 use super::{accepts, with_query, Format, FormatError, FormatKind, Representation, Resolved, RewriteEnv, Rewritten, UpstreamChoice, Upstreams};
-use crate::digest::Digest;
-use crate::freshness::PathClass;
-use crate::path::{PathError, RequestPath};
 
 const ABBREVIATED: Representation = Representation {
     name: "abbreviated",
@@ -170,7 +168,7 @@ impl Format for Npm {
             || (method == http::Method::POST && path.starts_with("-/npm/v1/security/"))
     }
 
-    fn resolve(&self, path: &RequestPath<'_>, req: &RequestHeader) -> Result<Resolved, FormatError> {
+    fn resolve(&self, path: &RequestPath<'_>, headers: &HeaderMap) -> Result<Resolved, FormatError> {
         let rel = path.relative;
         if let Some(api) = rel.strip_prefix("-/") {
             let checked = RequestPath { relative: api, query: path.query }.checked_relative(false)?;
@@ -179,7 +177,7 @@ impl Format for Npm {
         let (pkg, rest) = split_package(rel)?;
         match rest.as_slice() {
             [] | [""] => Ok(Resolved {
-                representation: Some(if accepts(req, "application/vnd.npm.install-v1+json") { ABBREVIATED } else { FULL }),
+                representation: Some(if accepts(headers, "application/vnd.npm.install-v1+json") { ABBREVIATED } else { FULL }),
                 rewrite: true,
                 ..Resolved::new(UpstreamChoice::Primary, with_query(&pkg.encoded, path.query), with_query(&pkg.canonical, path.query), PathClass::Metadata)
             }),
@@ -247,7 +245,7 @@ impl Format for Npm {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::upstream::UpstreamUrl;
+    use hangar_core::UpstreamUrl;
 
     fn npm() -> Npm {
         Npm::new(&Upstreams {
@@ -258,9 +256,9 @@ mod tests {
     }
 
     fn resolve(n: &Npm, path: &str, accept: &str) -> Result<Resolved, FormatError> {
-        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        let mut req = HeaderMap::new();
         if !accept.is_empty() {
-            req.insert_header("accept", accept).unwrap();
+            req.insert(http::header::ACCEPT, accept.parse().unwrap());
         }
         n.resolve(&RequestPath { relative: path, query: None }, &req)
     }

@@ -13,12 +13,10 @@
 //!   `alpine` means `library/alpine`, as the Docker CLI and containerd both assume.
 //! - The registry's bearer-token challenge is answered by the proxy (see `proxy/auth.rs`).
 
-use pingora::http::RequestHeader;
+use http::HeaderMap;
 
-use super::{Format, FormatError, FormatKind, Pointer, PointerSource, Resolved};
-use crate::digest::Digest;
-use crate::freshness::PathClass;
-use crate::path::RequestPath;
+use hangar_core::{Digest, PathClass, RequestPath};
+use super::{Format, FormatError, FormatKind, LocalAnswer, Pointer, PointerSource, Resolved};
 
 pub struct Oci {
     /// Single-component names get `library/` (Docker Hub).
@@ -59,20 +57,38 @@ fn query_without_ns(query: Option<&str>) -> Option<String> {
     (!kept.is_empty()).then(|| kept.join("&"))
 }
 
+/// Clients check `Docker-Distribution-Api-Version` on every registry answer.
+const API_VERSION: &[(&str, &str)] = &[("docker-distribution-api-version", "registry/2.0")];
+
+/// The version check: the proxy answers it, so pulls from cache work while the registry is down.
+const VERSION_CHECK: LocalAnswer = LocalAnswer { status: 200, body: "{}", headers: API_VERSION };
+
+/// A tag the registry says does not exist, in the distribution spec's error form.
+const MANIFEST_UNKNOWN: LocalAnswer = LocalAnswer {
+    status: 404,
+    body: r#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown to the upstream registry"}]}"#,
+    headers: API_VERSION,
+};
+
 impl Format for Oci {
     fn kind(&self) -> FormatKind {
         FormatKind::Oci
+    }
+
+    /// A proxy restarted (even killed) during a registry outage still serves its tags.
+    fn journals_pointers(&self) -> bool {
+        true
     }
 
     fn registry_root(&self) -> Option<&'static str> {
         Some("/v2/")
     }
 
-    fn resolve(&self, path: &RequestPath<'_>, _req: &RequestHeader) -> Result<Resolved, FormatError> {
+    fn resolve(&self, path: &RequestPath<'_>, _headers: &HeaderMap) -> Result<Resolved, FormatError> {
         let rel = path.checked_relative(false)?;
         if rel.is_empty() {
             let mut ping = Resolved::passthrough(String::new(), PathClass::Http);
-            ping.local = Some((200, "{}"));
+            ping.local = Some(VERSION_CHECK);
             return Ok(ping);
         }
         let (name, kind, reference) = if let Some((name, reference)) = rel.rsplit_once("/manifests/") {
@@ -104,7 +120,7 @@ impl Format for Oci {
             ("manifests", None) if valid_tag(reference) => {
                 let mut r = Resolved::passthrough(path_of(reference), PathClass::Metadata);
                 r.vary_accept = true;
-                r.pointer = Some(Pointer { source: PointerSource::Head("docker-content-digest"), target: format!("{name}/manifests/{{digest}}") });
+                r.pointer = Some(Pointer { source: PointerSource::Head("docker-content-digest"), target: format!("{name}/manifests/{{digest}}"), missing: Some(MANIFEST_UNKNOWN) });
                 r
             }
             ("manifests", None) => return Err(FormatError::BadRequest("invalid manifest reference (a tag or sha256:/sha512: digest)")),
@@ -127,7 +143,7 @@ mod tests {
     const SHA: &str = "sha256:1e61c37477a1626458e36f7b1d82aa5c9b094fa4802892072e49de9c60c4c926";
 
     fn resolve_in(oci: &Oci, path: &str, query: Option<&str>) -> Result<Resolved, FormatError> {
-        oci.resolve(&RequestPath { relative: path, query }, &RequestHeader::build("GET", b"/", None).unwrap())
+        oci.resolve(&RequestPath { relative: path, query }, &HeaderMap::new())
     }
 
     fn resolve(path: &str) -> Resolved {

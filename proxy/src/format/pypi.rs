@@ -10,13 +10,11 @@
 //!   is on the file host too; it is checked by the client against the index's metadata hash.
 
 use bytes::Bytes;
-use pingora::http::RequestHeader;
+use http::HeaderMap;
 use url::Url;
 
+use hangar_core::{Digest, PathClass, RequestPath, UpstreamUrl};
 use super::{accepts, with_query, Format, FormatError, FormatKind, Representation, Resolved, RewriteEnv, Rewritten, UpstreamChoice, Upstreams};
-use crate::digest::Digest;
-use crate::freshness::PathClass;
-use crate::path::RequestPath;
 
 const JSON: Representation = Representation {
     name: "json",
@@ -34,6 +32,8 @@ pub struct Pypi {
     index: Url,
     /// The file host's base URL, normalised.
     files: Url,
+    /// The same, as the upstream file requests go to.
+    files_upstream: UpstreamUrl,
 }
 
 impl Pypi {
@@ -43,8 +43,9 @@ impl Pypi {
         if !files.path().ends_with('/') {
             files.set_path(&format!("{}/", files.path()));
         }
+        let files_upstream = UpstreamUrl::parse(files.as_str()).map_err(|_| FormatError::BadFilesUpstream(files.to_string()))?;
         let index = Url::parse(&up.primary.to_string()).map_err(|e| FormatError::BadDocument { what: "upstream URL", reason: e.to_string() })?;
-        Ok(Pypi { index, files })
+        Ok(Pypi { index, files, files_upstream })
     }
 
     /// Where a link on an index page should point: through the proxy if it leads to the file
@@ -132,11 +133,15 @@ impl Format for Pypi {
         FormatKind::Pypi
     }
 
-    fn resolve(&self, path: &RequestPath<'_>, req: &RequestHeader) -> Result<Resolved, FormatError> {
+    fn files_upstream(&self) -> Option<UpstreamUrl> {
+        Some(self.files_upstream.clone())
+    }
+
+    fn resolve(&self, path: &RequestPath<'_>, headers: &HeaderMap) -> Result<Resolved, FormatError> {
         let rel = path.checked_relative(false)?;
         if rel == "simple" || rel.starts_with("simple/") {
             let below = rel.strip_prefix("simple").unwrap_or("").trim_start_matches('/');
-            let json = accepts(req, JSON.accept);
+            let json = accepts(headers, JSON.accept);
             return Ok(Resolved {
                 representation: Some(if json { JSON } else { HTML }),
                 // The root listing's JSON form names projects only; its HTML form links to them.
@@ -180,7 +185,7 @@ impl Format for Pypi {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::upstream::UpstreamUrl;
+    use hangar_core::UpstreamUrl;
 
     fn pypi() -> Pypi {
         Pypi::new(&Upstreams {
@@ -192,9 +197,9 @@ mod tests {
     }
 
     fn resolved(p: &Pypi, path: &str, accept: &str) -> Resolved {
-        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        let mut req = HeaderMap::new();
         if !accept.is_empty() {
-            req.insert_header("accept", accept).unwrap();
+            req.insert(http::header::ACCEPT, accept.parse().unwrap());
         }
         p.resolve(&RequestPath { relative: path, query: None }, &req).unwrap()
     }
@@ -245,9 +250,9 @@ mod tests {
         let m = resolved(&p, &format!("files/sha256/{SHA}/packages/a/b/six.whl.metadata"), "");
         assert_eq!(m.digest, None, "metadata files have their own hash");
         assert!(r.store && m.store);
-        let bare = p.resolve(&RequestPath { relative: "files/packages/a/b/six.whl", query: Some("v=1") }, &RequestHeader::build("GET", b"/", None).unwrap()).unwrap();
+        let bare = p.resolve(&RequestPath { relative: "files/packages/a/b/six.whl", query: Some("v=1") }, &HeaderMap::new()).unwrap();
         assert!(!bare.store, "without its digest a file is served, never cached under the verified key");
         assert_eq!(bare.upstream_path, "packages/a/b/six.whl", "the client's query is not sent upstream");
-        assert!(p.resolve(&RequestPath { relative: "elsewhere", query: None }, &RequestHeader::build("GET", b"/", None).unwrap()).is_err());
+        assert!(p.resolve(&RequestPath { relative: "elsewhere", query: None }, &HeaderMap::new()).is_err());
     }
 }

@@ -1,10 +1,11 @@
-//! What a region's proxies share: membership, an index of the objects they hold, negative
-//! cache entries and upstream breaker state.
+//! What a region's proxies share about the objects they hold: an index of which proxy stores
+//! what, with sizes, digests, last access and hits by region (what tiering, the UI and "where
+//! is this sha256" read).
 //!
 //! One small trait with two implementations: in-process (the default: a proxy alone needs no
-//! Redis) and Redis (a fleet). The request path never waits on it: writes go through a
-//! bounded queue to one writer task and are dropped (and counted) when the queue is full or
-//! the store is down; reads that routing needs (membership) are refreshed in the background.
+//! Redis) and Redis (a fleet; it also keeps the fleet's membership). The request path never
+//! waits on it: the [`MetadataSink`] turns each request's outcome into at most one write, queued
+//! for one writer task, and dropped (and counted) when the queue is full or the store is down.
 
 mod memory;
 mod redis;
@@ -13,12 +14,15 @@ pub use memory::MemoryMetadata;
 pub use redis::RedisMetadata;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
+use hangar_core::{CacheResult, Tier};
 use prometheus::IntCounterVec;
 use tokio::sync::mpsc;
 
+use crate::outcome::{Outcome, OutcomeSink};
+
+/// Why the metadata store could not be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum MetadataError {
     #[error("metadata store unavailable: {0}")]
@@ -27,15 +31,8 @@ pub enum MetadataError {
     Timeout,
 }
 
-/// One proxy of the fleet, as peers reach it.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Member {
-    /// `ip:port` of its proxy listener.
-    pub addr: String,
-}
-
 /// What is known about one cached object, fleet-wide.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct ObjectInfo {
     pub size: u64,
     pub digest: Option<String>,
@@ -54,22 +51,19 @@ pub enum MetadataWrite {
     Stored { repository: String, key: String, size: u64, digest: Option<String>, tier: String },
     /// A hit in a region.
     Hit { repository: String, key: String, region: String },
-    /// A 404 remembered for `ttl`.
-    Negative { repository: String, key: String, ttl: Duration },
-    /// A repository's upstream breaker changed state (0 closed, 1 open, 2 half-open).
-    Breaker { repository: String, state: u8, ttl: Duration },
 }
 
+/// A store of [`ObjectInfo`] by repository and cache key path.
+///
+/// Called from one writer task ([`MetadataWriter`]) and from readers off the request path;
+/// every call should answer within a second (Redis calls have a 500 ms deadline). The index is
+/// advisory: an implementation may forget entries (by age or to stay bounded).
 #[async_trait]
 pub trait Metadata: Send + Sync {
-    /// Announce `me` as live for `ttl`; returns every live member, `me` included.
-    async fn heartbeat(&self, me: &Member, ttl: Duration) -> Result<Vec<Member>, MetadataError>;
-    /// Leave the fleet at once (graceful shutdown).
-    async fn leave(&self, me: &Member) -> Result<(), MetadataError>;
+    /// Apply one change; an error drops it (the writer counts it).
     async fn apply(&self, write: &MetadataWrite) -> Result<(), MetadataError>;
+    /// What is known about `key` in `repository`, if anything.
     async fn object(&self, repository: &str, key: &str) -> Result<Option<ObjectInfo>, MetadataError>;
-    async fn is_negative(&self, repository: &str, key: &str) -> Result<bool, MetadataError>;
-    async fn breaker(&self, repository: &str) -> Result<Option<u8>, MetadataError>;
 }
 
 fn now_secs() -> u64 {
@@ -102,6 +96,7 @@ impl MetadataWriter {
         (MetadataWriter { queue: tx, results }, task)
     }
 
+    /// Queue `w`; a full queue drops it (counted as `dropped_queue_full`), never waits.
     pub fn write(&self, w: MetadataWrite) {
         if self.queue.try_send(w).is_err() {
             self.results.with_label_values(&["dropped_queue_full"]).inc();
@@ -109,52 +104,38 @@ impl MetadataWriter {
     }
 }
 
-/// Rendezvous (highest-random-weight) order of `members` for `key`: the first owns it,
-/// the rest are its successors. Adding or losing a member moves only the keys it owned.
-pub fn owners<'a>(members: &'a [Member], key: &[u8]) -> Vec<&'a Member> {
-    let mut scored: Vec<(u64, &Member)> = members
-        .iter()
-        .map(|m| {
-            let mut h = blake3::Hasher::new();
-            h.update(m.addr.as_bytes());
-            h.update(&[0]);
-            h.update(key);
-            let mut score = [0u8; 8];
-            score.copy_from_slice(&h.finalize().as_bytes()[..8]);
-            (u64::from_le_bytes(score), m)
-        })
-        .collect();
-    scored.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1)));
-    scored.into_iter().map(|(_, m)| m).collect()
+/// The request path's side of the index: an object stored here (`Stored`, with this proxy's
+/// disk tier), and, when the index is shared, each hit (`Hit`, by region).
+pub struct MetadataSink {
+    writer: MetadataWriter,
+    /// `disk:<this proxy's address>`.
+    tier: String,
+    region: String,
+    shared: bool,
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn m(a: &str) -> Member {
-        Member { addr: a.into() }
+impl MetadataSink {
+    /// `member` is this proxy's address as peers reach it; hits are written only when `shared`
+    /// (alone, nobody reads hit counts).
+    pub fn new(writer: MetadataWriter, member: &str, region: &str, shared: bool) -> Self {
+        MetadataSink { writer, tier: format!("{}:{member}", Tier::Disk.as_str()), region: region.to_string(), shared }
     }
+}
 
-    #[test]
-    fn rendezvous_spreads_keys_and_moves_only_a_lost_members_keys() {
-        let all = vec![m("a:1"), m("b:1"), m("c:1")];
-        let mut owned = std::collections::HashMap::new();
-        for i in 0..3000 {
-            let key = format!("k{i}");
-            *owned.entry(owners(&all, key.as_bytes())[0].addr.clone()).or_insert(0) += 1;
-        }
-        assert!(owned.values().all(|&n| n > 800), "{owned:?}");
-        let without_b = vec![m("a:1"), m("c:1")];
-        for i in 0..3000 {
-            let key = format!("k{i}");
-            let before = owners(&all, key.as_bytes());
-            let after = owners(&without_b, key.as_bytes());
-            if before[0].addr != "b:1" {
-                assert_eq!(before[0], after[0], "a key whose owner stayed does not move");
-            } else {
-                assert_eq!(before[1], after[0], "a lost owner's keys go to their next owner");
-            }
-        }
+impl OutcomeSink for MetadataSink {
+    fn record(&self, o: &Outcome<'_>) {
+        let (Some(repository), Some(key)) = (o.repository, o.key_path) else { return };
+        let write = match (o.result, o.status) {
+            (CacheResult::Miss, 200) if o.stored => MetadataWrite::Stored {
+                repository: repository.to_string(),
+                key: key.to_string(),
+                size: o.bytes_served,
+                digest: o.digest.map(|d| d.to_string()),
+                tier: self.tier.clone(),
+            },
+            (CacheResult::Hit, _) if self.shared => MetadataWrite::Hit { repository: repository.to_string(), key: key.to_string(), region: self.region.clone() },
+            _ => return,
+        };
+        self.writer.write(write);
     }
 }

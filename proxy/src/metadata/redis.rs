@@ -1,9 +1,9 @@
-//! Fleet metadata in Redis.
+//! Fleet metadata and membership in Redis.
 //!
 //! Keys live under `hangar:<region>:`. Members are a sorted set scored by the time their
 //! heartbeat expires; objects are hashes (`size`, `digest`, `last_access`, `tier:<name>`,
-//! `hits:<region>`); negative entries and breaker states are plain keys with a TTL. Every call
-//! has a deadline, and the connection re-establishes itself after Redis comes back.
+//! `hits:<region>`) that expire 30 days after their last write. Every call has a deadline, and
+//! the connection re-establishes itself after Redis comes back.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -11,7 +11,8 @@ use async_trait::async_trait;
 use redis::aio::ConnectionManager;
 use tokio::sync::Mutex;
 
-use super::{now_secs, Member, Metadata, MetadataError, MetadataWrite, ObjectInfo};
+use super::{now_secs, Metadata, MetadataError, MetadataWrite, ObjectInfo};
+use crate::fleet::{Member, Membership, MembershipError};
 
 /// Longest a metadata call may take; the request path never waits on one, but routing
 /// refreshes and the writer should notice an unreachable Redis quickly.
@@ -21,6 +22,7 @@ const DEADLINE: Duration = Duration::from_millis(500);
 /// not outgrow what the fleet still holds.
 const OBJECT_TTL_SECS: i64 = 30 * 86400;
 
+/// A region's shared metadata and membership, in one Redis (or a Redis-compatible server).
 pub struct RedisMetadata {
     client: redis::Client,
     conn: Mutex<Option<ConnectionManager>>,
@@ -71,9 +73,16 @@ fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
+fn membership_error(e: MetadataError) -> MembershipError {
+    match e {
+        MetadataError::Unavailable(why) => MembershipError::Unavailable(why),
+        MetadataError::Timeout => MembershipError::Timeout,
+    }
+}
+
 #[async_trait]
-impl Metadata for RedisMetadata {
-    async fn heartbeat(&self, me: &Member, ttl: Duration) -> Result<Vec<Member>, MetadataError> {
+impl Membership for RedisMetadata {
+    async fn heartbeat(&self, me: &Member, ttl: Duration) -> Result<Vec<Member>, MembershipError> {
         let key = format!("{}members", self.prefix);
         let now = now_ms();
         let mut pipe = redis::pipe();
@@ -86,18 +95,21 @@ impl Metadata for RedisMetadata {
             .arg(now)
             .ignore()
             .zrange(&key, 0, -1);
-        let (addrs,): (Vec<String>,) = self.run(&pipe).await?;
+        let (addrs,): (Vec<String>,) = self.run(&pipe).await.map_err(membership_error)?;
         let mut members: Vec<Member> = addrs.into_iter().map(|addr| Member { addr }).collect();
         members.sort();
         Ok(members)
     }
 
-    async fn leave(&self, me: &Member) -> Result<(), MetadataError> {
+    async fn leave(&self, me: &Member) -> Result<(), MembershipError> {
         let mut pipe = redis::pipe();
         pipe.zrem(format!("{}members", self.prefix), &me.addr).ignore();
-        self.run::<()>(&pipe).await
+        self.run::<()>(&pipe).await.map_err(membership_error)
     }
+}
 
+#[async_trait]
+impl Metadata for RedisMetadata {
     async fn apply(&self, write: &MetadataWrite) -> Result<(), MetadataError> {
         let mut pipe = redis::pipe();
         match write {
@@ -112,12 +124,6 @@ impl Metadata for RedisMetadata {
             MetadataWrite::Hit { repository, key, region } => {
                 let k = self.object_key(repository, key);
                 pipe.hincr(&k, format!("hits:{region}"), 1).ignore().hset(&k, "last_access", now_secs()).ignore().expire(&k, OBJECT_TTL_SECS).ignore();
-            }
-            MetadataWrite::Negative { repository, key, ttl } => {
-                pipe.pset_ex(format!("{}neg:{repository}:{key}", self.prefix), 1, ttl.as_millis().max(1) as u64).ignore();
-            }
-            MetadataWrite::Breaker { repository, state, ttl } => {
-                pipe.pset_ex(format!("{}breaker:{repository}", self.prefix), *state, ttl.as_millis().max(1) as u64).ignore();
             }
         }
         self.run::<()>(&pipe).await
@@ -148,19 +154,5 @@ impl Metadata for RedisMetadata {
         info.tiers.sort();
         info.hits.sort();
         Ok(Some(info))
-    }
-
-    async fn is_negative(&self, repository: &str, key: &str) -> Result<bool, MetadataError> {
-        let mut pipe = redis::pipe();
-        pipe.exists(format!("{}neg:{repository}:{key}", self.prefix));
-        let (n,): (u32,) = self.run(&pipe).await?;
-        Ok(n > 0)
-    }
-
-    async fn breaker(&self, repository: &str) -> Result<Option<u8>, MetadataError> {
-        let mut pipe = redis::pipe();
-        pipe.get(format!("{}breaker:{repository}", self.prefix));
-        let (v,): (Option<u8>,) = self.run(&pipe).await?;
-        Ok(v)
     }
 }

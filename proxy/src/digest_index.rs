@@ -1,128 +1,11 @@
-//! Content digests: what an artefact's bytes must hash to before the cache keeps them.
-//!
-//! Registries publish a digest next to every artefact (PyPI's `#sha256=`, npm's
-//! `dist.integrity`, cargo's `cksum`); the proxy hashes the body while it streams and refuses
-//! to commit a cache entry whose bytes do not match.
+//! Digests learned from the documents a repository serves, for artefacts whose URL does not
+//! carry one (npm tarballs, apt pool files, gems): the proxy reads each listing as it passes
+//! (off the event loop when it is large) and verifies the artefacts against it later.
 
 use std::collections::{HashMap, VecDeque};
-use std::fmt;
 
-use base64::Engine;
+use hangar_core::Digest;
 use parking_lot::Mutex;
-use sha2::Digest as _;
-
-#[derive(Clone, PartialEq, Eq)]
-pub enum Digest {
-    Sha1([u8; 20]),
-    Sha256([u8; 32]),
-    Sha512([u8; 64]),
-}
-
-impl fmt::Debug for Digest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(self, f)
-    }
-}
-
-impl fmt::Display for Digest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Digest::Sha1(d) => write!(f, "sha1:{}", hex::encode(d)),
-            Digest::Sha256(d) => write!(f, "sha256:{}", hex::encode(d)),
-            Digest::Sha512(d) => write!(f, "sha512:{}", hex::encode(d)),
-        }
-    }
-}
-
-impl Digest {
-    pub fn sha256_hex(s: &str) -> Option<Self> {
-        let mut d = [0u8; 32];
-        hex::decode_to_slice(s.trim(), &mut d).ok()?;
-        Some(Digest::Sha256(d))
-    }
-
-    /// `sha256:<hex>` or `sha512:<hex>` (as OCI writes digests, and as this type displays).
-    pub fn parse(s: &str) -> Option<Self> {
-        match s.split_once(':')? {
-            ("sha256", hex) if hex.len() == 64 => Self::sha256_hex(hex),
-            ("sha512", hex) if hex.len() == 128 => {
-                let mut d = [0u8; 64];
-                hex::decode_to_slice(hex, &mut d).ok()?;
-                Some(Digest::Sha512(d))
-            }
-            _ => None,
-        }
-    }
-
-    pub fn sha1_hex(s: &str) -> Option<Self> {
-        let mut d = [0u8; 20];
-        hex::decode_to_slice(s.trim(), &mut d).ok()?;
-        Some(Digest::Sha1(d))
-    }
-
-    /// A Subresource Integrity value (`sha512-<base64>`), as npm's `dist.integrity`. With
-    /// several, the strongest wins.
-    pub fn from_sri(s: &str) -> Option<Self> {
-        let b64 = base64::engine::general_purpose::STANDARD;
-        let mut best: Option<Digest> = None;
-        for item in s.split_whitespace() {
-            let (alg, value) = item.split_once('-')?;
-            let value = value.split('?').next().unwrap_or(value);
-            let bytes = b64.decode(value).ok()?;
-            let d = match alg {
-                "sha512" => Digest::Sha512(bytes.try_into().ok()?),
-                "sha256" => Digest::Sha256(bytes.try_into().ok()?),
-                "sha1" => Digest::Sha1(bytes.try_into().ok()?),
-                _ => continue,
-            };
-            if best.as_ref().is_none_or(|b| b.strength() < d.strength()) {
-                best = Some(d);
-            }
-        }
-        best
-    }
-
-    fn strength(&self) -> u8 {
-        match self {
-            Digest::Sha1(_) => 1,
-            Digest::Sha256(_) => 2,
-            Digest::Sha512(_) => 3,
-        }
-    }
-
-    pub fn hasher(&self) -> Hasher {
-        match self {
-            Digest::Sha1(_) => Hasher::Sha1(sha1::Sha1::new()),
-            Digest::Sha256(_) => Hasher::Sha256(sha2::Sha256::new()),
-            Digest::Sha512(_) => Hasher::Sha512(sha2::Sha512::new()),
-        }
-    }
-}
-
-/// A running hash of the algorithm of an expected [`Digest`].
-pub enum Hasher {
-    Sha1(sha1::Sha1),
-    Sha256(sha2::Sha256),
-    Sha512(sha2::Sha512),
-}
-
-impl Hasher {
-    pub fn update(&mut self, data: &[u8]) {
-        match self {
-            Hasher::Sha1(h) => h.update(data),
-            Hasher::Sha256(h) => h.update(data),
-            Hasher::Sha512(h) => h.update(data),
-        }
-    }
-
-    pub fn finish(self) -> Digest {
-        match self {
-            Hasher::Sha1(h) => Digest::Sha1(h.finalize().into()),
-            Hasher::Sha256(h) => Digest::Sha256(h.finalize().into()),
-            Hasher::Sha512(h) => Digest::Sha512(h.finalize().into()),
-        }
-    }
-}
 
 /// Digests learned from documents the proxy has served (npm packuments, apt indexes), for
 /// artefacts whose URL does not carry one. Bounded: the least recently learned entries are
@@ -151,6 +34,7 @@ struct Learned {
 pub const MAX_LEARNING: usize = 2;
 
 impl DigestIndex {
+    /// An index of at most `capacity` digests.
     pub fn new(capacity: usize) -> Self {
         DigestIndex {
             capacity,
@@ -169,6 +53,7 @@ impl DigestIndex {
         self.pending.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < MAX_LEARNING).then_some(n + 1)).is_ok()
     }
 
+    /// A listing has been read (or failed to be): stop counting it as pending.
     pub fn end_learning(&self, listing: &str) {
         {
             let mut learned = self.learned.lock();
@@ -201,10 +86,12 @@ impl DigestIndex {
         }
     }
 
+    /// The digest learned for the artefact at cache key path `key`.
     pub fn get(&self, key: &str) -> Option<Digest> {
         self.inner.lock().map.get(key).map(|(d, _)| d.clone())
     }
 
+    /// Learn `(cache key path, digest)` pairs, forgetting the least recently learned past capacity.
     pub fn insert_all(&self, entries: Vec<(String, Digest)>) {
         let mut guard = self.inner.lock();
         let Learned { map, order, generation } = &mut *guard;
@@ -230,19 +117,6 @@ impl DigestIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn hashes_match_their_published_forms() {
-        let mut h = Digest::Sha256([0; 32]).hasher();
-        h.update(b"abc");
-        assert_eq!(h.finish(), Digest::sha256_hex("ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad").unwrap());
-        let sri = "sha512-3a81oZNherrMQXNJriBBMRLm+k6JqX6iCp7u5ktV05ohkpkqJ0/BqDa6PCOj/uu9RU1EI2Q86A4qmslPpUyknw==";
-        let mut h = Digest::from_sri(sri).unwrap().hasher();
-        h.update(b"abc");
-        assert_eq!(Some(h.finish()), Digest::from_sri(sri));
-        assert!(Digest::from_sri("md5-abc").is_none());
-        assert!(Digest::sha256_hex("xyz").is_none());
-    }
 
     #[test]
     fn the_index_forgets_oldest_first() {

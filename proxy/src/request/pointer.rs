@@ -7,14 +7,13 @@
 //! upstream fails (or the repository is offline) the last answer is used however old. The
 //! object itself is then served by digest, through the cache, verified.
 
-use http::header;
-use pingora::http::RequestHeader;
+use hangar_core::Digest;
+use http::{header, HeaderMap};
 
 use super::{accept_list, HangarProxy};
-use crate::breaker::Admission;
-use crate::digest::Digest;
+use crate::client::Request;
 use crate::format::{PointerSource, Resolved};
-use crate::router::Repository;
+use crate::repository::Repository;
 
 /// The outcome of following a pointer.
 pub(super) enum Followed {
@@ -44,21 +43,22 @@ const MAX_POINTER_KEY: usize = 2048;
 
 /// The media types the client accepts, without parameters, sorted and deduplicated: what the
 /// registry chooses by, in one spelling however the client wrote it.
-fn media_types(req: &RequestHeader) -> String {
-    let mut types: Vec<String> = accept_list(req).split(',').map(|t| t.split(';').next().unwrap_or("").trim().to_ascii_lowercase()).filter(|t| !t.is_empty()).collect();
+fn media_types(headers: &HeaderMap) -> String {
+    let mut types: Vec<String> = accept_list(headers).split(',').map(|t| t.split(';').next().unwrap_or("").trim().to_ascii_lowercase()).filter(|t| !t.is_empty()).collect();
     types.sort();
     types.dedup();
     types.join(",")
 }
 
 impl HangarProxy {
-    pub(super) async fn follow_pointer(&self, repo: &Repository, resolved: &Resolved, req: &RequestHeader) -> Followed {
+    /// Which object `resolved`'s pointer names now, for a client that sent `headers`.
+    pub(super) async fn follow_pointer(&self, repo: &Repository, resolved: &Resolved, headers: &HeaderMap) -> Followed {
         let Some(pointer) = resolved.pointer.as_ref() else { return Followed::Unresolved };
         let digest_header = match &pointer.source {
             PointerSource::Head(header) => *header,
             PointerSource::Document(document) => return self.follow_listing(repo, resolved, document).await,
         };
-        let key = format!("{}\t{}", resolved.key_path, media_types(req));
+        let key = format!("{}\t{}", resolved.key_path, media_types(headers));
         let known = repo.pointers.get(&key);
         let count = |result: &str| self.metrics.pointer_lookups.with_label_values(&[&repo.name, result]).inc();
         let fresh_for = repo.freshness.metadata_ttl().unwrap_or_default();
@@ -68,12 +68,14 @@ impl HangarProxy {
                 return Followed::To(digest.clone());
             }
         }
-        let answer = if self.offline.is_offline(&repo.name) || repo.breaker.admit() == Admission::Reject {
-            Answer::Failed
-        } else {
-            let answer = self.ask_upstream(repo, digest_header, resolved, req).await;
-            self.breaker_outcome(repo, !matches!(answer, Answer::Failed));
-            answer
+        let ticket = if self.offline.is_offline(&repo.name) { None } else { repo.breaker.ticket() };
+        let answer = match ticket {
+            None => Answer::Failed,
+            Some(ticket) => {
+                let answer = self.ask_upstream(repo, digest_header, resolved, headers).await;
+                ticket.settle(!matches!(answer, Answer::Failed));
+                answer
+            }
         };
         match answer {
             Answer::Digest(digest) => {
@@ -106,7 +108,6 @@ impl HangarProxy {
         }
     }
 
-    /// HEAD the name upstream, answering one authentication challenge.
     /// The digest `document` lists for the name: learned as the document last passed, or read
     /// through the proxy (so from cache when it can) when not known yet.
     async fn follow_listing(&self, repo: &Repository, resolved: &Resolved, document: &str) -> Followed {
@@ -132,16 +133,18 @@ impl HangarProxy {
         }
     }
 
-    async fn ask_upstream(&self, repo: &Repository, digest_header: &str, resolved: &Resolved, req: &RequestHeader) -> Answer {
+    /// HEAD the name upstream, answering one authentication challenge.
+    async fn ask_upstream(&self, repo: &Repository, digest_header: &str, resolved: &Resolved, client_headers: &HeaderMap) -> Answer {
         let target = format!("{}{}", repo.upstream.base_path, resolved.upstream_path);
         let mut headers: Vec<(header::HeaderName, String)> =
-            req.headers.get_all(header::ACCEPT).iter().filter_map(|v| v.to_str().ok()).map(|v| (header::ACCEPT, v.to_string())).collect();
-        let sent_ahead = resolved.auth_scope.as_deref().and_then(|scope| self.preauthorization(repo, scope));
+            client_headers.get_all(header::ACCEPT).iter().filter_map(|v| v.to_str().ok()).map(|v| (header::ACCEPT, v.to_string())).collect();
+        let sent_ahead = resolved.auth_scope.as_deref().and_then(|scope| repo.auth.preauthorization(scope));
         if let Some(auth) = &sent_ahead {
             headers.push((header::AUTHORIZATION, auth.clone()));
         }
         for attempt in 0..2 {
-            let response = match self.client.send("HEAD", &repo.upstream, &target, &headers, &repo.timeouts, HEAD_BODY_LIMIT).await {
+            let request = Request { method: http::Method::HEAD, url: &repo.upstream, target: &target, headers: &headers, timeouts: &repo.timeouts };
+            let response = match self.client.fetch(&request, HEAD_BODY_LIMIT).await {
                 Ok(r) => r,
                 Err(e) => {
                     self.metrics.upstream_errors.with_label_values(&[&repo.name, "pointer"]).inc();
@@ -153,10 +156,10 @@ impl HangarProxy {
             if status == http::StatusCode::UNAUTHORIZED && attempt == 0 {
                 let Some(challenge) = response.header("www-authenticate") else { return Answer::NoDigest };
                 if let Some(refused) = &sent_ahead {
-                    self.forget_token(repo, refused);
+                    repo.auth.forget(refused);
                     headers.retain(|(name, _)| name != header::AUTHORIZATION);
                 }
-                match self.answer_challenge(repo, challenge).await {
+                match repo.auth.answer(&self.client, &repo.upstream, &repo.timeouts, challenge).await {
                     Ok(authorization) => headers.push((header::AUTHORIZATION, authorization)),
                     Err(why) => {
                         self.metrics.upstream_errors.with_label_values(&[&repo.name, "token"]).inc();

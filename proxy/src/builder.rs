@@ -1,0 +1,356 @@
+//! Assembling a running proxy from a [`Config`] and its pluggable parts: storage, eviction,
+//! fleet membership, outcome sinks, services and listeners.
+//!
+//! ```no_run
+//! # fn main() -> Result<(), hangar_proxy::StartError> {
+//! let config = hangar_proxy::Config::default();
+//! hangar_proxy::ProxyBuilder::new(config, "defaults")?.run()
+//! # }
+//! ```
+//!
+//! [`ProxyBuilder::new`] runs every check a config can be put to without touching the disk or
+//! the network (the config's own validation, then each repository's format); `check-config`
+//! runs exactly that. [`ProxyBuilder::run`] opens the cache, binds the listeners and serves
+//! until SIGTERM (graceful) or SIGINT (fast).
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use hangar_core::UpstreamUrl;
+use pingora::cache::lock::{CacheKeyLockImpl, CacheLock};
+use pingora::cache::storage::{PurgeTarget, PurgeType, Storage};
+use pingora::listeners::TcpSocketOptions;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{Server, ShutdownWatch};
+use pingora::services::background::{background_service, BackgroundService};
+use pingora::services::listening::Service;
+
+use crate::admin::AdminApp;
+use crate::client::Client;
+use crate::config::{Config, ConfigError};
+use crate::fleet::{Alone, Fleet, FleetParts, Member, Membership, StaticMembers};
+use crate::metadata::{MemoryMetadata, Metadata, MetadataSink, MetadataWriter, RedisMetadata};
+use crate::metrics::{Metrics, MetricsSink, RepoMetrics};
+use crate::offline::OfflineSwitch;
+use crate::origin::{OriginClient, OriginHandOff, Uploader};
+use crate::outcome::{OutcomeSink, Sinks};
+use crate::pointers::PointerIndex;
+use crate::repository::Repository;
+use crate::request::HangarProxy;
+use crate::router::Router;
+use crate::storage::eviction::DiskEviction;
+use crate::storage::{StorageOptions, TieredStorage};
+use crate::upstream::Resolver;
+
+/// How often the disk tier's eviction order is saved while running.
+const EVICTION_SAVE_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Why a proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("opening cache directory {dir}: {source}")]
+    Cache { dir: String, source: Box<dyn std::error::Error + Send + Sync> },
+    #[error("listen address {addr}: {source}")]
+    Listen { addr: String, source: std::io::Error },
+    #[error("fleet.redis: {0}")]
+    Redis(String),
+    #[error("starting the runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// A proxy about to start: a validated config plus the parts an embedder may replace or add.
+pub struct ProxyBuilder {
+    config: Config,
+    /// Where the config came from, for error messages (`config/hangar.toml`, `command line`).
+    source: String,
+    membership: Option<Arc<dyn Membership>>,
+    sinks: Vec<Arc<dyn OutcomeSink>>,
+}
+
+impl ProxyBuilder {
+    /// Check `config` (named `source` in errors) as startup would, without touching the disk
+    /// or the network.
+    pub fn new(config: Config, source: &str) -> Result<Self, ConfigError> {
+        config.validate(source)?;
+        let metrics = Metrics::new();
+        for (i, cfg) in config.repositories.iter().enumerate() {
+            Repository::from_config(cfg, &metrics, None).map_err(|e| ConfigError::Invalid { file: source.to_string(), key: format!("repository[{i}].{}", e.key), message: e.message })?;
+        }
+        Ok(ProxyBuilder { config, source: source.to_string(), membership: None, sinks: Vec::new() })
+    }
+
+    /// The config this proxy will run.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Find fleet members through `membership` instead of what the config says (Redis, the
+    /// static list, or alone). The config's `fleet.secret` still signs hops.
+    pub fn membership(mut self, membership: Arc<dyn Membership>) -> Self {
+        self.membership = Some(membership);
+        self
+    }
+
+    /// Tell `sink` how every request ended, after the built-in sinks (metrics, fleet
+    /// metadata, origin hand-off).
+    pub fn outcome_sink(mut self, sink: Arc<dyn OutcomeSink>) -> Self {
+        self.sinks.push(sink);
+        self
+    }
+
+    /// Build every part and serve until a shutdown signal (SIGTERM graceful, SIGINT fast).
+    /// Prints `hangar-proxy ready: listen=ADDR admin=ADDR` on stdout once both listeners
+    /// accept connections.
+    pub fn run(self) -> Result<(), StartError> {
+        let config = &self.config;
+        let metrics = Arc::new(Metrics::new());
+        let opts = StorageOptions {
+            memory_bytes: config.cache.memory_bytes.0,
+            memory_max_object_bytes: config.cache.memory_max_object_bytes.0,
+            disk_bytes: config.cache.disk_bytes.0,
+            fsync: config.cache.fsync,
+            min_free_disk_bytes: config.cache.min_free_disk_bytes.0,
+        };
+        let dir = config.cache_dir();
+        let cache_error = |e: crate::storage::StorageError| StartError::Cache { dir: dir.display().to_string(), source: e.into() };
+        let (storage, entries) = TieredStorage::open(&dir, &opts, metrics.clone()).map_err(cache_error)?;
+        let storage: &'static TieredStorage = Box::leak(Box::new(storage));
+        let eviction: &'static DiskEviction = Box::leak(Box::new(DiskEviction::new(opts.disk_bytes, &dir.join("eviction"))));
+        let restored = entries.len();
+        {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(StartError::Runtime)?;
+            rt.block_on(async {
+                let over_budget = eviction.restore(entries).await;
+                let span = pingora::cache::trace::Span::inactive().handle();
+                for item in over_budget {
+                    let _ = storage.purge(PurgeTarget::Exact(&item), PurgeType::Eviction, &span).await;
+                }
+            });
+        }
+        tracing::info!(dir = %dir.display(), entries = restored, "disk cache opened");
+
+        let mut repos = Vec::with_capacity(config.repositories.len());
+        for (i, cfg) in config.repositories.iter().enumerate() {
+            let journal = PointerIndex::journal_path(&dir, &cfg.name);
+            let repo = Repository::from_config(cfg, &metrics, Some(&journal)).map_err(|e| ConfigError::Invalid { file: self.source.clone(), key: format!("repository[{i}].{}", e.key), message: e.message })?;
+            tracing::info!(repository = %repo.name, prefix = %repo.prefix, format = %repo.format.kind(), "repository enabled");
+            repos.push(repo);
+        }
+        let repo_count = repos.len();
+        let repo_metrics: HashMap<String, RepoMetrics> = repos.iter().map(|r| (r.name.clone(), r.metrics.clone())).collect();
+        let router = Arc::new(Router::new(repos));
+        let offline = Arc::new(OfflineSwitch::new(config.offline, config.repositories.iter().map(|r| (r.name.clone(), r.offline))));
+        let lock: &'static CacheKeyLockImpl = Box::leak(CacheLock::new_boxed(config.cache.lock_timeout.0));
+
+        let listen = reserve(&config.listen)?;
+        let admin_listen = reserve(&config.admin_listen)?;
+
+        let conf = ServerConf {
+            threads: config.threads,
+            // One runtime per worker thread, no stealing: cheaper scheduling on the hit path, and
+            // the default is one thread.
+            work_stealing: false,
+            grace_period_seconds: Some(0),
+            graceful_shutdown_timeout_seconds: Some(config.shutdown_grace.0.as_secs()),
+            ..ServerConf::default()
+        };
+        let mut server = Server::new_with_opt_and_conf(None, conf);
+        server.bootstrap();
+
+        let resolver = Arc::new(Resolver::from_system());
+        let client = Arc::new(Client::new(resolver.clone()));
+        let (fleet, store) = self.fleet(listen.addr, &metrics)?;
+        let (writer, write_task) = MetadataWriter::spawn(store.clone(), config.fleet.write_queue, metrics.metadata_writes.clone());
+        let mut sinks = Sinks::default();
+        sinks.push(Arc::new(MetricsSink::new(metrics.clone(), repo_metrics)));
+        sinks.push(Arc::new(MetadataSink::new(writer, &fleet.me().addr, fleet.region(), fleet.is_shared())));
+        let origin = config.origin.as_ref().map(|o| {
+            let url = UpstreamUrl::parse(&o.url).expect("validated");
+            Arc::new(OriginClient::new(url, o.upload_queue, metrics.origin_uploads.clone()))
+        });
+        if let Some(origin) = &origin {
+            sinks.push(Arc::new(OriginHandOff::new(origin.clone())));
+        }
+        for sink in self.sinks {
+            sinks.push(sink);
+        }
+        let proxy = HangarProxy {
+            router: router.clone(),
+            storage,
+            eviction,
+            cache_lock: lock,
+            resolver,
+            client: client.clone(),
+            metrics: metrics.clone(),
+            offline: offline.clone(),
+            listen_addr: listen.addr,
+            origin: origin.clone(),
+            fleet: fleet.clone(),
+            sinks,
+        };
+        let socket_opts = || {
+            let mut o = TcpSocketOptions::default();
+            o.so_reuseport = Some(true);
+            o.tcp_snd_buf = (config.send_buffer_bytes.0 > 0).then_some(config.send_buffer_bytes.0 as usize);
+            o
+        };
+        let mut proxy_service = pingora::proxy::http_proxy_service_with_name(&server.configuration, proxy, "hangar-proxy");
+        proxy_service.add_tcp_with_settings(&listen.addr.to_string(), socket_opts());
+        let mut admin_service = Service::new("hangar-admin".to_string(), AdminApp { metrics, storage, eviction, repositories: repo_count, offline, router, metadata: store });
+        admin_service.add_tcp_with_settings(&admin_listen.addr.to_string(), socket_opts());
+        server.add_service(proxy_service);
+        server.add_service(admin_service);
+        server.add_service(background_service("eviction-saver", EvictionSaver { eviction }));
+        server.add_service(background_service("fleet", FleetService { fleet: fleet.clone(), writer: parking_lot::Mutex::new(Some(Box::pin(write_task))) }));
+        if let (Some(origin), Some(settings)) = (origin, &config.origin) {
+            tracing::info!(url = %settings.url, "regional origin enabled");
+            let uploader = Uploader { client, listen: listen.addr, fleet };
+            server.add_service(background_service("origin-uploader", OriginUploader { origin, uploader: parking_lot::Mutex::new(Some(uploader)), workers: settings.upload_workers }));
+        }
+
+        announce_when_ready(listen, admin_listen);
+        server.run(pingora::server::RunArgs::default());
+        // Every service has stopped: save the eviction order so the next start resumes it.
+        tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(StartError::Runtime)?.block_on(eviction.persist());
+        tracing::info!("hangar-proxy stopped");
+        Ok(())
+    }
+
+    /// The fleet this proxy belongs to, and the store its object index is kept in.
+    fn fleet(&self, listen: SocketAddr, metrics: &Metrics) -> Result<(Arc<Fleet>, Arc<dyn Metadata>), StartError> {
+        let settings = &self.config.fleet;
+        let redis = match &settings.redis {
+            Some(url) => Some(Arc::new(RedisMetadata::new(url, &settings.region).map_err(|e| StartError::Redis(e.to_string()))?)),
+            None => None,
+        };
+        let store: Arc<dyn Metadata> = match &redis {
+            Some(r) => r.clone(),
+            None => Arc::new(MemoryMetadata::default()),
+        };
+        let membership: Arc<dyn Membership> = match (&self.membership, redis, settings.members.is_empty()) {
+            (Some(m), _, _) => m.clone(),
+            (None, Some(r), _) => r,
+            (None, None, false) => Arc::new(StaticMembers::new(&settings.members)),
+            (None, None, true) => Arc::new(Alone),
+        };
+        let advertise = settings.advertise.as_ref().map_or(Ok(listen), |a| a.parse()).expect("validated");
+        let secret = match &settings.secret {
+            Some(s) => s.0.as_bytes().to_vec(),
+            None => crate::fleet::random_secret(),
+        };
+        let fleet = Fleet::new(FleetParts {
+            me: Member { addr: advertise.to_string() },
+            region: settings.region.clone(),
+            shared: settings.is_shared() || self.membership.is_some(),
+            membership,
+            secret,
+            heartbeat: settings.heartbeat.0,
+            member_ttl: settings.member_ttl.0,
+            members_gauge: metrics.fleet_members.clone(),
+        });
+        Ok((Arc::new(fleet), store))
+    }
+}
+
+/// Saves eviction state periodically, so a crash loses at most one interval of recency
+/// updates. (The final save happens after the server stops, in [`ProxyBuilder::run`].)
+struct EvictionSaver {
+    eviction: &'static DiskEviction,
+}
+
+#[async_trait]
+impl BackgroundService for EvictionSaver {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut tick = tokio::time::interval(EVICTION_SAVE_INTERVAL);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => self.eviction.persist().await,
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
+type Task = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// Heartbeats into the fleet's membership and applies queued metadata writes.
+struct FleetService {
+    fleet: Arc<Fleet>,
+    writer: parking_lot::Mutex<Option<Task>>,
+}
+
+#[async_trait]
+impl BackgroundService for FleetService {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        if let Some(writer) = self.writer.lock().take() {
+            tokio::spawn(writer);
+        }
+        self.fleet.run(shutdown).await;
+    }
+}
+
+/// Hands fetched artefacts to the regional origin.
+struct OriginUploader {
+    origin: Arc<OriginClient>,
+    uploader: parking_lot::Mutex<Option<Uploader>>,
+    workers: usize,
+}
+
+#[async_trait]
+impl BackgroundService for OriginUploader {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let Some(uploader) = self.uploader.lock().take() else { return };
+        tokio::select! {
+            _ = self.origin.clone().run(uploader, self.workers) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+}
+
+/// A listen address with port 0 gets a real port reserved here (bound with SO_REUSEPORT but
+/// never listening, so it takes no connections) before pingora binds the same port.
+struct Reservation {
+    addr: SocketAddr,
+    _socket: Option<socket2::Socket>,
+}
+
+fn reserve(addr: &str) -> Result<Reservation, StartError> {
+    let failed = |source| StartError::Listen { addr: addr.to_string(), source };
+    let parsed: SocketAddr = addr.parse().map_err(|_| failed(std::io::Error::new(std::io::ErrorKind::InvalidInput, "not an IP:port address")))?;
+    if parsed.port() != 0 {
+        return Ok(Reservation { addr: parsed, _socket: None });
+    }
+    let socket = socket2::Socket::new(socket2::Domain::for_address(parsed), socket2::Type::STREAM, None).map_err(failed)?;
+    socket.set_reuse_address(true).map_err(failed)?;
+    socket.set_reuse_port(true).map_err(failed)?;
+    socket.bind(&parsed.into()).map_err(failed)?;
+    let bound = socket.local_addr().map_err(failed)?.as_socket().ok_or_else(|| failed(std::io::Error::other("reserved socket has no inet address")))?;
+    Ok(Reservation { addr: bound, _socket: Some(socket) })
+}
+
+/// Announce the real addresses once both accept connections; then release the reservations.
+fn announce_when_ready(listen: Reservation, admin: Reservation) {
+    let (proxy_addr, admin_addr) = (listen.addr, admin.addr);
+    std::thread::spawn(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        for addr in [proxy_addr, admin_addr] {
+            while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+                if std::time::Instant::now() > deadline {
+                    tracing::error!(%addr, "listener did not come up");
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        drop((listen, admin));
+        // A line scripts and tests can wait for (and parse the ports from).
+        println!("hangar-proxy ready: listen={proxy_addr} admin={admin_addr}");
+        tracing::info!(listen = %proxy_addr, admin = %admin_addr, "hangar-proxy ready");
+    });
+}

@@ -1,0 +1,153 @@
+//! `${VAR}` in the config file: which fields may carry it, and what an unset variable means
+//! for each (a repository disabled, a fleet left in-process, credentials left anonymous, or an
+//! error naming the key).
+
+use super::{Config, ConfigError, Credentials, DisabledRepository, Secret};
+
+/// Why a value could not be interpolated.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum InterpolationError {
+    #[error("environment variable {0} is not set")]
+    Unset(String),
+    #[error("{0}")]
+    Malformed(String),
+}
+
+/// Replace each `${NAME}` with the variable's value; `${NAME:-default}` gives the default
+/// when NAME is unset or empty; `$$` is a literal `$`.
+pub fn interpolate(value: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, InterpolationError> {
+    let mut out = String::with_capacity(value.len());
+    let mut rest = value;
+    while let Some(pos) = rest.find('$') {
+        out.push_str(&rest[..pos]);
+        rest = &rest[pos + 1..];
+        if let Some(after) = rest.strip_prefix('$') {
+            out.push('$');
+            rest = after;
+        } else if let Some(after) = rest.strip_prefix('{') {
+            let end = after.find('}').ok_or_else(|| InterpolationError::Malformed(format!("unterminated '${{' in '{value}'")))?;
+            let (name, default) = match after[..end].split_once(":-") {
+                Some((name, default)) => (name, Some(default)),
+                None => (&after[..end], None),
+            };
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(InterpolationError::Malformed(format!("'${{{name}}}' is not a valid variable name")));
+            }
+            let v = env(name)
+                .filter(|v| !v.is_empty())
+                .or_else(|| default.map(str::to_string))
+                .ok_or_else(|| InterpolationError::Unset(name.into()))?;
+            out.push_str(&v);
+            rest = &after[end + 1..];
+        } else {
+            out.push('$');
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// Interpolate every field that may carry `${VAR}`; returns the repositories left out.
+pub(super) fn interpolate_config(config: &mut Config, file: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Vec<DisabledRepository>, ConfigError> {
+    let invalid = |key: &str, e: InterpolationError| ConfigError::Invalid { file: file.to_string(), key: key.to_string(), message: e.to_string() };
+    // An optional value whose variable is unset is dropped; any other error names the key.
+    let optional = |key: &str, value: &mut Option<String>| -> Result<Option<String>, ConfigError> {
+        let Some(v) = value.as_ref() else { return Ok(None) };
+        match interpolate(v, env) {
+            Ok(done) => {
+                *value = Some(done);
+                Ok(None)
+            }
+            Err(InterpolationError::Unset(variable)) => {
+                *value = None;
+                Ok(Some(variable))
+            }
+            Err(e) => Err(invalid(key, e)),
+        }
+    };
+    config.listen = interpolate(&config.listen, env).map_err(|e| invalid("listen", e))?;
+    config.admin_listen = interpolate(&config.admin_listen, env).map_err(|e| invalid("admin_listen", e))?;
+    config.cache.dir = interpolate(&config.cache.dir, env).map_err(|e| invalid("cache.dir", e))?;
+    let fleet = &mut config.fleet;
+    if let Some(variable) = optional("fleet.redis", &mut fleet.redis)? {
+        tracing::warn!("fleet.redis unset (${{{variable}}}): metadata stays in-process");
+    }
+    optional("fleet.advertise", &mut fleet.advertise)?;
+    if let Some(secret) = fleet.secret.take() {
+        // An unset secret is left unset; validation says why a fleet needs one.
+        fleet.secret = match interpolate(&secret.0, env) {
+            Ok(s) => Some(Secret(s)),
+            Err(InterpolationError::Unset(_)) => None,
+            Err(e) => return Err(invalid("fleet.secret", e)),
+        };
+    }
+    for (i, member) in fleet.members.iter_mut().enumerate() {
+        *member = interpolate(member, env).map_err(|e| invalid(&format!("fleet.members[{i}]"), e))?;
+    }
+    if let Some(origin) = config.origin.as_mut() {
+        match interpolate(&origin.url, env) {
+            Ok(url) => origin.url = url,
+            Err(InterpolationError::Unset(variable)) => {
+                tracing::warn!("origin disabled: its url uses ${{{variable}}}, which is not set");
+                config.origin = None;
+            }
+            Err(e) => return Err(invalid("origin.url", e)),
+        }
+    }
+
+    let mut disabled = Vec::new();
+    let mut kept = Vec::with_capacity(config.repositories.len());
+    for (i, mut repo) in std::mem::take(&mut config.repositories).into_iter().enumerate() {
+        let key = |field: &str| format!("repository[{i}].{field}");
+        let upstreams = interpolate(&repo.upstream, env).and_then(|url| Ok((url, repo.files_upstream.as_deref().map(|f| interpolate(f, env)).transpose()?)));
+        let (upstream, files) = match upstreams {
+            Ok(found) => found,
+            Err(InterpolationError::Unset(variable)) => {
+                disabled.push(DisabledRepository { name: repo.name.clone(), variable });
+                continue;
+            }
+            Err(e) => return Err(invalid(&key("upstream"), e)),
+        };
+        repo.upstream = upstream;
+        repo.files_upstream = files;
+        let mut realms = Vec::with_capacity(repo.token_realms.len());
+        for realm in std::mem::take(&mut repo.token_realms) {
+            match interpolate(&realm, env) {
+                Ok(host) => realms.push(host),
+                Err(InterpolationError::Unset(_)) => {}
+                Err(e) => return Err(invalid(&key("token_realms"), e)),
+            }
+        }
+        repo.token_realms = realms;
+        if let Some(c) = repo.credentials.take() {
+            match (interpolate(&c.username, env), interpolate(&c.password, env)) {
+                (Ok(username), Ok(password)) => repo.credentials = Some(Credentials { username, password }),
+                (Err(InterpolationError::Unset(variable)), _) | (_, Err(InterpolationError::Unset(variable))) => {
+                    tracing::warn!(repository = %repo.name, "credentials use ${{{variable}}}, which is not set: anonymous");
+                }
+                (Err(e), _) | (_, Err(e)) => return Err(invalid(&key("credentials"), e)),
+            }
+        }
+        kept.push(repo);
+    }
+    config.repositories = kept;
+    Ok(disabled)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(name: &str) -> Option<String> {
+        (name == "UP").then(|| "http://127.0.0.1:9".into())
+    }
+
+    #[test]
+    fn interpolates_and_escapes() {
+        assert_eq!(interpolate("a${UP}b$$", &env).unwrap(), "ahttp://127.0.0.1:9b$");
+        assert_eq!(interpolate("${NOPE}", &env), Err(InterpolationError::Unset("NOPE".into())));
+        assert!(matches!(interpolate("${UP", &env), Err(InterpolationError::Malformed(_))));
+        assert_eq!(interpolate("${NOPE:-https://d.test/v2/}", &env).unwrap(), "https://d.test/v2/");
+        assert_eq!(interpolate("${UP:-https://d.test/}/x", &env).unwrap(), "http://127.0.0.1:9/x");
+    }
+}

@@ -1,0 +1,131 @@
+//! Hangar's configuration: one TOML file, `${VAR}` interpolation, and command-line overrides.
+//!
+//! The file is parsed into typed structs first, so a syntax or type error is reported by the TOML
+//! parser with its line and key. Interpolation then runs on the few string fields that may carry
+//! `${VAR}` ([`interpolate`]). A repository whose *upstream* names an unset variable is disabled
+//! rather than fatal: a shared config lists every registry a company might mirror, and each
+//! region turns on the ones it has credentials and network paths for. Last, [`Config::validate`]
+//! checks what the types cannot. Every default is written once, in its struct's `Default`.
+//!
+//! One module per concern: [`cache`], [`fleet`] (and origin), [`repository`], [`interpolate`],
+//! [`validate`]. This module imports nothing from the rest of the proxy, so everything else may
+//! import it.
+
+mod cache;
+mod fleet;
+mod interpolate;
+mod repository;
+mod validate;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use hangar_core::{ByteSize, HumanDuration};
+use serde::Deserialize;
+
+pub use cache::CacheConfig;
+pub use fleet::{FleetSettings, OriginSettings, Secret};
+pub use interpolate::{interpolate, InterpolationError};
+pub use repository::{BreakerConfig, Credentials, FreshnessConfig, RepositoryConfig, TimeoutConfig};
+
+/// A configuration problem, always naming the file (or `command line`) and the key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        file: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{file}: {message}")]
+    Parse { file: String, message: String },
+    #[error("{file}: {key}: {message}")]
+    Invalid { file: String, key: String, message: String },
+}
+
+/// The whole configuration of one proxy process.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address clients connect to (port 0 picks a free one).
+    pub listen: String,
+    /// Address of the admin listener (`/metrics`, `/healthz`, `/readyz`, purges, offline).
+    pub admin_listen: String,
+    /// Worker threads of the proxy service.
+    pub threads: usize,
+    /// SO_SNDBUF of client connections; 0 leaves the kernel's autotuning. A fixed, modest
+    /// buffer keeps in-flight data in CPU cache: see bench/README.md for the measurements.
+    pub send_buffer_bytes: ByteSize,
+    /// How long a graceful shutdown waits for in-flight requests.
+    pub shutdown_grace: HumanDuration,
+    /// Never contact any upstream; serve whatever is cached (air-gapped or incident use).
+    pub offline: bool,
+    pub cache: CacheConfig,
+    /// The regional origin service (hangar-origin). Unset: this proxy stands alone.
+    pub origin: Option<OriginSettings>,
+    /// Membership of a region's fleet and the metadata it shares.
+    pub fleet: FleetSettings,
+    #[serde(rename = "repository")]
+    pub repositories: Vec<RepositoryConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:8080".into(),
+            admin_listen: "127.0.0.1:9090".into(),
+            threads: 1,
+            send_buffer_bytes: ByteSize(512 << 10),
+            shutdown_grace: HumanDuration(Duration::from_secs(5)),
+            offline: false,
+            cache: CacheConfig::default(),
+            origin: None,
+            fleet: FleetSettings::default(),
+            repositories: Vec::new(),
+        }
+    }
+}
+
+/// A repository left out because its upstream names an unset variable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DisabledRepository {
+    pub name: String,
+    pub variable: String,
+}
+
+/// A configuration after interpolation and validation, with what was disabled on the way.
+#[derive(Debug, Clone)]
+pub struct LoadedConfig {
+    pub config: Config,
+    pub disabled: Vec<DisabledRepository>,
+}
+
+impl Config {
+    /// Read, interpolate and validate `path` against the process environment.
+    pub fn load(path: &Path) -> Result<LoadedConfig, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { file: file.clone(), source })?;
+        Self::from_toml(&text, &file, &|name| std::env::var(name).ok())
+    }
+
+    /// Parse `text` (named `file` in errors), resolving `${VAR}` through `env`.
+    pub fn from_toml(text: &str, file: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<LoadedConfig, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse { file: file.to_string(), message: e.to_string().trim_end().replace('\n', "\n  ") })?;
+        let disabled = interpolate::interpolate_config(&mut config, file, env)?;
+        config.validate(file)?;
+        Ok(LoadedConfig { config, disabled })
+    }
+
+    /// The cache directory as a path.
+    pub fn cache_dir(&self) -> PathBuf {
+        PathBuf::from(&self.cache.dir)
+    }
+}
+
+/// `/foo`, `/foo/` both mount at `/foo/`; `/` stays `/`.
+pub fn normalize_prefix(prefix: &str) -> String {
+    format!("{}/", prefix.trim_end_matches('/'))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,86 @@
+use super::*;
+
+fn env(name: &str) -> Option<String> {
+    (name == "UP").then(|| "http://127.0.0.1:9".into())
+}
+
+#[test]
+fn registry_settings_interpolate_and_unset_credentials_mean_anonymous() {
+    let text = |extra: &str| {
+        format!("[[repository]]\nname = \"hub\"\nprefix = \"/v2/\"\nformat = \"oci\"\nupstream = \"${{UP}}/v2/\"\nnamespace = \"docker.io\"\ntoken_realms = [\"${{AUTH}}\", \"${{NO_REALM}}\"]\ncredentials = {{ username = \"${{USER_X}}\", password = \"${{PASS}}\" }}\n{extra}")
+    };
+    let with = |vars: &'static [(&'static str, &'static str)]| move |n: &str| vars.iter().find(|(k, _)| *k == n).map(|(_, v)| v.to_string()).or_else(|| env(n));
+    let anonymous = Config::from_toml(&text(""), "t", &with(&[("AUTH", "auth.test"), ("USER_X", "me")])).unwrap().config;
+    assert_eq!(anonymous.repositories[0].token_realms, vec!["auth.test".to_string()]);
+    assert!(anonymous.repositories[0].credentials.is_none());
+    let user = Config::from_toml(&text(""), "t", &with(&[("USER_X", "me"), ("PASS", "pw")])).unwrap().config;
+    let c = user.repositories[0].credentials.as_ref().unwrap();
+    assert_eq!((c.username.as_str(), c.basic().as_str()), ("me", "Basic bWU6cHc="));
+    assert!(!format!("{c:?}").contains("pw"), "the password is never logged");
+
+    let twice = text("[[repository]]\nname = \"b\"\nprefix = \"/v2/b/\"\nformat = \"oci\"\nupstream = \"${UP}/v2/\"\nnamespace = \"Docker.io\"\n");
+    assert!(Config::from_toml(&twice, "t", &env).is_err(), "one repository per namespace");
+}
+
+#[test]
+fn unset_upstream_disables_only_that_repository() {
+    let text = r#"
+        [[repository]]
+        name = "a"
+        prefix = "/a/"
+        upstream = "${UP}"
+        [[repository]]
+        name = "b"
+        prefix = "/b/"
+        upstream = "${MISSING_B}"
+    "#;
+    let loaded = Config::from_toml(text, "t.toml", &env).unwrap();
+    assert_eq!(loaded.config.repositories.len(), 1);
+    assert_eq!(loaded.config.repositories[0].upstream, "http://127.0.0.1:9");
+    assert_eq!(loaded.disabled, vec![DisabledRepository { name: "b".into(), variable: "MISSING_B".into() }]);
+}
+
+#[test]
+fn errors_name_file_and_key() {
+    let err = |text: &str| Config::from_toml(text, "f.toml", &env).unwrap_err().to_string();
+    let bad_prefix = err("[[repository]]\nname = \"a\"\nprefix = \"a/\"\nupstream = \"http://x\"\n");
+    assert!(bad_prefix.starts_with("f.toml: repository[0].prefix:"), "{bad_prefix}");
+    let bad_size = err("[cache]\ndisk_bytes = \"lots\"\n");
+    assert!(bad_size.contains("f.toml") && bad_size.contains("disk_bytes"), "{bad_size}");
+    assert!(err("listen = \"127.0.0.1:1\"\nbogus = 1\n").contains("bogus"));
+    let bad_format = err("[[repository]]\nname = \"a\"\nprefix = \"/a/\"\nformat = \"nope\"\nupstream = \"http://x\"\n");
+    assert!(bad_format.contains("format") || bad_format.contains("nope"), "{bad_format}");
+    let missing = err("[[repository]]\nname = \"a\"\nprefix = \"/a/\"\n");
+    assert!(missing.starts_with("f.toml: repository[0].upstream: required"), "{missing}");
+    let no_name = err("[[repository]]\nprefix = \"/a/\"\nupstream = \"http://x\"\n");
+    assert!(no_name.starts_with("f.toml: repository[0].name:"), "{no_name}");
+    let no_origin_url = err("[origin]\nupload_queue = 1\n");
+    assert!(no_origin_url.starts_with("f.toml: origin.url:"), "{no_origin_url}");
+    let tls_origin = err("[origin]\nurl = \"https://origin.test/\"\n");
+    assert!(tls_origin.contains("origin.url") && tls_origin.contains("http://"), "{tls_origin}");
+}
+
+#[test]
+fn a_fleet_needs_a_secret_and_one_source_of_members() {
+    let err = |text: &str| Config::from_toml(text, "f.toml", &env).unwrap_err().to_string();
+    assert!(err("[fleet]\nredis = \"redis://127.0.0.1:1/\"\n").starts_with("f.toml: fleet.secret: required"));
+    assert!(err("[fleet]\nmembers = [\"127.0.0.1:1\"]\n").starts_with("f.toml: fleet.secret: required"));
+    assert!(err("[fleet]\nmembers = [\"127.0.0.1:1\"]\nsecret = \"short\"\n").contains("at least 16"));
+    assert!(err("[fleet]\nmembers = [\"here\"]\nsecret = \"0123456789abcdef\"\n").starts_with("f.toml: fleet.members[0]:"));
+    assert!(err("[fleet]\nredis = \"redis://x/\"\nmembers = [\"127.0.0.1:1\"]\nsecret = \"0123456789abcdef\"\n").contains("not both"));
+    let unset = err("[fleet]\nredis = \"redis://127.0.0.1:1/\"\nsecret = \"${NO_SUCH_SECRET}\"\n");
+    assert!(unset.starts_with("f.toml: fleet.secret: required"), "an unset secret is no secret: {unset}");
+    let ok = Config::from_toml("[fleet]\nmembers = [\"127.0.0.1:1\", \"127.0.0.1:2\"]\nsecret = \"${UP}-long-enough\"\n", "f.toml", &env).unwrap().config;
+    assert_eq!(ok.fleet.secret.as_ref().map(|s| s.0.as_str()), Some("http://127.0.0.1:9-long-enough"));
+    assert!(!format!("{:?}", ok.fleet).contains("long-enough"), "the secret is never logged");
+    assert!(Config::from_toml("", "f.toml", &env).unwrap().config.fleet.secret.is_none(), "a proxy alone needs none");
+}
+
+#[test]
+fn defaults_are_what_an_empty_file_gives() {
+    let empty = Config::from_toml("", "f.toml", &env).unwrap().config;
+    let default = Config::default();
+    assert_eq!(format!("{empty:?}"), format!("{default:?}"));
+    let one = Config::from_toml("[[repository]]\nname = \"a\"\nprefix = \"/a/\"\nupstream = \"http://x/\"\n", "f.toml", &env).unwrap().config;
+    assert_eq!(format!("{:?}", one.repositories[0]), format!("{:?}", RepositoryConfig::new("a", "/a/", hangar_core::FormatKind::Generic, "http://x/")));
+}

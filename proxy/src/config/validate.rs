@@ -1,0 +1,95 @@
+//! Semantic checks the TOML types cannot express, each naming the key at fault. Format-specific
+//! rules (a namespace only where the format has one, a `files_upstream` where it needs one) are
+//! checked when the repositories are built, which `check-config` does too.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+
+use hangar_core::wire::valid_repository_name;
+use hangar_core::{PathPattern, UpstreamUrl};
+
+use super::{normalize_prefix, Config, ConfigError};
+
+/// Shortest fleet secret accepted.
+const MIN_SECRET_LEN: usize = 16;
+
+impl Config {
+    /// Check everything that can be checked without building the repositories.
+    pub fn validate(&self, file: &str) -> Result<(), ConfigError> {
+        let invalid = |key: String, message: String| ConfigError::Invalid { file: file.to_string(), key, message };
+        for (key, addr) in [("listen", &self.listen), ("admin_listen", &self.admin_listen)] {
+            addr.parse::<SocketAddr>().map_err(|_| invalid(key.into(), format!("'{addr}' is not an IP:port socket address")))?;
+        }
+        if self.threads == 0 {
+            return Err(invalid("threads".into(), "must be at least 1".into()));
+        }
+        if self.cache.dir.is_empty() {
+            return Err(invalid("cache.dir".into(), "must not be empty".into()));
+        }
+        if self.cache.disk_bytes.0 == 0 {
+            return Err(invalid("cache.disk_bytes".into(), "must be greater than 0".into()));
+        }
+        if self.cache.memory_max_object_bytes.0 > 64 << 20 {
+            return Err(invalid("cache.memory_max_object_bytes".into(), "must be at most 64MiB (the memory tier is for small hot objects)".into()));
+        }
+        self.validate_fleet(file)?;
+        if let Some(origin) = &self.origin {
+            let url = UpstreamUrl::parse(&origin.url).map_err(|e| invalid("origin.url".into(), e.to_string()))?;
+            if url.tls {
+                return Err(invalid("origin.url".into(), format!("'{}': origin is reached over http:// (TLS to origin is not supported)", origin.url)));
+            }
+        }
+        let mut names = HashSet::new();
+        let mut prefixes = HashSet::new();
+        let mut namespaces = HashSet::new();
+        for (i, repo) in self.repositories.iter().enumerate() {
+            let key = |field: &str| format!("repository[{i}].{field}");
+            if !valid_repository_name(&repo.name) {
+                return Err(invalid(key("name"), format!("'{}' must be 1 to 64 letters, digits, '-', '_' and '.'", repo.name)));
+            }
+            if !names.insert(repo.name.as_str()) {
+                return Err(invalid(key("name"), format!("'{}' is used by two repositories", repo.name)));
+            }
+            if !repo.prefix.starts_with('/') {
+                return Err(invalid(key("prefix"), format!("'{}' must start with '/'", repo.prefix)));
+            }
+            if !prefixes.insert(normalize_prefix(&repo.prefix)) {
+                return Err(invalid(key("prefix"), format!("'{}' is used by two repositories", repo.prefix)));
+            }
+            if repo.upstream.is_empty() {
+                return Err(invalid(key("upstream"), "required: the base URL requests are forwarded to".into()));
+            }
+            UpstreamUrl::parse(&repo.upstream).map_err(|e| invalid(key("upstream"), e.to_string()))?;
+            if let Some(ns) = &repo.namespace {
+                if ns.is_empty() || !namespaces.insert(ns.to_ascii_lowercase()) {
+                    return Err(invalid(key("namespace"), format!("'{ns}' is empty or used by two repositories")));
+                }
+            }
+            for (field, patterns) in [("immutable", &repo.freshness.immutable), ("metadata", &repo.freshness.metadata)] {
+                for (j, pattern) in patterns.iter().enumerate() {
+                    PathPattern::new(pattern).map_err(|e| invalid(key(&format!("freshness.{field}[{j}]")), e))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_fleet(&self, file: &str) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: String| ConfigError::Invalid { file: file.to_string(), key: key.to_string(), message };
+        let fleet = &self.fleet;
+        if fleet.redis.is_some() && !fleet.members.is_empty() {
+            return Err(invalid("fleet.members", "a fleet's members come from Redis or from this list, not both".into()));
+        }
+        for (i, m) in fleet.members.iter().enumerate() {
+            m.parse::<SocketAddr>().map_err(|_| invalid(&format!("fleet.members[{i}]"), format!("'{m}' is not an IP:port socket address")))?;
+        }
+        if let Some(a) = &fleet.advertise {
+            a.parse::<SocketAddr>().map_err(|_| invalid("fleet.advertise", format!("'{a}' is not an IP:port socket address")))?;
+        }
+        match &fleet.secret {
+            None if fleet.is_shared() => Err(invalid("fleet.secret", "required with fleet.redis or fleet.members: members sign their hops to each other with it, so a client cannot pose as one".into())),
+            Some(s) if s.0.len() < MIN_SECRET_LEN => Err(invalid("fleet.secret", format!("must be at least {MIN_SECRET_LEN} characters"))),
+            _ => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,76 @@
+//! The first phase: refuse what no repository should see (oversized targets and headers, bad
+//! methods, unmounted paths), establish who sent the request, and strip every internal header a
+//! client sent.
+//!
+//! Hangar's own parts mark their hops with a signed `x-hangar-hop` header (see
+//! [`hangar_core::wire::HopKey`]). Every `x-hangar-*` request header is removed here, before
+//! anything reads the request, so a client can neither pose as a fleet peer nor as the proxy's
+//! own loopback, nor pass internal headers upstream.
+
+use std::sync::Arc;
+
+use hangar_core::wire::{HopKind, HOP_HEADER, INTERNAL_PREFIX};
+use http::Method;
+use pingora::proxy::Session;
+
+use super::ctx::Caller;
+use super::local::Reply;
+use super::{HangarProxy, RequestCtx};
+use crate::repository::Repository;
+
+/// Longest request target accepted (414 beyond).
+pub const MAX_URI_BYTES: usize = 8 * 1024;
+/// Largest request header section accepted (431 beyond).
+pub const MAX_HEADER_BYTES: usize = 32 * 1024;
+/// Most request header fields accepted (431 beyond).
+pub const MAX_HEADER_COUNT: usize = 100;
+
+/// The methods an `Allow` header lists, when a format allows them.
+const STANDARD_METHODS: [Method; 7] = [Method::GET, Method::HEAD, Method::POST, Method::PUT, Method::DELETE, Method::PATCH, Method::OPTIONS];
+
+impl HangarProxy {
+    /// Admit the request: its repository and the path below the repository's prefix.
+    pub(super) fn admit(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<(Arc<Repository>, String), Reply> {
+        let req = session.req_header();
+        if req.raw_path().len() > MAX_URI_BYTES {
+            return Err(Reply::error(414, "request URI too long"));
+        }
+        let header_bytes: usize = req.headers.iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
+        if header_bytes > MAX_HEADER_BYTES || req.headers.len() > MAX_HEADER_COUNT {
+            return Err(Reply::error(431, "request header fields too large"));
+        }
+        ctx.caller = self.caller(session);
+        let req = session.req_header();
+        let (repo, rest) = self.router.route(req.uri.path(), req.uri.query()).map_err(|e| Reply::error(404, e.to_string()))?;
+        ctx.repo = Some(repo.clone());
+        if !repo.format.allows(&req.method, rest) {
+            let allow = STANDARD_METHODS.iter().filter(|m| repo.format.allows(m, rest)).map(Method::as_str).collect::<Vec<_>>().join(", ");
+            return Err(Reply::Error { status: 405, message: "method not allowed".into(), allow: Some(allow) });
+        }
+        Ok((repo.clone(), rest.to_string()))
+    }
+
+    /// Who sent the request: a hop proof that verifies makes it a peer's or the proxy's own;
+    /// every internal header is then removed, verified or not.
+    fn caller(&self, session: &mut Session) -> Caller {
+        let mut caller = Caller { background: session.subrequest_ctx.is_some(), ..Caller::default() };
+        let req = session.req_header();
+        if !req.headers.keys().any(|name| name.as_str().starts_with(INTERNAL_PREFIX)) {
+            return caller;
+        }
+        if let Some(proof) = req.headers.get(HOP_HEADER).and_then(|v| v.to_str().ok()) {
+            let target = req.uri.path_and_query().map_or_else(|| req.uri.path(), |pq| pq.as_str());
+            match self.fleet.verify(proof, target) {
+                Ok(HopKind::Peer) => caller.peer = true,
+                Ok(HopKind::Loopback) => caller.loopback = true,
+                Err(e) => tracing::info!(error = %e, path = %req.uri.path(), "ignoring a hop header that does not verify"),
+            }
+        }
+        let internal: Vec<http::HeaderName> = req.headers.keys().filter(|name| name.as_str().starts_with(INTERNAL_PREFIX)).cloned().collect();
+        let req = session.req_header_mut();
+        for name in internal {
+            req.remove_header(&name);
+        }
+        caller
+    }
+}

@@ -1,0 +1,436 @@
+//! Where a miss is fetched from, as an explicit state machine: the key's owner in the fleet,
+//! then the regional origin, then the upstream, with the upstream's redirects and token
+//! challenges on the way.
+//!
+//! ```text
+//!   Peer(owner) --fails--> Peer(next owner) --fails--> Origin --404/fails--> Upstream
+//!                                                                   |  ^
+//!                                                     3xx: Redirect |  | 401: Authorize
+//!                                                                   v  |
+//!                                                                  Upstream
+//! ```
+//!
+//! Pingora drives it: every try is one `upstream_peer` .. `upstream_response_filter` round, and
+//! an error marked for retry starts the next. [`Attempt::step`] is the only way to move: it
+//! changes the state and returns that error, so a reader can check every transition in one place.
+//! The upstream's circuit breaker is asked once per admitted try, as a [`Ticket`] that the try
+//! settles wherever it ends.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use hangar_core::event::Source;
+use hangar_core::wire::{HopKind, HOP_HEADER};
+use hangar_core::{PathClass, UpstreamUrl};
+use http::{header, Method};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+use pingora::proxy::Session;
+use pingora::{Error, ErrorType};
+
+use super::{HangarProxy, RequestCtx};
+use crate::breaker::Ticket;
+use crate::upstream::{is_internal, make_peer};
+
+/// Redirect hops followed for one request.
+pub const MAX_REDIRECTS: u8 = 5;
+
+/// Where one try goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Hop {
+    /// The key's owner in the fleet.
+    Peer(SocketAddr),
+    /// The regional origin.
+    Origin,
+    /// The repository's upstream (or where its redirects lead).
+    #[default]
+    Upstream,
+}
+
+/// A host to send a try to, and the path (with query) to ask it for.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub url: UpstreamUrl,
+    pub path: String,
+}
+
+/// How the state moves; see the module's diagram.
+#[derive(Debug)]
+pub enum Step {
+    /// The current peer or origin failed or lacks the object: on to the next hop.
+    NextHop,
+    /// The upstream redirected: ask this next, as part of the try already admitted.
+    Redirect(Target),
+    /// The upstream challenged: ask again with this `Authorization`.
+    Authorize(String),
+}
+
+/// The state of a request's fetch.
+#[derive(Default)]
+pub struct Attempt {
+    hop: Hop,
+    /// Hops still to try before the upstream, with their targets.
+    plan: VecDeque<(Hop, Target)>,
+    /// Where the current try goes.
+    target: Option<Target>,
+    /// The upstream's own target, kept while peers and origin are tried first.
+    upstream: Option<Target>,
+    /// The object a peer is asked for when it is not the client's path: what a pointer led
+    /// to, so the owner serves exactly that (and does not look the pointer up again).
+    peer_path: Option<String>,
+    redirects: u8,
+    /// The next try follows a redirect of the try already admitted.
+    following: bool,
+    /// The last error came from [`Attempt::step`], not from the network.
+    stepped: bool,
+    /// A redirect left the upstream's origin: credentials must not follow.
+    cross_origin: bool,
+    /// A redirect leads somewhere the upstream chose: its address is checked (SSRF).
+    untrusted_redirect: bool,
+    /// The `Authorization` the upstream gets, and whether it is a cached token sent ahead.
+    authorization: Option<String>,
+    preauthorized: bool,
+    ticket: Option<Ticket>,
+    started: Option<Instant>,
+    upstream_time: Option<Duration>,
+    /// Where the response came from.
+    source: Option<Source>,
+}
+
+impl Attempt {
+    /// Aim the request at the upstream: `url` and `path` (with query).
+    pub fn aim(&mut self, url: UpstreamUrl, path: String) {
+        self.target = Some(Target { url, path });
+    }
+
+    pub fn set_peer_path(&mut self, path: String) {
+        self.peer_path = Some(path);
+    }
+
+    /// Send a cached token with the first request.
+    pub fn preauthorize(&mut self, authorization: Option<String>) {
+        self.preauthorized = authorization.is_some();
+        self.authorization = authorization;
+    }
+
+    /// Where the response came from, once one arrived (the upstream unless a peer or origin
+    /// answered).
+    pub fn source(&self) -> Source {
+        self.source.unwrap_or(Source::Upstream)
+    }
+
+    /// Whether the current try goes to a fleet peer (whose documents arrive rewritten).
+    pub fn at_peer(&self) -> bool {
+        matches!(self.hop, Hop::Peer(_))
+    }
+
+    pub fn upstream_time(&self) -> Option<Duration> {
+        self.upstream_time
+    }
+
+    /// Move to the next state, and return the error that makes pingora try again.
+    pub fn step(&mut self, step: Step) -> Box<Error> {
+        let why = match step {
+            Step::NextHop => {
+                self.next_hop();
+                "trying the next owner, origin or the upstream"
+            }
+            Step::Redirect(target) => {
+                self.target = Some(target);
+                self.redirects += 1;
+                self.following = true;
+                "following an upstream redirect"
+            }
+            Step::Authorize(authorization) => {
+                self.authorization = Some(authorization);
+                self.preauthorized = false;
+                "answering the upstream's challenge"
+            }
+        };
+        self.stepped = true;
+        let mut e = Error::explain(ErrorType::Custom("next step"), why);
+        e.set_retry(true);
+        e.into_up()
+    }
+
+    fn next_hop(&mut self) {
+        let (hop, target) = self.plan.pop_front().map_or_else(|| (Hop::Upstream, self.upstream.clone()), |(h, t)| (h, Some(t)));
+        self.hop = hop;
+        self.target = target;
+        self.following = false;
+        self.cross_origin = false;
+    }
+
+    /// Whether the request may answer a challenge: once, unless what it sent was only a cached
+    /// token sent ahead (which may have been revoked).
+    fn may_authorize(&self) -> bool {
+        self.authorization.is_none() || self.preauthorized
+    }
+}
+
+impl HangarProxy {
+    /// Before the upstream: the key's owner in the fleet (one proxy of the region fetches each
+    /// object), then, for immutable artefacts, the regional origin (it may hold what this proxy
+    /// never saw, or what the upstream has since deleted).
+    pub(super) fn plan_hops(&self, session: &Session, ctx: &mut RequestCtx) {
+        let method = &session.req_header().method;
+        if ctx.attempt.upstream.is_some() || !session.cache.enabled() || !(method == Method::GET || method == Method::HEAD) {
+            return;
+        }
+        let (Some((repo, route)), Some(upstream)) = (ctx.routed(), ctx.attempt.target.clone()) else { return };
+        let mut plan = VecDeque::new();
+        if !ctx.caller.peer {
+            let key = pingora::cache::key::CacheHashKey::primary_bin(session.cache.cache_key());
+            let req = session.req_header();
+            let path = ctx.attempt.peer_path.clone().unwrap_or_else(|| req.uri.path_and_query().map_or_else(|| req.uri.path().to_string(), |pq| pq.as_str().to_string()));
+            for addr in self.fleet.peer_hops(&key) {
+                let url = UpstreamUrl { tls: false, host: addr.ip().to_string(), port: addr.port(), base_path: "/".into() };
+                plan.push_back((Hop::Peer(addr), Target { url, path: path.clone() }));
+            }
+        }
+        if let (Some(origin), PathClass::Immutable) = (self.origin.as_ref(), route.class) {
+            plan.push_back((Hop::Origin, Target { url: origin.url.clone(), path: origin.object_target(&repo.name, &route.resolved.key_path) }));
+        }
+        if !plan.is_empty() {
+            ctx.attempt.plan = plan;
+            ctx.attempt.upstream = Some(upstream);
+            ctx.attempt.next_hop();
+        }
+    }
+
+    /// `upstream_peer`: admit the try (the breaker, for the upstream), resolve its host, and
+    /// refuse an internal address a redirect led to.
+    pub(super) async fn peer(&self, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+        let repo = ctx.repo.clone().ok_or_else(|| Error::explain(ErrorType::InternalError, "no repository"))?;
+        let attempt = &mut ctx.attempt;
+        attempt.stepped = false;
+        // A redirect belongs to the try already admitted; peers and origin are not the
+        // upstream the breaker watches.
+        if !attempt.following && attempt.hop == Hop::Upstream {
+            match repo.breaker.ticket() {
+                Some(ticket) => attempt.ticket = Some(ticket),
+                None => {
+                    self.metrics.upstream_errors.with_label_values(&[&repo.name, "breaker_open"]).inc();
+                    // Fails at once; pingora serves a stale copy if there is one.
+                    let mut e = Error::explain(ErrorType::HTTPStatus(503), "upstream circuit breaker is open");
+                    e.set_retry(false);
+                    return Err(e.into_up());
+                }
+            }
+        }
+        let target = attempt.target.as_ref().ok_or_else(|| Error::explain(ErrorType::InternalError, "no target"))?;
+        let addr = match self.resolver.resolve(&target.url.host, target.url.port).await {
+            Ok(addr) => addr,
+            Err(e) => {
+                if let Some(ticket) = attempt.ticket.take() {
+                    ticket.failed();
+                }
+                self.metrics.upstream_errors.with_label_values(&[&repo.name, "dns"]).inc();
+                let mut err = Error::explain(ErrorType::ConnectError, e.to_string());
+                err.set_retry(false);
+                return Err(err.into_up());
+            }
+        };
+        if attempt.untrusted_redirect && !repo.allow_private_redirects && is_internal(addr.ip()) {
+            self.metrics.upstream_errors.with_label_values(&[&repo.name, "redirect_refused"]).inc();
+            let mut e = Error::explain(ErrorType::HTTPStatus(502), format!("upstream redirect to internal address {} refused", addr.ip()));
+            e.set_retry(false);
+            return Err(e.into_up());
+        }
+        attempt.following = false;
+        Ok(make_peer(&target.url, addr, &repo.timeouts))
+    }
+
+    /// `upstream_request_filter`: aim the request at the try's target, in the representation
+    /// the format wants, with the credentials that hop may have.
+    pub(super) fn shape_request(&self, session: &Session, req: &mut RequestHeader, ctx: &mut RequestCtx) -> Result<()> {
+        let attempt = &mut ctx.attempt;
+        let target = attempt.target.as_ref().ok_or_else(|| Error::explain(ErrorType::InternalError, "no target"))?;
+        req.set_uri(target.path.parse().map_err(|e| Error::because(ErrorType::InternalError, "bad upstream URI", e))?);
+        req.insert_header(header::HOST, target.url.host_header())?;
+        // cargo sends `Upgrade: h2c` over plain HTTP; the proxy speaks HTTP/1.1 upstream.
+        req.remove_header(&header::UPGRADE);
+        if let Some(route) = ctx.route.as_ref() {
+            if let Some(r) = route.resolved.representation {
+                req.insert_header(header::ACCEPT, r.accept)?;
+            }
+            // Bytes that are rewritten or verified are asked for without a content coding.
+            if route.resolved.rewrite || ctx.body.expected.is_some() || route.resolved.digest_from.is_some() {
+                req.insert_header(header::ACCEPT_ENCODING, "identity")?;
+            }
+        }
+        match attempt.hop {
+            // The upstream's credentials are for the upstream: not for fleet peers or origin.
+            Hop::Upstream if !attempt.cross_origin => {
+                if let Some(auth) = &attempt.authorization {
+                    req.insert_header(header::AUTHORIZATION, auth.as_str())?;
+                }
+            }
+            Hop::Upstream | Hop::Origin => {
+                req.remove_header(&header::AUTHORIZATION);
+                req.remove_header(&header::COOKIE);
+            }
+            Hop::Peer(_) => {
+                // The owner answers as this proxy would: same Host (rewritten documents point
+                // where the client expects), and it must not forward again.
+                req.insert_header(HOP_HEADER, self.fleet.sign(HopKind::Peer, &target.path))?;
+                if let Some(host) = session.req_header().headers.get(header::HOST).cloned() {
+                    req.insert_header(header::HOST, host)?;
+                }
+            }
+        }
+        attempt.started = Some(Instant::now());
+        Ok(())
+    }
+
+    /// `upstream_response_filter`, for the attempt: what a peer's or origin's answer means,
+    /// the breaker's outcome, and the upstream's challenges and redirects. A response to keep
+    /// returns `Ok`; one that moves the state returns [`Attempt::step`]'s error.
+    pub(super) async fn on_response(&self, session: &Session, resp: &ResponseHeader, ctx: &mut RequestCtx) -> Result<()> {
+        let repo = ctx.repo.clone().ok_or_else(|| Error::explain(ErrorType::InternalError, "no repository"))?;
+        let attempt = &mut ctx.attempt;
+        let redirect = matches!(resp.status.as_u16(), 301 | 302 | 303 | 307 | 308);
+        match attempt.hop {
+            Hop::Origin if !redirect => {
+                if resp.status == http::StatusCode::OK {
+                    attempt.source = Some(Source::Origin);
+                    self.metrics.origin_fetches.with_label_values(&[&repo.name, "hit"]).inc();
+                } else {
+                    // Not there (or origin is failing): on to the upstream, as if origin were not asked.
+                    let label = if resp.status == http::StatusCode::NOT_FOUND { "miss" } else { "error" };
+                    self.metrics.origin_fetches.with_label_values(&[&repo.name, label]).inc();
+                    return Err(attempt.step(Step::NextHop));
+                }
+            }
+            Hop::Peer(_) => {
+                // The owner's answer is the answer: it already went to origin or the upstream,
+                // served stale or said 404.
+                attempt.source = Some(Source::Peer);
+                self.metrics.fleet_fetches.with_label_values(&[&repo.name, "peer"]).inc();
+            }
+            _ => {}
+        }
+        if let Some(ticket) = attempt.ticket.take() {
+            ticket.settle(!(resp.status.is_server_error() || resp.status.as_u16() == 429));
+        }
+        if let Some(started) = attempt.started.take() {
+            let elapsed = started.elapsed();
+            attempt.upstream_time = Some(elapsed);
+            self.metrics.upstream_latency.with_label_values(&[&repo.name]).observe(elapsed.as_secs_f64());
+        }
+        // A registry's challenge: fetch the token (or use the credentials) and ask again.
+        // Only the upstream's own challenges: credentials never go to a host a redirect led to.
+        if resp.status == http::StatusCode::UNAUTHORIZED && attempt.hop == Hop::Upstream && !attempt.cross_origin && attempt.may_authorize() {
+            if let Some(challenge) = resp.headers.get(header::WWW_AUTHENTICATE).and_then(|v| v.to_str().ok()) {
+                if attempt.preauthorized {
+                    if let Some(refused) = attempt.authorization.take() {
+                        repo.auth.forget(&refused);
+                    }
+                }
+                match repo.auth.answer(&self.client, &repo.upstream, &repo.timeouts, challenge).await {
+                    Ok(authorization) => return Err(attempt.step(Step::Authorize(authorization))),
+                    Err(why) => {
+                        attempt.preauthorized = false;
+                        self.metrics.upstream_errors.with_label_values(&[&repo.name, "token"]).inc();
+                        tracing::warn!(repository = %repo.name, error = %why, "cannot answer the upstream's challenge");
+                    }
+                }
+            }
+        }
+        // Rate limiting is an outage too: with a stale copy at hand, serve it (pingora does this
+        // itself for 5xx and connection failures).
+        if resp.status.as_u16() == 429 && session.cache.can_serve_stale_error() {
+            self.metrics.upstream_errors.with_label_values(&[&repo.name, "rate_limited"]).inc();
+            let mut e = Error::explain(ErrorType::HTTPStatus(429), "upstream rate limited");
+            e.set_retry(false);
+            return Err(e.into_up());
+        }
+        // Only followed for GET (pingora turns a cacheable HEAD into GET upstream).
+        let method = &session.req_header().method;
+        if !redirect || (method != Method::GET && method != Method::HEAD) {
+            return Ok(());
+        }
+        let Some(location) = resp.headers.get(header::LOCATION).and_then(|v| v.to_str().ok()) else { return Ok(()) };
+        if attempt.redirects >= MAX_REDIRECTS {
+            return Err(Error::explain(ErrorType::HTTPStatus(502), format!("more than {MAX_REDIRECTS} upstream redirects")).into_up());
+        }
+        let current = attempt.target.as_ref().ok_or_else(|| Error::explain(ErrorType::InternalError, "no target"))?;
+        let current_path = current.path.split('?').next().unwrap_or("/");
+        let (url, path) = current.url.redirect_target(current_path, location).map_err(|e| Error::explain(ErrorType::HTTPStatus(502), format!("bad upstream redirect: {e}")).into_up())?;
+        let leaves_upstream = !repo.is_own_upstream(&url);
+        attempt.cross_origin |= leaves_upstream;
+        // Where an upstream's Location may send the proxy is the operator's call, not the
+        // upstream's (origin's presigned redirects are the proxy's own infrastructure).
+        if leaves_upstream && attempt.hop == Hop::Upstream {
+            if !repo.redirect_host_allowed(&url.host) {
+                self.metrics.upstream_errors.with_label_values(&[&repo.name, "redirect_refused"]).inc();
+                return Err(Error::explain(ErrorType::HTTPStatus(502), format!("upstream redirect to {} is not in redirect_hosts", url.host)).into_up());
+            }
+            attempt.untrusted_redirect = true;
+        }
+        self.metrics.upstream_redirects.with_label_values(&[&repo.name]).inc();
+        Err(attempt.step(Step::Redirect(Target { url, path })))
+    }
+
+    /// `error_while_proxy`: the try failed after connecting. A failing peer or origin moves on
+    /// to the next hop; the attempt's own steps are retried; anything else is retried only as
+    /// pingora would (idempotent, on a reused connection).
+    pub(super) fn on_error(&self, session: &Session, mut e: Box<Error>, ctx: &mut RequestCtx, client_reused: bool) -> Box<Error> {
+        let attempt = &mut ctx.attempt;
+        if let Some(ticket) = attempt.ticket.take() {
+            ticket.failed();
+        }
+        let retryable = session.req_header().method.is_idempotent() && !session.as_ref().retry_buffer_truncated();
+        if attempt.stepped {
+            if !retryable {
+                e.set_retry(false);
+            }
+            return e;
+        }
+        if attempt.hop != Hop::Upstream && session.response_written().is_none() {
+            self.count_hop_failure(attempt.hop, ctx.repo_name());
+            return ctx.attempt.step(Step::NextHop);
+        }
+        if retryable {
+            e.retry.decide_reuse(client_reused);
+        } else {
+            e.set_retry(false);
+        }
+        e
+    }
+
+    /// `fail_to_connect`: a peer or origin that cannot be reached is skipped; the upstream's
+    /// failure goes to its breaker.
+    pub(super) fn on_connect_failure(&self, ctx: &mut RequestCtx, e: Box<Error>) -> Box<Error> {
+        if ctx.attempt.hop != Hop::Upstream {
+            self.count_hop_failure(ctx.attempt.hop, ctx.repo_name());
+            return ctx.attempt.step(Step::NextHop);
+        }
+        if let Some(ticket) = ctx.attempt.ticket.take() {
+            ticket.failed();
+        }
+        e
+    }
+
+    /// An upstream error status that pingora answers from a stale copy never reaches
+    /// `upstream_response_filter`: the breaker hears about it here.
+    pub(super) fn on_stale_error(&self, ctx: &mut RequestCtx, e: &Error) {
+        if matches!(e.etype(), ErrorType::HTTPStatus(_)) {
+            if let Some(ticket) = ctx.attempt.ticket.take() {
+                ticket.failed();
+            }
+        }
+    }
+
+    fn count_hop_failure(&self, hop: Hop, repository: &str) {
+        match hop {
+            Hop::Origin => self.metrics.origin_fetches.with_label_values(&[repository, "error"]).inc(),
+            Hop::Peer(addr) => {
+                tracing::info!(peer = %addr, "fleet owner unreachable; trying the next");
+                self.metrics.fleet_fetches.with_label_values(&[repository, "peer_unreachable"]).inc();
+            }
+            Hop::Upstream => {}
+        }
+    }
+}

@@ -1,0 +1,237 @@
+//! The cache phases: whether a request uses the cache and under which key and variant, whether
+//! a stored response may answer it, whether a fetched one may be stored, and what a successful
+//! unsafe request invalidates. The freshness arithmetic itself is [`crate::freshness`]'s.
+
+use std::time::SystemTime;
+
+use hangar_core::CacheResult;
+use http::{header, Method};
+use pingora::cache::{CacheKey, CacheMeta, CachePhase, ForcedFreshness, NoCacheReason, RespCacheable};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+use pingora::proxy::Session;
+use pingora::{Error, ErrorType};
+
+use super::{accept_list, HangarProxy, RequestCtx};
+
+/// The `X-Hangar-Cache` result for where pingora's cache state machine ended.
+pub fn cache_result(phase: CachePhase) -> CacheResult {
+    match phase {
+        CachePhase::Hit => CacheResult::Hit,
+        CachePhase::Miss => CacheResult::Miss,
+        CachePhase::Stale | CachePhase::StaleUpdating => CacheResult::Stale,
+        CachePhase::Expired => CacheResult::Expired,
+        CachePhase::Revalidated | CachePhase::RevalidatedNoCache(_) => CacheResult::Revalidated,
+        // Looked up, fetched, but the response was not storable (or the fetch failed).
+        CachePhase::Disabled(reason) if reason != NoCacheReason::NeverEnabled => CacheResult::Miss,
+        CachePhase::Disabled(_) | CachePhase::Bypass | CachePhase::Uninit | CachePhase::CacheKey => CacheResult::Bypass,
+    }
+}
+
+/// Whether this request's response went into the cache (a `miss` label also covers
+/// responses fetched but not storable).
+pub fn stored(phase: CachePhase) -> bool {
+    matches!(phase, CachePhase::Miss | CachePhase::Expired)
+}
+
+/// RFC 9111 §3.2: a 304's header fields replace the stored ones, except those describing the
+/// stored body (its length and encoding) and hop-by-hop fields. `Age` and `Date` are the
+/// 304's or none, so the stored copy's age starts over; `Vary` keeps the stored value because
+/// pingora keeps the stored variance.
+fn merge_not_modified(stored: &ResponseHeader, not_modified: &ResponseHeader) -> ResponseHeader {
+    const KEEP: [header::HeaderName; 7] = [header::CONTENT_LENGTH, header::CONTENT_ENCODING, header::TRANSFER_ENCODING, header::CONTENT_RANGE, header::CONNECTION, header::VARY, header::TRAILER];
+    let mut merged = stored.clone();
+    merged.remove_header(&header::AGE);
+    merged.remove_header(&header::DATE);
+    for name in not_modified.headers.keys() {
+        if KEEP.contains(name) || name.as_str().eq_ignore_ascii_case("keep-alive") {
+            continue;
+        }
+        merged.remove_header(name);
+        for value in not_modified.headers.get_all(name) {
+            let _ = merged.append_header(name.clone(), value.clone());
+        }
+    }
+    merged
+}
+
+impl HangarProxy {
+    /// `request_cache_filter`: GET and HEAD of a routed request use the cache.
+    pub(super) fn enable_cache(&self, session: &mut Session, ctx: &RequestCtx) {
+        let method = &session.req_header().method;
+        if ctx.route.is_some() && (method == Method::GET || method == Method::HEAD) {
+            session.cache.enable(self.storage, Some(self.eviction), None, Some(self.cache_lock), None);
+        }
+    }
+
+    /// `cache_key_callback`: the repository and the format's key path.
+    pub(super) fn key(&self, ctx: &RequestCtx) -> Result<CacheKey> {
+        let (repo, route) = ctx.routed().ok_or_else(|| Error::explain(ErrorType::InternalError, "not resolved"))?;
+        Ok(crate::router::cache_key(&repo.name, &route.resolved.key_path))
+    }
+
+    /// `cache_hit_filter`: whether a stored response may answer, by the repository's offline
+    /// switch, the expiry its body stated, and the client's request directives.
+    pub(super) fn judge_hit(&self, meta: &CacheMeta, is_fresh: bool, ctx: &mut RequestCtx) -> Option<ForcedFreshness> {
+        let (Some(repo), Some(route)) = (ctx.repo.as_ref(), ctx.route.as_ref()) else { return None };
+        // Offline: whatever is cached is served, however old, whatever the client asks.
+        if self.offline.is_offline(&repo.name) {
+            if is_fresh {
+                return None;
+            }
+            ctx.cache.served_stale = true;
+            return Some(ForcedFreshness::ForceFresh);
+        }
+        // A body that said when it expires is not used past then, not even stale.
+        if route.states_expiry && repo.has_expired(&route.resolved.key_path) {
+            return Some(ForcedFreshness::ForceExpired);
+        }
+        // RFC 9111 §5.2.1: the client's limits on what a stored response may be used for.
+        let d = &route.directives;
+        let now = SystemTime::now();
+        let too_old = d.max_age.is_some_and(|max| meta.age() > max);
+        let expires_too_soon = d.min_fresh.is_some_and(|min| meta.fresh_until().duration_since(now).unwrap_or_default() < min);
+        if d.no_cache || too_old || expires_too_soon {
+            ctx.cache.client_revalidates = true;
+            // Validate with the upstream; a stale copy stays usable if the upstream fails.
+            return is_fresh.then_some(ForcedFreshness::ForceExpiredServeStale { expired_at: None });
+        }
+        if !is_fresh {
+            if let Some(limit) = d.max_stale {
+                let staleness = now.duration_since(meta.fresh_until()).unwrap_or_default();
+                let stored_cc = pingora::cache::cache_control::CacheControl::from_headers_named("cache-control", meta.headers());
+                let forbidden = crate::freshness::forbids_stale(stored_cc.as_ref());
+                if !forbidden && limit.is_none_or(|l| staleness <= l) {
+                    ctx.cache.served_stale = true;
+                    return Some(ForcedFreshness::ForceFresh);
+                }
+            }
+        }
+        None
+    }
+
+    /// `cache_vary_filter`: each listed request header (value normalised for whitespace) picks
+    /// the variant. A format's representation replaces `Accept` (clients spell the same wish
+    /// many ways), and a rewritten document also varies by the proxy URL written into it.
+    pub(super) fn variant(&self, meta: &CacheMeta, ctx: &RequestCtx, req: &RequestHeader) -> Option<pingora::cache::key::HashBinary> {
+        let mut builder = pingora::cache::VarianceBuilder::new();
+        let route = ctx.route.as_ref();
+        let representation = route.and_then(|r| r.resolved.representation);
+        if let Some(r) = representation {
+            builder.add_value("hangar-representation", r.name);
+        }
+        if let Some(route) = route.filter(|r| r.resolved.rewrite) {
+            builder.add_owned_value("hangar-proxy-base", route.proxy_base.clone().into_bytes());
+        }
+        if route.is_some_and(|r| r.resolved.vary_accept) {
+            builder.add_owned_value("accept", accept_list(&req.headers).into_bytes());
+        }
+        for vary in meta.headers().get_all(header::VARY) {
+            for name in vary.to_str().unwrap_or("").split(',').map(str::trim).filter(|n| !n.is_empty()) {
+                let name = name.to_ascii_lowercase();
+                if representation.is_some() && name == "accept" {
+                    continue;
+                }
+                let value: Vec<u8> = req
+                    .headers
+                    .get_all(name.as_str())
+                    .iter()
+                    .map(|v| v.to_str().unwrap_or("").split(',').map(str::trim).collect::<Vec<_>>().join(","))
+                    .collect::<Vec<_>>()
+                    .join(",")
+                    .into_bytes();
+                builder.add_owned_name_value(name, value);
+            }
+        }
+        builder.finalize()
+    }
+
+    /// `response_cache_filter`: whether a fetched response may be stored, and for how long.
+    pub(super) fn storable(&self, session: &Session, resp: &ResponseHeader, ctx: &mut RequestCtx) -> RespCacheable {
+        let Some((repo, route)) = ctx.routed() else { return RespCacheable::Uncacheable(NoCacheReason::NeverEnabled) };
+        let authorization = session.req_header().headers.contains_key(header::AUTHORIZATION);
+        // `Vary: *`: no request can be known to match, so nothing is stored (RFC 9111 §4.1).
+        let vary_any = resp.headers.get_all(header::VARY).iter().any(|v| v.to_str().unwrap_or("").split(',').any(|n| n.trim() == "*"));
+        if vary_any {
+            return RespCacheable::Uncacheable(NoCacheReason::OriginNotCache);
+        }
+        if route.directives.no_store {
+            return RespCacheable::Uncacheable(NoCacheReason::Custom("request no-store"));
+        }
+        if !route.resolved.store {
+            return RespCacheable::Uncacheable(NoCacheReason::Custom("format says not to store"));
+        }
+        if ctx.body.unverified {
+            self.metrics.cache_skipped.with_label_values(&[&repo.name, "digest_unknown"]).inc();
+            return RespCacheable::Uncacheable(NoCacheReason::Custom("digest unknown"));
+        }
+        let (repo, class) = (repo.clone(), route.class);
+        let merged;
+        let resp = match ctx.cache.not_modified.take() {
+            Some(not_modified) => {
+                merged = merge_not_modified(resp, &not_modified);
+                &merged
+            }
+            None => resp,
+        };
+        let decision = repo.freshness.decide(class, resp, authorization);
+        if decision.is_cacheable() {
+            let len = resp.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok());
+            if !self.storage.disk().has_room(len) {
+                self.metrics.cache_skipped.with_label_values(&[&repo.name, "disk_full"]).inc();
+                return RespCacheable::Uncacheable(NoCacheReason::StorageError);
+            }
+        }
+        decision
+    }
+
+    /// RFC 9111 §4.4: a non-error response to an unsafe method invalidates the target URI,
+    /// every variant of it.
+    pub(super) fn invalidate_after_unsafe(&self, method: &Method, status: u16, ctx: &RequestCtx) {
+        if method.is_safe() || status >= 400 {
+            return;
+        }
+        if let Some((repo, route)) = ctx.routed() {
+            let key = crate::router::cache_key(&repo.name, &route.resolved.key_path);
+            for k in self.storage.purge_url(&key.to_compact()) {
+                self.eviction.remove(pingora::cache::CacheEntryKeyRef::from_entry_id(&k, None));
+            }
+        }
+    }
+
+    /// The `X-Hangar-Cache` result of this request.
+    pub(super) fn result(&self, session: &Session, ctx: &RequestCtx) -> CacheResult {
+        if ctx.cache.served_stale {
+            CacheResult::Stale
+        } else {
+            ctx.local.unwrap_or_else(|| cache_result(session.cache.phase()))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels() {
+        assert_eq!(cache_result(CachePhase::Hit), CacheResult::Hit);
+        assert_eq!(cache_result(CachePhase::Bypass), CacheResult::Bypass);
+        assert!(stored(CachePhase::Miss) && !stored(CachePhase::Hit));
+    }
+
+    #[test]
+    fn a_304_refreshes_headers_but_not_the_body_description() {
+        let mut stored = ResponseHeader::build(200, None).unwrap();
+        for (k, v) in [("content-length", "10"), ("etag", "\"a\""), ("age", "50"), ("cache-control", "max-age=1")] {
+            stored.insert_header(k, v).unwrap();
+        }
+        let mut fresh = ResponseHeader::build(304, None).unwrap();
+        for (k, v) in [("content-length", "0"), ("etag", "\"b\""), ("cache-control", "max-age=60")] {
+            fresh.insert_header(k, v).unwrap();
+        }
+        let merged = merge_not_modified(&stored, &fresh);
+        let h = |n: &str| merged.headers.get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
+        assert_eq!((h("content-length"), h("etag"), h("cache-control"), h("age")), (Some("10".into()), Some("\"b\"".into()), Some("max-age=60".into()), None));
+    }
+}

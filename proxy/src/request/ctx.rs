@@ -1,0 +1,109 @@
+//! What one request carries from phase to phase: a few named parts, each written by one phase
+//! and read by the ones after it.
+//!
+//! | part | written by | read by |
+//! |---|---|---|
+//! | [`Caller`] | admission | resolution, attempt |
+//! | `repo`, [`Route`] | admission, resolution | every later phase |
+//! | [`CacheState`] | cache phases | cache phases, outcome |
+//! | [`Attempt`](super::attempt::Attempt) | attempt | body, outcome |
+//! | [`BodyWork`] | body | outcome |
+
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use hangar_core::{CacheResult, Digest, Hasher, PathClass};
+use pingora::http::ResponseHeader;
+
+use super::attempt::Attempt;
+use crate::directives::RequestDirectives;
+use crate::format::Resolved;
+use crate::repository::Repository;
+
+/// Who sent the request, as far as the proxy can prove it.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Caller {
+    /// A fleet member forwarded it (its hop proof verified): serve, never forward again.
+    pub peer: bool,
+    /// The proxy's own read of its cache (its hop proof verified): never fetch.
+    pub loopback: bool,
+    /// A stale-while-revalidate refresh pingora runs in the background.
+    pub background: bool,
+}
+
+/// What the request is for, once its format has resolved it.
+pub struct Route {
+    pub resolved: Resolved,
+    /// The path class after the repository's own patterns.
+    pub class: PathClass,
+    /// The proxy's URL of the repository, for rewritten documents (empty otherwise).
+    pub proxy_base: String,
+    /// The client's Cache-Control directives (empty when the repository ignores them).
+    pub directives: RequestDirectives,
+    /// The body states its own expiry (apt's Valid-Until).
+    pub states_expiry: bool,
+}
+
+/// The cache phases' decisions.
+#[derive(Default)]
+pub struct CacheState {
+    /// An expired entry served without asking the upstream: the repository is offline, or
+    /// the client's `max-stale` accepted it.
+    pub served_stale: bool,
+    /// The client asked for a validated response, so stale-while-revalidate must not answer.
+    pub client_revalidates: bool,
+    /// The upstream's 304 to a revalidation, merged into the stored headers before they are
+    /// judged again.
+    pub not_modified: Option<Box<ResponseHeader>>,
+}
+
+/// A document being collected whole, to be rewritten.
+pub struct Document {
+    pub buf: BytesMut,
+    /// It arrived gzip-encoded and is decoded before rewriting.
+    pub gzip: bool,
+}
+
+/// What happens to the body on its way through.
+#[derive(Default)]
+pub struct BodyWork {
+    /// The digest the body must have; hashed while it streams.
+    pub expected: Option<Digest>,
+    pub hasher: Option<Hasher>,
+    /// The digest could not be learned: serve the artefact, but do not cache it.
+    pub unverified: bool,
+    pub document: Option<Document>,
+    /// A copy of a listing being collected (while it streams on) to learn its digests.
+    pub listing: Option<BytesMut>,
+    /// The body came through `upstream_response_body_filter` (from the upstream, a peer or
+    /// origin), which did the reading; `response_body_filter` does it for bodies from cache.
+    pub from_upstream: bool,
+    /// The first bytes of a body that states its expiry, until the expiry is found.
+    pub expiry_head: Option<Vec<u8>>,
+}
+
+/// Per-request state.
+#[derive(Default)]
+pub struct RequestCtx {
+    pub caller: Caller,
+    /// The repository, once routed (set before the format resolves the request, so that
+    /// requests it refuses still count under the repository).
+    pub repo: Option<Arc<Repository>>,
+    pub route: Option<Route>,
+    pub cache: CacheState,
+    pub attempt: Attempt,
+    pub body: BodyWork,
+    /// The label of a response the proxy wrote itself.
+    pub local: Option<CacheResult>,
+}
+
+impl RequestCtx {
+    pub fn repo_name(&self) -> &str {
+        self.repo.as_ref().map_or("-", |r| r.name.as_str())
+    }
+
+    /// The repository and route of a resolved request.
+    pub fn routed(&self) -> Option<(&Arc<Repository>, &Route)> {
+        Some((self.repo.as_ref()?, self.route.as_ref()?))
+    }
+}

@@ -1,0 +1,253 @@
+//! The request path: pingora's `ProxyHttp` phases, each short and delegating to one module.
+//!
+//! | phase | module | what it decides |
+//! |---|---|---|
+//! | `request_filter` | [`admission`], [`resolution`] ([`pointer`]) | who sent it, which repository, what the format makes of it |
+//! | `request_cache_filter`, `cache_key_callback`, `cache_hit_filter`, `cache_vary_filter` | [`cache`] | cache key and variant, whether a stored copy may answer |
+//! | `proxy_upstream_filter` | [`body`], [`attempt`] | the digest a fetch must have; peer, origin, upstream |
+//! | `upstream_peer` .. `upstream_response_filter`, `error_while_proxy`, `fail_to_connect` | [`attempt`] | each try, and the next |
+//! | `response_cache_filter` | [`cache`] | whether the response is stored |
+//! | body filters | [`body`] | digests checked, documents rewritten, listings read |
+//! | `logging` | [`outcome`] | one [`crate::outcome::Outcome`] to every sink |
+//!
+//! Format-specific decisions live in the format modules, not here. The per-request state is
+//! [`ctx::RequestCtx`], made of one part per phase.
+
+mod admission;
+mod attempt;
+mod body;
+mod cache;
+mod ctx;
+mod local;
+mod outcome;
+mod pointer;
+mod resolution;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use hangar_core::wire::CACHE_HEADER;
+use http::header;
+use pingora::cache::eviction::EvictionManager;
+use pingora::cache::lock::CacheKeyLockImpl;
+use pingora::cache::{CacheKey, CacheMeta, CachePhase, ForcedFreshness, HitHandler, RespCacheable};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::modules::http::compression::ResponseCompression;
+use pingora::prelude::*;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::{Error, ErrorSource, ErrorType};
+
+pub use self::ctx::RequestCtx;
+use self::local::Reply;
+use crate::client::Client;
+use crate::fleet::Fleet;
+use crate::metrics::Metrics;
+use crate::offline::OfflineSwitch;
+use crate::origin::OriginClient;
+use crate::outcome::Sinks;
+use crate::router::Router;
+use crate::storage::TieredStorage;
+use crate::upstream::SharedResolver;
+
+/// gzip level for documents compressed per response: level 1 keeps a 10 MB packument to a
+/// few milliseconds of CPU and still shrinks JSON several times over.
+const DOCUMENT_GZIP_LEVEL: u32 = 1;
+
+/// Everything the phases share; one per process.
+pub struct HangarProxy {
+    pub router: Arc<Router>,
+    pub storage: &'static TieredStorage,
+    pub eviction: &'static (dyn EvictionManager + Sync),
+    pub cache_lock: &'static CacheKeyLockImpl,
+    pub resolver: SharedResolver,
+    pub metrics: Arc<Metrics>,
+    pub offline: Arc<OfflineSwitch>,
+    /// The proxy's own listener, for reading documents through the cache.
+    pub listen_addr: std::net::SocketAddr,
+    pub fleet: Arc<Fleet>,
+    /// The regional origin: asked before upstreams for immutable artefacts.
+    pub origin: Option<Arc<OriginClient>>,
+    /// For the proxy's own side requests: token endpoints, tag lookups, loopback reads.
+    pub client: Arc<Client>,
+    /// Who hears how each request ended.
+    pub sinks: Sinks,
+}
+
+/// Every `Accept` value of the request, as one normalised list: clients send several headers
+/// (registries need them all) and space them differently.
+fn accept_list(headers: &http::HeaderMap) -> String {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("").split(','))
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[async_trait]
+impl ProxyHttp for HangarProxy {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::default()
+    }
+
+    /// Documents are compressed for clients that accept it, and never twice: the module
+    /// leaves a response that already has a Content-Encoding alone. It has to be on before it
+    /// reads the request's Accept-Encoding, which happens before `request_filter`; resolution
+    /// turns it off again for everything that is not a document.
+    async fn early_request_filter(&self, session: &mut Session, _ctx: &mut RequestCtx) -> Result<()> {
+        if let Some(c) = session.downstream_modules_ctx.get_mut::<ResponseCompression>() {
+            c.adjust_level(DOCUMENT_GZIP_LEVEL);
+        }
+        Ok(())
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let admitted = self.admit(session, ctx);
+        let resolved = match admitted {
+            Ok((repo, rest)) => self.resolve(session, ctx, repo, &rest).await,
+            Err(reply) => Err(reply),
+        };
+        match resolved {
+            Ok(()) => Ok(false),
+            Err(reply) => local::respond(session, ctx, reply).await,
+        }
+    }
+
+    fn request_cache_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
+        self.enable_cache(session, ctx);
+        Ok(())
+    }
+
+    fn cache_key_callback(&self, _session: &Session, ctx: &mut RequestCtx) -> Result<CacheKey> {
+        self.key(ctx)
+    }
+
+    async fn cache_hit_filter(&self, _session: &mut Session, meta: &CacheMeta, _hit: &mut HitHandler, is_fresh: bool, ctx: &mut RequestCtx) -> Result<Option<ForcedFreshness>> {
+        Ok(self.judge_hit(meta, is_fresh, ctx))
+    }
+
+    async fn proxy_upstream_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let offline = ctx.repo.as_ref().is_some_and(|r| self.offline.is_offline(&r.name));
+        let only_if_cached = ctx.route.as_ref().is_some_and(|r| r.directives.only_if_cached);
+        if offline || only_if_cached {
+            let why = if offline { "repository is offline and this is not cached" } else { "not in cache (only-if-cached)" };
+            local::respond(session, ctx, Reply::error(504, why)).await?;
+            return Ok(false);
+        }
+        self.expect_digest(ctx).await;
+        self.plan_hops(session, ctx);
+        Ok(true)
+    }
+
+    fn cache_vary_filter(&self, meta: &CacheMeta, ctx: &mut RequestCtx, req: &RequestHeader) -> Option<pingora::cache::key::HashBinary> {
+        self.variant(meta, ctx, req)
+    }
+
+    fn response_cache_filter(&self, session: &Session, resp: &ResponseHeader, ctx: &mut RequestCtx) -> Result<RespCacheable> {
+        Ok(self.storable(session, resp, ctx))
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+        self.peer(ctx).await
+    }
+
+    async fn upstream_request_filter(&self, session: &mut Session, upstream_request: &mut RequestHeader, ctx: &mut RequestCtx) -> Result<()> {
+        self.shape_request(session, upstream_request, ctx)
+    }
+
+    async fn upstream_response_filter(&self, session: &mut Session, resp: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<()> {
+        self.on_response(session, resp, ctx).await?;
+        match resp.status {
+            http::StatusCode::NOT_MODIFIED => ctx.cache.not_modified = Some(Box::new(resp.clone())),
+            http::StatusCode::OK => self.prepare_body(resp, ctx)?,
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn upstream_response_body_filter(&self, _session: &mut Session, body: &mut Option<Bytes>, end_of_stream: bool, ctx: &mut RequestCtx) -> Result<Option<std::time::Duration>> {
+        self.upstream_body(body, end_of_stream, ctx)?;
+        Ok(None)
+    }
+
+    fn response_body_filter(&self, _session: &mut Session, body: &mut Option<Bytes>, end_of_stream: bool, ctx: &mut RequestCtx) -> Result<Option<std::time::Duration>> {
+        self.served_body(body.as_ref(), end_of_stream, ctx)?;
+        Ok(None)
+    }
+
+    fn error_while_proxy(&self, peer: &HttpPeer, session: &mut Session, e: Box<Error>, ctx: &mut RequestCtx, client_reused: bool) -> Box<Error> {
+        self.on_error(session, e.more_context(format!("Peer: {peer}")), ctx, client_reused)
+    }
+
+    fn fail_to_connect(&self, _session: &mut Session, _peer: &HttpPeer, ctx: &mut RequestCtx, e: Box<Error>) -> Box<Error> {
+        self.on_connect_failure(ctx, e)
+    }
+
+    /// Pingora asks this before serving a stale copy. With an upstream error: serve it (and
+    /// the breaker hears of the error). Without one, it is asking about stale-while-revalidate:
+    /// serve the stale copy at once while one background request refreshes it, unless the
+    /// client asked for a validated response. (The stored response's window, zero unless its
+    /// path is metadata or the upstream allowed it, has already been checked.)
+    fn should_serve_stale(&self, _session: &mut Session, ctx: &mut RequestCtx, error: Option<&Error>) -> bool {
+        match error {
+            None => !ctx.cache.client_revalidates && !ctx.caller.background,
+            Some(e) => {
+                self.on_stale_error(ctx, e);
+                e.esource() == &ErrorSource::Upstream
+            }
+        }
+    }
+
+    async fn response_filter(&self, session: &mut Session, resp: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<()> {
+        let req = session.req_header();
+        self.invalidate_after_unsafe(&req.method, resp.status.as_u16(), ctx);
+        let whole_hit = session.cache.phase() == CachePhase::Hit && resp.status == http::StatusCode::OK && req.method == http::Method::GET && !req.headers.contains_key(header::RANGE);
+        if whole_hit {
+            self.read_cached_listing(ctx);
+        }
+        resp.insert_header(CACHE_HEADER, self.result(session, ctx).as_str())?;
+        Ok(())
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+        let code = match e.etype() {
+            ErrorType::HTTPStatus(code) => *code,
+            _ => match e.esource() {
+                ErrorSource::Upstream => 502,
+                ErrorSource::Downstream => match e.etype() {
+                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                    _ => 400,
+                },
+                ErrorSource::Internal | ErrorSource::Unset => 500,
+            },
+        };
+        if e.esource() == &ErrorSource::Upstream {
+            let kind = match e.etype() {
+                ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => "timeout",
+                ErrorType::ConnectRefused | ErrorType::ConnectError | ErrorType::ConnectNoRoute => "connect",
+                _ => "other",
+            };
+            self.metrics.upstream_errors.with_label_values(&[ctx.repo_name(), kind]).inc();
+        }
+        // Once the response head went out, all we can do is cut the connection.
+        if code > 0 && session.response_written().is_none() {
+            let message = match code {
+                502 => "upstream failed",
+                503 => "upstream unavailable (circuit breaker open)",
+                504 => "upstream timed out",
+                _ => "request failed",
+            };
+            let _ = local::respond(session, ctx, Reply::error(code, message)).await;
+        }
+        FailToProxy { error_code: code, can_reuse_downstream: false }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        self.report(session, e, ctx);
+    }
+}

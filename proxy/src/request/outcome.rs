@@ -1,0 +1,64 @@
+//! The last phase: one [`Outcome`] for the request, handed to every sink; and the cache
+//! maintenance a fetch calls for (a document fetched anew drops its companions).
+
+use hangar_core::event::Source;
+use hangar_core::CacheResult;
+use pingora::prelude::*;
+use pingora::proxy::Session;
+
+use super::cache::stored;
+use super::{HangarProxy, RequestCtx};
+use crate::outcome::Outcome;
+
+impl HangarProxy {
+    /// `logging`: tell the sinks how the request ended.
+    pub(super) fn report(&self, session: &Session, error: Option<&Error>, ctx: &RequestCtx) {
+        let req = session.req_header();
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let result = self.result(session, ctx);
+        let phase = session.cache.phase();
+        let source = match result {
+            _ if ctx.local.is_some() => Source::Proxy,
+            CacheResult::Hit | CacheResult::Stale | CacheResult::Revalidated => Source::Cache,
+            _ => ctx.attempt.source(),
+        };
+        let outcome = Outcome {
+            repository: ctx.repo.as_deref().map(|r| r.name.as_str()),
+            format: ctx.repo.as_deref().map(|r| r.format.kind()),
+            method: &req.method,
+            target: req.uri.path_and_query().map_or_else(|| req.uri.path(), |pq| pq.as_str()),
+            host: req.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()),
+            key_path: ctx.route.as_ref().map(|r| r.resolved.key_path.as_str()),
+            class: ctx.route.as_ref().map(|r| r.class),
+            status,
+            result,
+            source,
+            stored: stored(phase),
+            digest: ctx.body.expected.as_ref(),
+            unverified: ctx.body.unverified,
+            bytes_served: session.body_bytes_sent() as u64,
+            bytes_fetched: session.upstream_body_bytes_received() as u64,
+            upstream_time: ctx.attempt.upstream_time(),
+            background: ctx.caller.background,
+            failed: error.is_some(),
+            client: session.client_addr().and_then(|a| a.as_inet()).copied(),
+        };
+        self.sinks.record(&outcome);
+        self.drop_companions(&outcome, ctx);
+    }
+
+    /// A document fetched anew makes its companions (Maven's metadata checksums) stale: drop
+    /// them so they are fetched with it.
+    fn drop_companions(&self, outcome: &Outcome<'_>, ctx: &RequestCtx) {
+        let (Some(repo), Some(key_path)) = (ctx.repo.as_ref(), outcome.key_path) else { return };
+        if outcome.status != 200 || !matches!(outcome.result, CacheResult::Miss | CacheResult::Expired) || !outcome.stored {
+            return;
+        }
+        for companion in repo.format.companions(key_path) {
+            let key = crate::router::cache_key(&repo.name, &companion);
+            for k in self.storage.purge_url(&key.to_compact()) {
+                self.eviction.remove(pingora::cache::CacheEntryKeyRef::from_entry_id(&k, None));
+            }
+        }
+    }
+}
