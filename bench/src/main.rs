@@ -2,7 +2,9 @@
 //!
 //! Every cache under test is pinned to CPU 0 and the load generator to CPU 1. Scenarios:
 //! * `hits`: cache-hit throughput and latency for 1 KiB, 100 KiB and 10 MiB objects (wrk),
-//!   several rounds, median reported, with Hangar's ratio to the best peer per size;
+//!   several rounds interleaved across the caches (so drift on a shared machine hits all alike),
+//!   median reported with the rounds' spread, Hangar's ratio to the best peer per size, and,
+//!   with `--baseline-bin`, to another hangar-proxy build (before and after a change);
 //! * `cold`: a stampede of concurrent clients on one uncached large object behind a slow
 //!   origin: upstream fetches, total time against one client alone, peak RSS;
 //! * `zipf`: a fixed Zipf-distributed request sequence over objects of 1 KiB to 50 MiB with a
@@ -34,6 +36,8 @@ struct Options {
     quick: bool,
     json: Option<PathBuf>,
     proxy_bin: PathBuf,
+    /// A second hangar-proxy build to compare with, as the `hangar-baseline` peer.
+    baseline_bin: Option<PathBuf>,
     peers: Vec<Kind>,
     scenarios: Vec<String>,
     rounds: usize,
@@ -42,7 +46,7 @@ struct Options {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: hangar-bench [--quick] [--json FILE] [--proxy-bin PATH] [--peers hangar,nginx-sendfile,nginx,varnish]\n                    [--scenarios hits,cold,zipf] [--rounds N] [--duration SECS]"
+        "usage: hangar-bench [--quick] [--json FILE] [--proxy-bin PATH] [--baseline-bin PATH] [--peers hangar,nginx-sendfile,nginx,varnish]\n                    [--scenarios hits,cold,zipf] [--rounds N] [--duration SECS]"
     );
     std::process::exit(2)
 }
@@ -53,6 +57,7 @@ fn parse_args() -> anyhow::Result<Options> {
         quick: false,
         json: None,
         proxy_bin: exe.with_file_name("hangar-proxy"),
+        baseline_bin: None,
         peers: vec![Kind::Hangar, Kind::NginxSendfile, Kind::Nginx, Kind::Varnish],
         scenarios: vec!["hits".into(), "cold".into(), "zipf".into()],
         rounds: 3,
@@ -67,6 +72,7 @@ fn parse_args() -> anyhow::Result<Options> {
             "--quick" => o.quick = true,
             "--json" => o.json = Some(val().into()),
             "--proxy-bin" => o.proxy_bin = val().into(),
+            "--baseline-bin" => o.baseline_bin = Some(val().into()),
             "--peers" => {
                 o.peers = val().split(',').map(|p| Kind::parse(p).with_context(|| format!("unknown peer {p}"))).collect::<anyhow::Result<_>>()?
             }
@@ -79,6 +85,9 @@ fn parse_args() -> anyhow::Result<Options> {
     if o.quick {
         o.rounds = 1;
         o.duration = Duration::from_secs(1);
+    }
+    if o.baseline_bin.is_some() && !o.peers.contains(&Kind::HangarBaseline) {
+        o.peers.insert(1, Kind::HangarBaseline);
     }
     o.rounds = rounds.unwrap_or(o.rounds);
     o.duration = duration.unwrap_or(o.duration);
@@ -100,6 +109,8 @@ struct HitRow {
     cache: Kind,
     median: load::WrkResult,
     rounds: Vec<load::WrkResult>,
+    /// Median CPU microseconds per request, for single-process caches.
+    cpu_us_per_request: Option<f64>,
 }
 
 #[derive(Serialize)]
@@ -109,6 +120,8 @@ struct HitSummary {
     best_peer_rps: f64,
     hangar_rps: f64,
     ratio: Option<f64>,
+    /// The `--baseline-bin` build's median, when one ran.
+    baseline_rps: Option<f64>,
 }
 
 #[derive(Serialize)]
@@ -171,49 +184,85 @@ fn human(bytes: f64) -> String {
     format!("{v:.1} {}", units[i])
 }
 
+/// Relative spread of the rounds: (max - min) / median, the noise a ratio must exceed.
+fn spread(rounds: &[load::WrkResult], median: f64) -> f64 {
+    let (lo, hi) = rounds.iter().fold((f64::MAX, 0f64), |(lo, hi), r| (lo.min(r.requests_per_sec), hi.max(r.requests_per_sec)));
+    if median > 0.0 { (hi - lo) / median } else { 0.0 }
+}
+
 async fn hits(o: &Options, origin: &Origin, report: &mut Report) -> anyhow::Result<()> {
     let sizes: [u64; 3] = [1 << 10, 100 << 10, 10 << 20];
     let size = CacheSize { storage_bytes: 2 << 30, memory_bytes: 1 << 30, memory_max_object_bytes: 16 << 20 };
-    println!("\n== cache hits (cache on CPU {CACHE_CPU}, wrk on CPU {LOAD_CPU}, {} round(s) of {}s, median) ==", o.rounds, o.duration.as_secs());
-    println!("{:>8}  {:<15} {:>12} {:>12} {:>9} {:>9}", "size", "cache", "req/s", "MB/s", "p50 ms", "p99 ms");
+    println!("\n== cache hits (cache on CPU {CACHE_CPU}, wrk on CPU {LOAD_CPU}, {} round(s) of {}s interleaved, median) ==", o.rounds, o.duration.as_secs());
+    println!("{:>8}  {:<15} {:>12} {:>12} {:>9} {:>9} {:>8} {:>10}", "size", "cache", "req/s", "MB/s", "p50 ms", "p99 ms", "spread", "cpu us/req");
+    let mut running = Vec::new();
     for &kind in &o.peers {
-        let peer = peers::start(kind, origin.addr, size, &o.proxy_bin, CACHE_CPU)?;
-        for &s in &sizes {
-            let path = format!("/obj/{s}/hot");
+        let bin = if kind == Kind::HangarBaseline { o.baseline_bin.as_deref().context("hangar-baseline needs --baseline-bin")? } else { o.proxy_bin.as_path() };
+        running.push(peers::start(kind, origin.addr, size, bin, CACHE_CPU)?);
+    }
+    for &s in &sizes {
+        let path = format!("/obj/{s}/hot");
+        for peer in &running {
             // Warm: fill, then one more request to be sure the next ones are hits.
             let mut c = load::Conn::connect(peer.addr).await?;
             for _ in 0..2 {
                 let (status, len) = c.get(&path).await?;
-                anyhow::ensure!(status == 200 && len == s, "{}: warm-up got {status}/{len}", kind.name());
+                anyhow::ensure!(status == 200 && len == s, "{}: warm-up got {status}/{len}", peer.kind.name());
             }
-            drop(c);
-            let conns = if s >= 10 << 20 { 8 } else { 50 };
-            let url = format!("http://{}{path}", peer.addr);
-            let mut rounds = Vec::new();
-            for _ in 0..o.rounds {
-                rounds.push(load::wrk(&url, LOAD_CPU, conns, o.duration).await?);
+        }
+        let conns = if s >= 10 << 20 { 8 } else { 50 };
+        let mut rounds = vec![Vec::new(); running.len()];
+        // CPU time per request (single-process caches): steadier than req/s on a shared machine.
+        let mut cpu = vec![Vec::new(); running.len()];
+        for _ in 0..o.rounds {
+            for (i, peer) in running.iter().enumerate() {
+                let before = peer.cpu_seconds();
+                let r = load::wrk(&format!("http://{}{path}", peer.addr), LOAD_CPU, conns, o.duration).await?;
+                if let (Some(a), Some(b)) = (before, peer.cpu_seconds()) {
+                    cpu[i].push((b - a) * 1e6 / (r.requests_per_sec * o.duration.as_secs_f64()).max(1.0));
+                }
+                rounds[i].push(r);
             }
+        }
+        for ((peer, rounds), mut cpu) in running.iter().zip(rounds).zip(cpu) {
             let m = median(rounds.clone());
-            println!("{:>8}  {:<15} {:>12.0} {:>12.1} {:>9.3} {:>9.3}", human(s as f64), kind.name(), m.requests_per_sec, m.bytes_per_sec / 1e6, m.p50_ms, m.p99_ms);
-            report.hits.push(HitRow { size: s, cache: kind, median: m, rounds });
+            let noise = spread(&rounds, m.requests_per_sec);
+            cpu.sort_by(f64::total_cmp);
+            let cpu_us = cpu.get(cpu.len() / 2).copied();
+            println!(
+                "{:>8}  {:<15} {:>12.0} {:>12.1} {:>9.3} {:>9.3} {:>7.0}% {:>10}",
+                human(s as f64),
+                peer.kind.name(),
+                m.requests_per_sec,
+                m.bytes_per_sec / 1e6,
+                m.p50_ms,
+                m.p99_ms,
+                noise * 100.0,
+                cpu_us.map_or("-".into(), |c| format!("{c:.1}"))
+            );
+            report.hits.push(HitRow { size: s, cache: peer.kind, median: m, rounds, cpu_us_per_request: cpu_us });
         }
     }
-    println!("\n{:>8}  {:<15} {:>12} {:>12} {:>8}", "size", "best peer", "peer req/s", "hangar req/s", "ratio");
+    let with_baseline = o.peers.contains(&Kind::HangarBaseline);
+    println!("\n{:>8}  {:<15} {:>12} {:>12} {:>8}{}", "size", "best peer", "peer req/s", "hangar req/s", "ratio", if with_baseline { "    vs baseline" } else { "" });
     for &s in &sizes {
         let rows: Vec<&HitRow> = report.hits.iter().filter(|r| r.size == s).collect();
-        let best = rows.iter().filter(|r| r.cache != Kind::Hangar).max_by(|a, b| a.median.requests_per_sec.total_cmp(&b.median.requests_per_sec));
-        let hangar = rows.iter().find(|r| r.cache == Kind::Hangar).map(|r| r.median.requests_per_sec).unwrap_or(0.0);
+        let best = rows.iter().filter(|r| !r.cache.is_hangar()).max_by(|a, b| a.median.requests_per_sec.total_cmp(&b.median.requests_per_sec));
+        let rps = |kind: Kind| rows.iter().find(|r| r.cache == kind).map(|r| r.median.requests_per_sec).unwrap_or(0.0);
+        let (hangar, baseline) = (rps(Kind::Hangar), rps(Kind::HangarBaseline));
         let (best_kind, best_rps) = best.map(|r| (Some(r.cache), r.median.requests_per_sec)).unwrap_or((None, 0.0));
         let ratio = (best_rps > 0.0 && hangar > 0.0).then(|| hangar / best_rps);
+        let vs_baseline = (baseline > 0.0 && hangar > 0.0).then(|| hangar / baseline);
         println!(
-            "{:>8}  {:<15} {:>12.0} {:>12.0} {:>8}",
+            "{:>8}  {:<15} {:>12.0} {:>12.0} {:>8}{}",
             human(s as f64),
             best_kind.map_or("-", Kind::name),
             best_rps,
             hangar,
-            ratio.map_or("-".into(), |r| format!("{r:.2}x"))
+            ratio.map_or("-".into(), |r| format!("{r:.2}x")),
+            vs_baseline.map_or(String::new(), |r| format!(" {r:>14.2}x"))
         );
-        report.hit_summary.push(HitSummary { size: s, best_peer: best_kind, best_peer_rps: best_rps, hangar_rps: hangar, ratio });
+        report.hit_summary.push(HitSummary { size: s, best_peer: best_kind, best_peer_rps: best_rps, hangar_rps: hangar, ratio, baseline_rps: (baseline > 0.0).then_some(baseline) });
     }
     Ok(())
 }

@@ -16,6 +16,9 @@ use anyhow::{bail, Context};
 pub enum Kind {
     #[serde(rename = "hangar")]
     Hangar,
+    /// Another hangar-proxy binary (`--baseline-bin`): the build a change is measured against.
+    #[serde(rename = "hangar-baseline")]
+    HangarBaseline,
     #[serde(rename = "nginx-sendfile")]
     NginxSendfile,
     #[serde(rename = "nginx")]
@@ -28,6 +31,7 @@ impl Kind {
     pub fn name(self) -> &'static str {
         match self {
             Kind::Hangar => "hangar",
+            Kind::HangarBaseline => "hangar-baseline",
             Kind::NginxSendfile => "nginx-sendfile",
             Kind::Nginx => "nginx",
             Kind::Varnish => "varnish",
@@ -35,7 +39,12 @@ impl Kind {
     }
 
     pub fn parse(s: &str) -> Option<Kind> {
-        [Kind::Hangar, Kind::NginxSendfile, Kind::Nginx, Kind::Varnish].into_iter().find(|k| k.name() == s)
+        [Kind::Hangar, Kind::HangarBaseline, Kind::NginxSendfile, Kind::Nginx, Kind::Varnish].into_iter().find(|k| k.name() == s)
+    }
+
+    /// Whether this is a hangar-proxy (the build under test or its baseline).
+    pub fn is_hangar(self) -> bool {
+        matches!(self, Kind::Hangar | Kind::HangarBaseline)
     }
 }
 
@@ -58,7 +67,7 @@ pub struct Peer {
 
 impl Drop for Peer {
     fn drop(&mut self) {
-        if self.kind == Kind::Hangar {
+        if self.kind.is_hangar() {
             let _ = self.child.kill();
         } else {
             // nginx and varnish master processes take their workers down on TERM.
@@ -73,6 +82,22 @@ impl Drop for Peer {
 impl Peer {
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// CPU seconds (user + system) the process has used so far, for caches that are one
+    /// process (hangar-proxy); `None` for nginx and Varnish, whose work is done in children.
+    pub fn cpu_seconds(&self) -> Option<f64> {
+        if !self.kind.is_hangar() {
+            return None;
+        }
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).ok()?;
+        // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
+        let rest = &stat[stat.rfind(')')? + 2..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+        // SAFETY: sysconf only reads a configuration value.
+        let per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        Some(ticks / per_sec)
     }
 
     /// Where this cache keeps its objects on disk (none for Varnish's malloc storage).
@@ -124,7 +149,7 @@ pub fn start(kind: Kind, origin: SocketAddr, size: CacheSize, proxy_bin: &Path, 
     let dir = tempfile::Builder::new().prefix("hangar-bench-").tempdir_in("/var/tmp")?;
     let cpu = cpu.to_string();
     match kind {
-        Kind::Hangar => {
+        Kind::Hangar | Kind::HangarBaseline => {
             let conf = dir.path().join("hangar.toml");
             std::fs::write(
                 &conf,

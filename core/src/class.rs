@@ -44,7 +44,8 @@ impl PathPattern {
         Ok(PathPattern { tokens })
     }
 
-    /// Whether `path` (starting with `/`) matches. Patterns without a leading `/` match anywhere (as if they started with `**/`... or `**`).
+    /// Whether `path` (starting with `/`) matches. A pattern without a leading `/` may match
+    /// from any position in the path, as if it began with `**`.
     pub fn matches(&self, path: &str) -> bool {
         let anchored = matches!(self.tokens.first(), Some(Token::Literal(l)) if l.starts_with('/'));
         if anchored {

@@ -14,8 +14,11 @@ use sha2::Digest as _;
 /// Displays (and [`Digest::parse`]s) as `<algorithm>:<hex>`, as OCI writes digests.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub enum Digest {
+    /// SHA-1: Maven's `.sha1` files and old npm `shasum`s (weak; used only where nothing better is published).
     Sha1([u8; 20]),
+    /// SHA-256: PyPI, cargo, OCI, apt, RubyGems.
     Sha256([u8; 32]),
+    /// SHA-512: npm's `dist.integrity`.
     Sha512([u8; 64]),
 }
 
@@ -113,6 +116,7 @@ impl Digest {
 }
 
 /// A running hash of the algorithm of an expected [`Digest`].
+#[allow(missing_docs)]
 pub enum Hasher {
     Sha1(sha1::Sha1),
     Sha256(sha2::Sha256),

@@ -85,9 +85,12 @@ impl Tier {
 /// tarball, PyPI's project and file, an image's repository and tag or digest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PackageCoordinates {
+    /// The package (`@acme/widget`, `requests`, `library/alpine`).
     pub name: String,
+    /// Its version, tag or digest, when the path names one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
+    /// The file within the version (a wheel, a tarball, a layer), when the path names one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<String>,
 }
@@ -100,9 +103,11 @@ pub struct DownloadEvent {
     pub id: String,
     /// Unix milliseconds when the response ended.
     pub time_ms: u64,
+    /// The fleet's region (`fleet.region`).
     pub region: String,
     /// The proxy or agent that served it (`ip:port`).
     pub node: String,
+    /// The repository's configured name.
     pub repository: String,
     pub format: FormatKind,
     /// What the path names, when its format knows.
@@ -117,7 +122,9 @@ pub struct DownloadEvent {
     pub status: u16,
     /// Body bytes sent to the client.
     pub bytes: u64,
+    /// What `X-Hangar-Cache` said.
     pub result: CacheResult,
+    /// Where the bytes came from.
     pub source: Source,
     /// Milliseconds from the upstream request to its response headers, on a fetch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -145,6 +152,18 @@ mod tests {
         for t in [Tier::Memory, Tier::Disk, Tier::Origin] {
             let name: StrDeserializer<Error> = t.as_str().into_deserializer();
             assert_eq!(Tier::deserialize(name).unwrap(), t);
+        }
+    }
+}
+
+#[cfg(test)]
+mod order {
+    use super::*;
+
+    #[test]
+    fn all_lists_results_in_discriminant_order() {
+        for (i, r) in CacheResult::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i, "metrics index CacheResult::ALL by discriminant");
         }
     }
 }

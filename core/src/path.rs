@@ -23,6 +23,7 @@ pub enum PathError {
 pub struct RequestPath<'a> {
     /// Below the prefix, without a leading `/`, still percent-encoded as the client sent it.
     pub relative: &'a str,
+    /// The query string, without `?`, as the client sent it.
     pub query: Option<&'a str>,
 }
 

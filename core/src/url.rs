@@ -65,6 +65,11 @@ impl UpstreamUrl {
         })
     }
 
+    /// Plain HTTP to `addr` at `/`: another proxy of the fleet, or this one.
+    pub fn http(addr: std::net::SocketAddr) -> Self {
+        UpstreamUrl { tls: false, host: addr.ip().to_string(), port: addr.port(), base_path: "/".into() }
+    }
+
     /// The value for the upstream request's `Host` header.
     pub fn host_header(&self) -> String {
         let default_port = if self.tls { 443 } else { 80 };

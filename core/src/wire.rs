@@ -37,8 +37,8 @@ pub const HOP_WINDOW_SECS: u64 = 120;
 pub enum HopKind {
     /// A fleet member forwarded a miss to the key's owner: serve it, never forward it again.
     Peer,
-    /// A proxy reads its own cache (to hand an artefact to origin, or to read a listing):
-    /// answer from cache, or 504; never fetch.
+    /// A proxy reads its own cache back (to hand an artefact to origin): answer from cache,
+    /// or 504; never fetch, never refresh.
     Loopback,
 }
 
@@ -65,9 +65,12 @@ pub enum HopError {
 /// The fleet's shared secret, as an HMAC-SHA256 key that signs and verifies hop headers.
 ///
 /// A hop header is `v1 <kind> <unix seconds> <hex HMAC>`, the HMAC taken over the kind, the
-/// time and the request target (path and query) it travels with. So a client can neither
-/// claim to be a peer nor replay a proof for another path, and a proof expires after
-/// [`HOP_WINDOW_SECS`].
+/// time, the method and the request target (path and query) it travels with. So a client can
+/// neither claim to be a peer nor reuse a proof for another path or method, and a proof
+/// expires after [`HOP_WINDOW_SECS`]. Within that window a captured proof can be replayed for
+/// the same request (hops travel in-region, over plain HTTP); what it grants is harmless for
+/// the same request: a peer proof only stops owner routing, a loopback proof only forbids
+/// fetching.
 #[derive(Clone)]
 pub struct HopKey {
     mac: Hmac<Sha256>,
@@ -85,24 +88,24 @@ impl HopKey {
         HopKey { mac: Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes keys of any length") }
     }
 
-    fn tag(&self, kind: HopKind, time: u64, target: &str) -> Hmac<Sha256> {
+    fn tag(&self, kind: HopKind, time: u64, method: &str, target: &str) -> Hmac<Sha256> {
         let mut mac = self.mac.clone();
         mac.update(b"hangar-hop v1\n");
         mac.update(kind.as_str().as_bytes());
-        mac.update(format!("\n{time}\n").as_bytes());
+        mac.update(format!("\n{time}\n{method}\n").as_bytes());
         mac.update(target.as_bytes());
         mac
     }
 
-    /// The [`HOP_HEADER`] value for a request for `target` (path and query) sent at `now`
-    /// (unix seconds).
-    pub fn sign(&self, kind: HopKind, target: &str, now: u64) -> String {
-        let tag = self.tag(kind, now, target).finalize().into_bytes();
+    /// The [`HOP_HEADER`] value for a `method` request for `target` (path and query) sent at
+    /// `now` (unix seconds).
+    pub fn sign(&self, kind: HopKind, method: &str, target: &str, now: u64) -> String {
+        let tag = self.tag(kind, now, method, target).finalize().into_bytes();
         format!("v1 {} {now} {}", kind.as_str(), hex::encode(tag))
     }
 
-    /// Check a [`HOP_HEADER`] value received with a request for `target` at `now`.
-    pub fn verify(&self, value: &str, target: &str, now: u64) -> Result<HopKind, HopError> {
+    /// Check a [`HOP_HEADER`] value received with a `method` request for `target` at `now`.
+    pub fn verify(&self, value: &str, method: &str, target: &str, now: u64) -> Result<HopKind, HopError> {
         let mut parts = value.split(' ');
         let (Some("v1"), Some(kind), Some(time), Some(tag), None) = (parts.next(), parts.next(), parts.next(), parts.next(), parts.next()) else {
             return Err(HopError::Malformed);
@@ -118,7 +121,7 @@ impl HopKey {
         if skew > HOP_WINDOW_SECS {
             return Err(HopError::Expired(skew));
         }
-        self.tag(kind, time, target).verify_slice(&tag).map_err(|_| HopError::BadSignature)?;
+        self.tag(kind, time, method, target).verify_slice(&tag).map_err(|_| HopError::BadSignature)?;
         Ok(kind)
     }
 }
@@ -177,6 +180,7 @@ pub fn parse_object_path(uri_path: &str) -> Result<(String, String), ObjectPathE
 /// once and never overwritten, which is what makes a published artefact immutable.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {
+    /// The repository name ([`valid_repository_name`]).
     pub repository: String,
     /// The key path, as [`parse_object_path`] returns it.
     pub path: String,
@@ -184,6 +188,7 @@ pub struct Manifest {
     pub sha256: String,
     /// Bytes.
     pub size: u64,
+    /// The `Content-Type` the artefact was published with, served back with it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content_type: Option<String>,
 }
@@ -210,16 +215,17 @@ mod tests {
     fn hop_proofs_bind_kind_target_and_time() {
         let key = HopKey::new(b"fleet secret");
         let now = 1_800_000_000;
-        let peer = key.sign(HopKind::Peer, "/npm/a?x=1", now);
-        assert_eq!(key.verify(&peer, "/npm/a?x=1", now + 5), Ok(HopKind::Peer));
-        assert_eq!(key.verify(&peer, "/npm/b?x=1", now), Err(HopError::BadSignature), "another path");
-        assert_eq!(key.verify(&peer.replace(" peer ", " loopback "), "/npm/a?x=1", now), Err(HopError::BadSignature), "another kind");
-        assert_eq!(key.verify(&peer, "/npm/a?x=1", now + HOP_WINDOW_SECS + 1), Err(HopError::Expired(HOP_WINDOW_SECS + 1)));
-        assert_eq!(HopKey::new(b"other").verify(&peer, "/npm/a?x=1", now), Err(HopError::BadSignature), "another fleet");
+        let peer = key.sign(HopKind::Peer, "GET", "/npm/a?x=1", now);
+        assert_eq!(key.verify(&peer, "GET", "/npm/a?x=1", now + 5), Ok(HopKind::Peer));
+        assert_eq!(key.verify(&peer, "GET", "/npm/b?x=1", now), Err(HopError::BadSignature), "another path");
+        assert_eq!(key.verify(&peer, "PUT", "/npm/a?x=1", now), Err(HopError::BadSignature), "another method");
+        assert_eq!(key.verify(&peer.replace(" peer ", " loopback "), "GET", "/npm/a?x=1", now), Err(HopError::BadSignature), "another kind");
+        assert_eq!(key.verify(&peer, "GET", "/npm/a?x=1", now + HOP_WINDOW_SECS + 1), Err(HopError::Expired(HOP_WINDOW_SECS + 1)));
+        assert_eq!(HopKey::new(b"other").verify(&peer, "GET", "/npm/a?x=1", now), Err(HopError::BadSignature), "another fleet");
         for bad in ["", "1", "v1 peer", "v1 peer x 00", "v2 peer 1 00", "v1 ghost 1 00", "v1 peer 1 zz"] {
-            assert!(matches!(key.verify(bad, "/", now), Err(HopError::Malformed | HopError::Expired(_))), "{bad:?} is refused before any MAC is computed");
+            assert!(matches!(key.verify(bad, "GET", "/", now), Err(HopError::Malformed | HopError::Expired(_))), "{bad:?} is refused before any MAC is computed");
         }
-        assert_eq!(key.verify(&key.sign(HopKind::Loopback, "/", now), "/", now), Ok(HopKind::Loopback));
+        assert_eq!(key.verify(&key.sign(HopKind::Loopback, "GET", "/", now), "GET", "/", now), Ok(HopKind::Loopback));
         assert!(!format!("{key:?}").contains("fleet"), "the secret is never printed");
     }
 }

@@ -115,8 +115,10 @@ fn key_path(repo: &crate::repository::Repository, rel: &str) -> Result<String, R
 #[async_trait]
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
-        let path = session.req_header().uri.path().to_string();
-        let method = session.req_header().method.clone();
+        let req = session.req_header();
+        // Purges and index lookups name objects with their query (`file?x=1`).
+        let path = req.uri.path_and_query().map_or_else(|| req.uri.path().to_string(), |pq| pq.as_str().to_string());
+        let method = req.method.clone();
         if let Some(rest) = path.strip_prefix("/cache/") {
             if method != http::Method::DELETE {
                 return reply(405, "application/json", b"{\"error\":\"use DELETE\"}\n".to_vec());
@@ -149,7 +151,7 @@ impl ServeHttp for AdminApp {
             }
             return reply(200, "application/json", self.offline.to_json().into_bytes());
         }
-        match path.as_str() {
+        match path.split('?').next().unwrap_or("") {
             "/metrics" => {
                 self.refresh_gauges();
                 reply(200, "text/plain; version=0.0.4", self.metrics.render())

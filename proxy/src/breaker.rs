@@ -26,9 +26,11 @@ pub enum Admission {
     Reject,
 }
 
-/// Gauge values for `hangar_upstream_breaker_state`.
+/// `hangar_upstream_breaker_state` when requests flow.
 pub const CLOSED: i64 = 0;
+/// `hangar_upstream_breaker_state` while requests are refused.
 pub const OPEN: i64 = 1;
+/// `hangar_upstream_breaker_state` once the cool-down is over and one probe may go.
 pub const HALF_OPEN: i64 = 2;
 
 /// One repository's breaker, with its state gauge and trip counter.

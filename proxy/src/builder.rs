@@ -51,14 +51,19 @@ const EVICTION_SAVE_INTERVAL: Duration = Duration::from_secs(30);
 /// Why a proxy could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// The config is invalid (the error names the file and key).
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// The cache directory cannot be created, read or written.
     #[error("opening cache directory {dir}: {source}")]
     Cache { dir: String, source: Box<dyn std::error::Error + Send + Sync> },
+    /// A listener cannot be bound.
     #[error("listen address {addr}: {source}")]
     Listen { addr: String, source: std::io::Error },
-    #[error("fleet.redis: {0}")]
-    Redis(String),
+    /// The fleet cannot be joined as configured.
+    #[error("{0}")]
+    Fleet(String),
+    /// The async runtime could not start.
     #[error("starting the runtime: {0}")]
     Runtime(std::io::Error),
 }
@@ -77,6 +82,7 @@ impl ProxyBuilder {
     /// or the network.
     pub fn new(config: Config, source: &str) -> Result<Self, ConfigError> {
         config.validate(source)?;
+        config.validate_identity(source)?;
         let metrics = Metrics::new();
         for (i, cfg) in config.repositories.iter().enumerate() {
             Repository::from_config(cfg, &metrics, None).map_err(|e| ConfigError::Invalid { file: source.to_string(), key: format!("repository[{i}].{}", e.key), message: e.message })?;
@@ -90,7 +96,7 @@ impl ProxyBuilder {
     }
 
     /// Find fleet members through `membership` instead of what the config says (Redis, the
-    /// static list, or alone). The config's `fleet.secret` still signs hops.
+    /// static list, or alone). The config's `fleet.secret` signs hops, and must be set.
     pub fn membership(mut self, membership: Arc<dyn Membership>) -> Self {
         self.membership = Some(membership);
         self
@@ -224,8 +230,19 @@ impl ProxyBuilder {
     /// The fleet this proxy belongs to, and the store its object index is kept in.
     fn fleet(&self, listen: SocketAddr, metrics: &Metrics) -> Result<(Arc<Fleet>, Arc<dyn Metadata>), StartError> {
         let settings = &self.config.fleet;
+        let shared = settings.is_shared() || self.membership.is_some();
+        let advertise = settings.advertise.as_ref().map_or(Ok(listen), |a| a.parse()).expect("validated");
+        let me = Member { addr: advertise.to_string() };
+        // (A fleet from the config was validated for both in `new`; one plugged in by an
+        // embedder is checked here.)
+        if shared && advertise.ip().is_unspecified() {
+            return Err(StartError::Fleet(format!("fleet.advertise: required when listening on {listen}: the address the other proxies reach this one at")));
+        }
+        if shared && settings.secret.is_none() {
+            return Err(StartError::Fleet("fleet.secret: required for a fleet: members sign their hops to each other with it".into()));
+        }
         let redis = match &settings.redis {
-            Some(url) => Some(Arc::new(RedisMetadata::new(url, &settings.region).map_err(|e| StartError::Redis(e.to_string()))?)),
+            Some(url) => Some(Arc::new(RedisMetadata::new(url, &settings.region).map_err(|e| StartError::Fleet(format!("fleet.redis: {e}")))?)),
             None => None,
         };
         let store: Arc<dyn Metadata> = match &redis {
@@ -238,20 +255,23 @@ impl ProxyBuilder {
             (None, None, false) => Arc::new(StaticMembers::new(&settings.members)),
             (None, None, true) => Arc::new(Alone),
         };
-        let advertise = settings.advertise.as_ref().map_or(Ok(listen), |a| a.parse()).expect("validated");
+        if shared {
+            tracing::info!(me = %me.addr, region = %settings.region, redis = settings.redis.is_some(), members = ?settings.members, "joining the fleet");
+        }
         let secret = match &settings.secret {
             Some(s) => s.0.as_bytes().to_vec(),
             None => crate::fleet::random_secret(),
         };
         let fleet = Fleet::new(FleetParts {
-            me: Member { addr: advertise.to_string() },
+            me,
             region: settings.region.clone(),
-            shared: settings.is_shared() || self.membership.is_some(),
+            shared,
             membership,
             secret,
             heartbeat: settings.heartbeat.0,
             member_ttl: settings.member_ttl.0,
             members_gauge: metrics.fleet_members.clone(),
+            rejected: metrics.hop_proofs_rejected.clone(),
         });
         Ok((Arc::new(fleet), store))
     }

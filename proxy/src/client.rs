@@ -34,6 +34,7 @@ pub enum ClientError {
 
 /// One side request: where it goes and what it says.
 pub struct Request<'a> {
+    /// GET, HEAD or PUT.
     pub method: http::Method,
     /// Scheme, host and port (its base path is not used: `target` is the whole path).
     pub url: &'a UpstreamUrl,
@@ -41,11 +42,13 @@ pub struct Request<'a> {
     pub target: &'a str,
     /// Sent as given; `Host` is `url`'s unless these name another.
     pub headers: &'a [(http::HeaderName, String)],
+    /// Connect deadlines, and the longest silence between two reads (or writes).
     pub timeouts: &'a TimeoutConfig,
 }
 
 /// A response head and its whole (bounded) body.
 pub struct Response {
+    /// The final (non-1xx) response head.
     pub head: ResponseHeader,
     pub body: Bytes,
 }
@@ -61,31 +64,44 @@ impl Response {
 /// the body has been read to its end.
 pub struct Streaming<'c> {
     client: &'c Client,
-    session: Option<HttpSession>,
+    state: BodyState,
     peer: Box<HttpPeer>,
     host: String,
     head: ResponseHeader,
 }
 
+enum BodyState {
+    Reading(HttpSession),
+    Done,
+    /// The body broke off: every later read says so again, never a clean end.
+    Failed(pingora::ErrorType),
+}
+
 impl Streaming<'_> {
+    /// The final (non-1xx) response head.
     pub fn head(&self) -> &ResponseHeader {
         &self.head
     }
 
-    /// The next chunk of the body; `None` at its end.
+    /// The next chunk of the body; `None` at its (complete) end.
     pub async fn chunk(&mut self) -> Result<Option<Bytes>, ClientError> {
-        let Some(session) = self.session.as_mut() else { return Ok(None) };
-        let host = &self.host;
+        let failed = |host: &str, source| ClientError::Request { host: host.to_string(), source };
+        let session = match &mut self.state {
+            BodyState::Reading(session) => session,
+            BodyState::Done => return Ok(None),
+            BodyState::Failed(etype) => return Err(failed(&self.host, pingora::Error::explain(etype.clone(), "the body broke off earlier"))),
+        };
         match session.read_response_body().await {
             Ok(Some(chunk)) => Ok(Some(chunk)),
             Ok(None) => {
-                let session = self.session.take().expect("session present");
-                self.client.connector.release_http_session(session, &*self.peer, None).await;
+                if let BodyState::Reading(session) = std::mem::replace(&mut self.state, BodyState::Done) {
+                    self.client.connector.release_http_session(session, &*self.peer, None).await;
+                }
                 Ok(None)
             }
             Err(source) => {
-                self.session = None;
-                Err(ClientError::Request { host: host.clone(), source })
+                self.state = BodyState::Failed(source.etype().clone());
+                Err(failed(&self.host, source))
             }
         }
     }
@@ -98,6 +114,7 @@ pub struct Client {
 }
 
 impl Client {
+    /// A client with its own connection pool, resolving through `resolver`.
     pub fn new(resolver: SharedResolver) -> Self {
         Client { connector: Connector::new(None), resolver }
     }
@@ -167,8 +184,14 @@ impl Client {
     async fn finish(&self, req: &Request<'_>, mut session: HttpSession, peer: Box<HttpPeer>) -> Result<Streaming<'_>, ClientError> {
         let failed = |source: Box<pingora::Error>| ClientError::Request { host: req.url.host.clone(), source };
         session.finish_request_body().await.map_err(failed)?;
-        session.read_response_header().await.map_err(failed)?;
-        let head = session.response_header().cloned().ok_or_else(|| failed(pingora::Error::explain(pingora::ErrorType::InvalidHTTPHeader, "no response header")))?;
-        Ok(Streaming { client: self, session: Some(session), peer, host: req.url.host.clone(), head })
+        // Interim responses (100 Continue, 103 Early Hints) come before the final one.
+        let head = loop {
+            session.read_response_header().await.map_err(failed)?;
+            let head = session.response_header().cloned().ok_or_else(|| failed(pingora::Error::explain(pingora::ErrorType::InvalidHTTPHeader, "no response header")))?;
+            if !head.status.is_informational() || head.status == http::StatusCode::SWITCHING_PROTOCOLS {
+                break head;
+            }
+        };
+        Ok(Streaming { client: self, state: BodyState::Reading(session), peer, host: req.url.host.clone(), head })
     }
 }

@@ -1,5 +1,5 @@
-//! Hangar's caching proxy, built on Pingora, as a library: the `hangar-proxy` binary and the
-//! CI agent both run it through [`ProxyBuilder`].
+//! Hangar's caching proxy, built on Pingora, as a library: the `hangar-proxy` binary runs it
+//! through [`ProxyBuilder`], and so can any program that embeds it (the CI agent to come).
 //!
 //! The public surface is small: the [`Config`] an operator writes, the builder that runs it,
 //! and the seams an embedder plugs into: fleet [`Membership`], [`OutcomeSink`]s that hear how

@@ -51,6 +51,8 @@ pub struct Metrics {
     /// Misses answered by the key's owner in the fleet, and owners found unreachable.
     pub fleet_fetches: IntCounterVec,
     pub fleet_members: IntGauge,
+    /// Hop headers (`x-hangar-hop`) that did not verify, by reason.
+    pub hop_proofs_rejected: IntCounterVec,
     /// Writes to the shared metadata: written, dropped_queue_full, dropped_store_error.
     pub metadata_writes: IntCounterVec,
 }
@@ -98,6 +100,7 @@ impl Metrics {
         let fleet_fetches = counter_vec("fleet_fetches_total", "Misses sent to the key's owner in the fleet", &["repository", "result"]);
         let fleet_members = IntGauge::new("fleet_members", "Live proxies of this region, this one included").expect("valid metric");
         registry.register(Box::new(fleet_members.clone())).expect("unique metric");
+        let hop_proofs_rejected = counter_vec("hop_proofs_rejected_total", "Hop headers that did not verify (clients posing as peers, or members whose secrets or clocks differ)", &["reason"]);
         let metadata_writes = counter_vec("metadata_writes_total", "Writes to the fleet's shared metadata", &["result"]);
         Metrics {
             registry,
@@ -123,6 +126,7 @@ impl Metrics {
             origin_uploads,
             fleet_fetches,
             fleet_members,
+            hop_proofs_rejected,
             metadata_writes,
         }
     }

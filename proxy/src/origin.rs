@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use hangar_core::event::Source;
 use hangar_core::wire::{object_path, HopKind, HOP_HEADER, SHA256_HEADER};
-use hangar_core::{CacheResult, Digest, PathClass, UpstreamUrl};
+use hangar_core::{CacheResult, Digest, HumanDuration, PathClass, UpstreamUrl};
 use prometheus::IntCounterVec;
 use tokio::sync::{mpsc, Mutex};
 
@@ -67,8 +67,7 @@ impl OriginClient {
         }
     }
 
-    /// Run `workers` upload loops until the queue closes. Each reads the artefact back from
-    /// the proxy listening on `listen`.
+    /// Run `workers` upload loops until the queue closes.
     pub async fn run(self: Arc<Self>, uploader: Uploader, workers: usize) {
         let Some(rx) = self.receiver.lock().await.take() else { return };
         let rx = Arc::new(Mutex::new(rx));
@@ -93,7 +92,7 @@ impl OriginClient {
     async fn deliver(&self, uploader: &Uploader, job: UploadJob) {
         let mut backoff = Duration::from_millis(100);
         loop {
-            let attempt = tokio::time::timeout(UPLOAD_TIMEOUT, uploader.upload(&self.url, &job)).await.unwrap_or_else(|_| Err(UploadError::Retry("upload timed out".into())));
+            let attempt = tokio::time::timeout(UPLOAD_TIMEOUT, uploader.upload(self, &job)).await.unwrap_or_else(|_| Err(UploadError::Retry("upload timed out".into())));
             match attempt {
                 Ok(status) => {
                     let label = match status {
@@ -110,6 +109,11 @@ impl OriginClient {
                 Err(UploadError::NotCached) => {
                     // Evicted before its turn: nothing to send, and not worth fetching again.
                     self.results.with_label_values(&["evicted_before_upload"]).inc();
+                    return;
+                }
+                Err(UploadError::Unsendable(why)) => {
+                    tracing::warn!(repository = %job.repository, path = %job.key_path, error = %why, "cannot send this upload to origin");
+                    self.results.with_label_values(&["rejected"]).inc();
                     return;
                 }
                 Err(UploadError::Retry(why)) => {
@@ -134,29 +138,47 @@ pub struct Uploader {
 enum UploadError {
     /// The artefact is no longer in the cache.
     NotCached,
+    /// Origin or the proxy itself could not take it now: try again later.
     Retry(String),
+    /// The request cannot be made at all (a path or header no HTTP request can carry).
+    Unsendable(String),
 }
 
 impl From<ClientError> for UploadError {
     fn from(e: ClientError) -> Self {
-        UploadError::Retry(e.to_string())
+        match e {
+            ClientError::BadTarget(_) | ClientError::BadHeader(_) => UploadError::Unsendable(e.to_string()),
+            e => UploadError::Retry(e.to_string()),
+        }
     }
 }
 
+/// The read-back is local and quick; the upload waits for origin to store the whole object
+/// (to S3, multipart for large ones) before it answers.
+fn upload_timeouts() -> (TimeoutConfig, TimeoutConfig) {
+    let read_back = TimeoutConfig::default();
+    let upload = TimeoutConfig { read: HumanDuration(UPLOAD_TIMEOUT), ..TimeoutConfig::default() };
+    (read_back, upload)
+}
+
 impl Uploader {
-    async fn upload(&self, origin: &UpstreamUrl, job: &UploadJob) -> Result<u16, UploadError> {
-        let timeouts = TimeoutConfig::default();
+    async fn upload(&self, origin: &OriginClient, job: &UploadJob) -> Result<u16, UploadError> {
+        let (read_back, upload) = upload_timeouts();
         // Read the artefact back from the cache...
-        let local = UpstreamUrl { tls: false, host: self.listen.ip().to_string(), port: self.listen.port(), base_path: "/".into() };
+        let local = UpstreamUrl::http(self.listen);
         let read_headers = [
             (http::header::HOST, job.host.clone()),
             (http::header::ACCEPT_ENCODING, "identity".to_string()),
-            (http::HeaderName::from_static(HOP_HEADER), self.fleet.sign(HopKind::Loopback, &job.proxy_target)),
+            (http::HeaderName::from_static(HOP_HEADER), self.fleet.sign(HopKind::Loopback, "GET", &job.proxy_target)),
         ];
-        let read = Request { method: http::Method::GET, url: &local, target: &job.proxy_target, headers: &read_headers, timeouts: &timeouts };
+        let read = Request { method: http::Method::GET, url: &local, target: &job.proxy_target, headers: &read_headers, timeouts: &read_back };
         let mut cached = self.client.open(&read).await?;
-        if cached.head().status != http::StatusCode::OK {
-            return Err(UploadError::NotCached);
+        match cached.head().status {
+            http::StatusCode::OK => {}
+            // Only a 504 says "not in cache" (the read may not fetch); other failures pass.
+            http::StatusCode::GATEWAY_TIMEOUT => return Err(UploadError::NotCached),
+            status if status.is_server_error() => return Err(UploadError::Retry(format!("reading it back answered {status}"))),
+            _ => return Err(UploadError::NotCached),
         }
         let head = cached.head();
         let length = head.headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
@@ -168,8 +190,8 @@ impl Uploader {
         if let Some(sha) = &job.sha256 {
             headers.push((http::HeaderName::from_static(SHA256_HEADER), sha.clone()));
         }
-        let target = object_path(&origin.base_path, &job.repository, &job.key_path);
-        let put = Request { method: http::Method::PUT, url: origin, target: &target, headers: &headers, timeouts: &timeouts };
+        let target = origin.object_target(&job.repository, &job.key_path);
+        let put = Request { method: http::Method::PUT, url: &origin.url, target: &target, headers: &headers, timeouts: &upload };
         let status = self.client.upload(&put, length, &mut cached).await?.head.status.as_u16();
         if status >= 500 {
             return Err(UploadError::Retry(format!("origin answered {status}")));
@@ -185,6 +207,7 @@ pub struct OriginHandOff {
 }
 
 impl OriginHandOff {
+    /// Queue uploads on `origin`.
     pub fn new(origin: Arc<OriginClient>) -> Self {
         OriginHandOff { origin }
     }

@@ -5,6 +5,8 @@
 //! ([`crate::metadata::MetadataSink`]) and the hand-off of fetched artefacts to origin
 //! ([`crate::origin::OriginHandOff`]) are the first sinks; analytics and the audit log are added
 //! the same way, through [`crate::ProxyBuilder::outcome_sink`], with no change to the request path.
+//! Each sink is told of every request: one that wants only some (artefacts served, fetches)
+//! filters on the fields below.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -18,7 +20,9 @@ use hangar_core::{CacheResult, Digest, FormatKind, PathClass};
 pub struct Outcome<'a> {
     /// The repository that served it; `None` when no repository is mounted at the path.
     pub repository: Option<&'a str>,
+    /// The repository's format.
     pub format: Option<FormatKind>,
+    /// As the client sent it (pingora may have asked the upstream with GET for a HEAD).
     pub method: &'a http::Method,
     /// The request target as the client sent it (path and query).
     pub target: &'a str,
@@ -26,6 +30,7 @@ pub struct Outcome<'a> {
     pub host: Option<&'a str>,
     /// The cache key path below the repository (what the format resolved the request to).
     pub key_path: Option<&'a str>,
+    /// What the path holds (artefact, index, plain HTTP), after the repository's patterns.
     pub class: Option<PathClass>,
     /// Status sent to the client; 0 when no response was sent (the client went away).
     pub status: u16,
@@ -39,6 +44,8 @@ pub struct Outcome<'a> {
     pub digest: Option<&'a Digest>,
     /// The artefact's digest could not be learned: it was served, but not stored.
     pub unverified: bool,
+    /// The response's `Content-Length` (the object's size, for a HEAD too), when it had one.
+    pub content_length: Option<u64>,
     /// Body bytes sent to the client.
     pub bytes_served: u64,
     /// Body bytes read from the upstream (or a peer, or origin).
@@ -69,10 +76,12 @@ pub struct Sinks {
 }
 
 impl Sinks {
+    /// Add `sink` after those already there.
     pub fn push(&mut self, sink: std::sync::Arc<dyn OutcomeSink>) {
         self.sinks.push(sink);
     }
 
+    /// Hand `outcome` to every sink, in order.
     pub fn record(&self, outcome: &Outcome<'_>) {
         for sink in &self.sinks {
             sink.record(outcome);

@@ -58,7 +58,7 @@ pub struct Repository {
     pub timeouts: TimeoutConfig,
     pub format: Arc<dyn Format>,
     pub freshness: FreshnessPolicy,
-    /// Counters resolved once, so the per-request path does no label lookups.
+    /// Its counters, resolved once; the metrics sink counts every request with them.
     pub metrics: RepoMetrics,
     pub breaker: Arc<Breaker>,
 }
@@ -81,13 +81,20 @@ impl Repository {
             Some(path) => PointerIndex::with_journal(POINTERS, path).map_err(|e| err("format")(&format!("pointer journal {}: {e}", path.display())))?,
             None => PointerIndex::new(POINTERS),
         };
+        // Formats with a second host say what it is; for the others a configured
+        // `files_upstream` still counts as the repository's own (redirects to it keep credentials).
+        let files = match (format.files_upstream(), cfg.files_upstream.as_deref()) {
+            (Some(f), _) => Some(f),
+            (None, Some(f)) => Some(UpstreamUrl::parse(f).map_err(|e| err("files_upstream")(&e))?),
+            (None, None) => None,
+        };
         let repo_metrics = RepoMetrics::new(metrics, &cfg.name);
         let breaker = Breaker::new(&cfg.name, cfg.breaker.failures, cfg.breaker.cooldown.0, repo_metrics.breaker_state.clone(), repo_metrics.breaker_trips.clone());
         Ok(Repository {
             name: cfg.name.clone(),
             prefix: normalize_prefix(&cfg.prefix),
             upstream,
-            files: format.files_upstream(),
+            files,
             public_url: cfg.public_url.as_ref().map(|u| if u.ends_with('/') { u.clone() } else { format!("{u}/") }),
             max_document_bytes: cfg.max_document_bytes.0 as usize,
             redirect_hosts: cfg.redirect_hosts.clone(),

@@ -5,16 +5,17 @@ use std::sync::Arc;
 
 use crate::repository::Repository;
 
-/// The cache key of `upstream_path` (path and query as sent upstream) in `repo`.
+/// The cache key of `key_path` (what the format resolved the request to, query included) in
+/// `repo`.
 ///
 /// The primary key is the repository name, a NUL (which names cannot contain) and the path,
 /// hashed once with BLAKE3: pingora would otherwise re-hash it (BLAKE2) every time the cache,
 /// the lock and eviction ask for it.
-pub fn cache_key(repo: &str, upstream_path: &str) -> pingora::cache::CacheKey {
-    let mut primary = Vec::with_capacity(repo.len() + 1 + upstream_path.len());
+pub fn cache_key(repo: &str, key_path: &str) -> pingora::cache::CacheKey {
+    let mut primary = Vec::with_capacity(repo.len() + 1 + key_path.len());
     primary.extend_from_slice(repo.as_bytes());
     primary.push(0);
-    primary.extend_from_slice(upstream_path.as_bytes());
+    primary.extend_from_slice(key_path.as_bytes());
     let mut hash = [0u8; 16];
     hash.copy_from_slice(&blake3::hash(&primary).as_bytes()[..16]);
     let mut key = pingora::cache::CacheKey::new(primary, repo.to_string());

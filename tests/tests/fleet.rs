@@ -364,3 +364,54 @@ async fn a_client_posing_as_a_fleet_peer_is_still_routed_to_the_keys_owner() {
         assert!(seen.iter().all(|r| r.headers.iter().all(|(k, _)| !k.to_ascii_lowercase().starts_with("x-hangar-"))), "no internal header reaches the upstream: {seen:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_serves_a_signed_peer_hop_itself_even_when_its_own_view_names_another_owner() {
+    let root = tempfile::tempdir().unwrap();
+    let up = upstream_with(40).await;
+    let port = || -> std::net::SocketAddr { format!("127.0.0.1:{}", services::free_port()).parse().unwrap() };
+    // A sees {A, B}; B sees {B, X}, X being a member nobody answers for. For the keys A sends
+    // to B, B's own view often names X as the owner: only a verified hop stops B forwarding.
+    let (a_addr, b_addr, x_addr) = (port(), port(), port());
+    let config = |members: [std::net::SocketAddr; 2]| {
+        format!(
+            "[[repository]]\nname = \"files\"\nprefix = \"/\"\nupstream = \"{}\"\n[repository.freshness]\nimmutable = [\"*.bin\"]\n[fleet]\nmembers = [\"{}\", \"{}\"]\nsecret = \"{SECRET}\"\n",
+            up.url(),
+            members[0],
+            members[1]
+        )
+    };
+    let a = Proxy::builder(&root.path().join("a")).listen(a_addr).config(&config([a_addr, b_addr])).start();
+    let b = Proxy::builder(&root.path().join("b")).listen(b_addr).config(&config([b_addr, x_addr])).start();
+    a.wait_for_metric("hangar_fleet_members", &[], 2.0).await;
+    b.wait_for_metric("hangar_fleet_members", &[], 2.0).await;
+    for i in 0..40 {
+        let r = get(a.addr, &object_path(i)).await;
+        assert!(r.status == 200 && r.body == pattern(i as u8, OBJECT_LEN), "object {i}");
+        assert_eq!(up.hits(&object_path(i)), 1, "object {i}");
+    }
+    assert!(a.metric("hangar_fleet_fetches_total", &[("result", "peer")]).await > 0.0, "A sent some keys to B");
+    assert_eq!(b.metric("hangar_fleet_fetches_total", &[("result", "peer_unreachable")]).await, 0.0, "B never forwarded a peer's hop: {}", b.stderr());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_of_an_artefact_purged_before_its_turn_reads_the_cache_only_and_is_dropped() {
+    let root = tempfile::tempdir().unwrap();
+    let up = upstream_with(1).await;
+    // An origin nobody answers at: the upload reads the artefact back, fails to send it, and
+    // tries again later.
+    let closed = services::free_port();
+    let config = format!(
+        "[[repository]]\nname = \"files\"\nprefix = \"/\"\nupstream = \"{}\"\n[repository.freshness]\nimmutable = [\"*.bin\"]\n[origin]\nurl = \"http://127.0.0.1:{closed}/\"\n",
+        up.url()
+    );
+    let a = start_proxy(root.path(), "a", &config);
+    assert_eq!(get(a.addr, &object_path(0)).await.status, 200);
+    a.wait_for_metric("hangar_origin_uploads_total", &[("result", "retried")], 1.0).await;
+    let purged = hangar_e2e::http(a.admin, "DELETE", &format!("/cache/files{}", object_path(0)), &[]).await.unwrap().collect().await;
+    assert_eq!(purged.status, 200);
+    // The next attempt's read-back is the proxy's own (signed): answered from cache or not at
+    // all, never fetched from the upstream again.
+    a.wait_for_metric("hangar_origin_uploads_total", &[("result", "evicted_before_upload")], 1.0).await;
+    assert_eq!(up.hits(&object_path(0)), 1, "the read-back did not fetch");
+}

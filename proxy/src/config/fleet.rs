@@ -12,8 +12,9 @@ use serde::Deserialize;
 pub struct FleetSettings {
     /// Redis URL of the region's shared metadata and membership. Unset: in-process metadata.
     pub redis: Option<String>,
-    /// A fixed list of the region's proxies (`ip:port` each, this one included), for fleets
-    /// without Redis. Exclusive with `redis`.
+    /// A fixed list of the region's proxies (`ip:port` each, as they reach each other), for
+    /// fleets without Redis: the same list on every member, each one's own address (its
+    /// `advertise`, else `listen`) included. Exclusive with `redis`.
     pub members: Vec<String>,
     /// The secret fleet members sign their hops to each other with (HMAC-SHA256; at least 16
     /// characters). Required with `redis` or `members`: without it a client could pose as a
@@ -23,6 +24,7 @@ pub struct FleetSettings {
     pub advertise: Option<String>,
     /// The region's name; fleets of different regions share nothing.
     pub region: String,
+    /// How often this proxy announces itself and refreshes the member list.
     pub heartbeat: HumanDuration,
     /// A member that has not heartbeated for this long is gone.
     pub member_ttl: HumanDuration,

@@ -47,6 +47,14 @@ pub fn interpolate(value: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<
     Ok(out)
 }
 
+/// An error about a secret's value that does not repeat the value.
+fn redacted(e: InterpolationError) -> InterpolationError {
+    match e {
+        InterpolationError::Malformed(_) => InterpolationError::Malformed("a malformed ${...} reference (the value is not shown: it is a secret)".into()),
+        unset => unset,
+    }
+}
+
 /// Interpolate every field that may carry `${VAR}`; returns the repositories left out.
 pub(super) fn interpolate_config(config: &mut Config, file: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Vec<DisabledRepository>, ConfigError> {
     let invalid = |key: &str, e: InterpolationError| ConfigError::Invalid { file: file.to_string(), key: key.to_string(), message: e.to_string() };
@@ -73,16 +81,19 @@ pub(super) fn interpolate_config(config: &mut Config, file: &str, env: &dyn Fn(&
         tracing::warn!("fleet.redis unset (${{{variable}}}): metadata stays in-process");
     }
     optional("fleet.advertise", &mut fleet.advertise)?;
+    for (i, member) in fleet.members.iter_mut().enumerate() {
+        *member = interpolate(member, env).map_err(|e| invalid(&format!("fleet.members[{i}]"), e))?;
+    }
     if let Some(secret) = fleet.secret.take() {
-        // An unset secret is left unset; validation says why a fleet needs one.
-        fleet.secret = match interpolate(&secret.0, env) {
+        // Unset, it is no secret: an error for a fleet, nothing for a proxy alone.
+        fleet.secret = match interpolate(&secret.0, env).map_err(redacted) {
             Ok(s) => Some(Secret(s)),
+            Err(InterpolationError::Unset(variable)) if fleet.is_shared() => {
+                return Err(invalid("fleet.secret", InterpolationError::Malformed(format!("environment variable {variable} is not set, and a fleet needs its secret"))));
+            }
             Err(InterpolationError::Unset(_)) => None,
             Err(e) => return Err(invalid("fleet.secret", e)),
         };
-    }
-    for (i, member) in fleet.members.iter_mut().enumerate() {
-        *member = interpolate(member, env).map_err(|e| invalid(&format!("fleet.members[{i}]"), e))?;
     }
     if let Some(origin) = config.origin.as_mut() {
         match interpolate(&origin.url, env) {
@@ -120,7 +131,7 @@ pub(super) fn interpolate_config(config: &mut Config, file: &str, env: &dyn Fn(&
         }
         repo.token_realms = realms;
         if let Some(c) = repo.credentials.take() {
-            match (interpolate(&c.username, env), interpolate(&c.password, env)) {
+            match (interpolate(&c.username, env), interpolate(&c.password, env).map_err(redacted)) {
                 (Ok(username), Ok(password)) => repo.credentials = Some(Credentials { username, password }),
                 (Err(InterpolationError::Unset(variable)), _) | (_, Err(InterpolationError::Unset(variable))) => {
                     tracing::warn!(repository = %repo.name, "credentials use ${{{variable}}}, which is not set: anonymous");
@@ -137,6 +148,7 @@ pub(super) fn interpolate_config(config: &mut Config, file: &str, env: &dyn Fn(&
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
 
     fn env(name: &str) -> Option<String> {
         (name == "UP").then(|| "http://127.0.0.1:9".into())
@@ -149,5 +161,12 @@ mod tests {
         assert!(matches!(interpolate("${UP", &env), Err(InterpolationError::Malformed(_))));
         assert_eq!(interpolate("${NOPE:-https://d.test/v2/}", &env).unwrap(), "https://d.test/v2/");
         assert_eq!(interpolate("${UP:-https://d.test/}/x", &env).unwrap(), "http://127.0.0.1:9/x");
+    }
+
+    #[test]
+    fn a_malformed_secret_is_not_repeated_in_the_error() {
+        let text = "listen = \"127.0.0.1:1\"\n[fleet]\nmembers = [\"127.0.0.1:1\"]\nsecret = \"hunter2-${oops\"\n";
+        let err = Config::from_toml(text, "f.toml", &env).unwrap_err().to_string();
+        assert!(err.starts_with("f.toml: fleet.secret:") && !err.contains("hunter2"), "{err}");
     }
 }

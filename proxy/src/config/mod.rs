@@ -31,14 +31,14 @@ pub use repository::{BreakerConfig, Credentials, FreshnessConfig, RepositoryConf
 /// A configuration problem, always naming the file (or `command line`) and the key at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{file}: cannot read: {source}")]
-    Read {
-        file: String,
-        #[source]
-        source: std::io::Error,
-    },
+    /// The file cannot be read.
+    #[error("{file}: cannot read: {error}")]
+    Read { file: String, error: std::io::Error },
+    /// The file is not valid TOML, or a value has the wrong type (the parser's message, with
+    /// line and key).
     #[error("{file}: {message}")]
     Parse { file: String, message: String },
+    /// A value is not acceptable; `key` is its dotted path (`repository[2].upstream`).
     #[error("{file}: {key}: {message}")]
     Invalid { file: String, key: String, message: String },
 }
@@ -60,11 +60,13 @@ pub struct Config {
     pub shutdown_grace: HumanDuration,
     /// Never contact any upstream; serve whatever is cached (air-gapped or incident use).
     pub offline: bool,
+    /// The memory and disk tiers.
     pub cache: CacheConfig,
     /// The regional origin service (hangar-origin). Unset: this proxy stands alone.
     pub origin: Option<OriginSettings>,
     /// Membership of a region's fleet and the metadata it shares.
     pub fleet: FleetSettings,
+    /// The `[[repository]]` tables, in file order.
     #[serde(rename = "repository")]
     pub repositories: Vec<RepositoryConfig>,
 }
@@ -89,14 +91,18 @@ impl Default for Config {
 /// A repository left out because its upstream names an unset variable.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DisabledRepository {
+    /// The repository's name.
     pub name: String,
+    /// The variable its upstream names that is not set.
     pub variable: String,
 }
 
 /// A configuration after interpolation and validation, with what was disabled on the way.
 #[derive(Debug, Clone)]
 pub struct LoadedConfig {
+    /// Interpolated and validated.
     pub config: Config,
+    /// Repositories left out, for the operator to be told.
     pub disabled: Vec<DisabledRepository>,
 }
 
@@ -104,7 +110,7 @@ impl Config {
     /// Read, interpolate and validate `path` against the process environment.
     pub fn load(path: &Path) -> Result<LoadedConfig, ConfigError> {
         let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { file: file.clone(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read { file: file.clone(), error })?;
         Self::from_toml(&text, &file, &|name| std::env::var(name).ok())
     }
 

@@ -17,6 +17,7 @@ pub struct RepositoryConfig {
     pub name: String,
     /// Path prefix on the proxy, e.g. `/releases/`; `/` mounts the repository at the root.
     pub prefix: String,
+    /// What kind of registry the upstream is (`generic` by default).
     pub format: FormatKind,
     /// Base URL requests are forwarded to; the path after `prefix` is appended to it.
     pub upstream: String,
@@ -51,10 +52,13 @@ pub struct RepositoryConfig {
     /// requests under `/v2/` carrying `?ns=<namespace>` are routed here whatever the prefix.
     /// `docker.io` also adds `library/` to single-name images, as Docker Hub expects.
     pub namespace: Option<String>,
+    /// `[repository.timeouts]`.
     pub timeouts: TimeoutConfig,
+    /// `[repository.freshness]`.
     pub freshness: FreshnessConfig,
     /// Never contact this repository's upstream; serve whatever is cached.
     pub offline: bool,
+    /// `[repository.breaker]`.
     pub breaker: BreakerConfig,
 }
 

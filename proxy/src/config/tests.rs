@@ -55,7 +55,7 @@ fn errors_name_file_and_key() {
     let no_name = err("[[repository]]\nprefix = \"/a/\"\nupstream = \"http://x\"\n");
     assert!(no_name.starts_with("f.toml: repository[0].name:"), "{no_name}");
     let no_origin_url = err("[origin]\nupload_queue = 1\n");
-    assert!(no_origin_url.starts_with("f.toml: origin.url:"), "{no_origin_url}");
+    assert!(no_origin_url.starts_with("f.toml: origin.url: required"), "{no_origin_url}");
     let tls_origin = err("[origin]\nurl = \"https://origin.test/\"\n");
     assert!(tls_origin.contains("origin.url") && tls_origin.contains("http://"), "{tls_origin}");
 }
@@ -64,13 +64,24 @@ fn errors_name_file_and_key() {
 fn a_fleet_needs_a_secret_and_one_source_of_members() {
     let err = |text: &str| Config::from_toml(text, "f.toml", &env).unwrap_err().to_string();
     assert!(err("[fleet]\nredis = \"redis://127.0.0.1:1/\"\n").starts_with("f.toml: fleet.secret: required"));
-    assert!(err("[fleet]\nmembers = [\"127.0.0.1:1\"]\n").starts_with("f.toml: fleet.secret: required"));
-    assert!(err("[fleet]\nmembers = [\"127.0.0.1:1\"]\nsecret = \"short\"\n").contains("at least 16"));
+    let me = "listen = \"127.0.0.1:8080\"\n";
+    assert!(err(&format!("{me}[fleet]\nmembers = [\"127.0.0.1:8080\"]\n")).starts_with("f.toml: fleet.secret: required"));
+    assert!(err(&format!("{me}[fleet]\nmembers = [\"127.0.0.1:8080\"]\nsecret = \"short\"\n")).contains("at least 16"));
     assert!(err("[fleet]\nmembers = [\"here\"]\nsecret = \"0123456789abcdef\"\n").starts_with("f.toml: fleet.members[0]:"));
     assert!(err("[fleet]\nredis = \"redis://x/\"\nmembers = [\"127.0.0.1:1\"]\nsecret = \"0123456789abcdef\"\n").contains("not both"));
+    // How this proxy is known to the fleet is checked on the final config (flags included).
+    let identity = |text: &str| Config::from_toml(text, "f.toml", &env).unwrap().config.validate_identity("f.toml").map_err(|e| e.to_string());
+    let missing_me = identity(&format!("{me}[fleet]\nmembers = [\"127.0.0.1:1\", \"127.0.0.1:2\"]\nsecret = \"0123456789abcdef\"\n")).unwrap_err();
+    assert!(missing_me.starts_with("f.toml: fleet.members: this proxy (127.0.0.1:8080) is not in the list"), "{missing_me}");
+    let wildcard = identity("listen = \"0.0.0.0:8080\"\n[fleet]\nredis = \"redis://x/\"\nsecret = \"0123456789abcdef\"\n").unwrap_err();
+    assert!(wildcard.starts_with("f.toml: fleet.advertise: required when listening on 0.0.0.0:8080"), "{wildcard}");
+    let advertised = "listen = \"0.0.0.0:8080\"\n[fleet]\nadvertise = \"10.0.0.1:8080\"\nmembers = [\"10.0.0.1:8080\", \"10.0.0.2:8080\"]\nsecret = \"0123456789abcdef\"\n";
+    assert!(identity(advertised).is_ok(), "the advertised address is the one listed");
+    assert!(identity("listen = \"0.0.0.0:8080\"\n").is_ok(), "a proxy alone may listen anywhere");
     let unset = err("[fleet]\nredis = \"redis://127.0.0.1:1/\"\nsecret = \"${NO_SUCH_SECRET}\"\n");
-    assert!(unset.starts_with("f.toml: fleet.secret: required"), "an unset secret is no secret: {unset}");
-    let ok = Config::from_toml("[fleet]\nmembers = [\"127.0.0.1:1\", \"127.0.0.1:2\"]\nsecret = \"${UP}-long-enough\"\n", "f.toml", &env).unwrap().config;
+    assert!(unset.starts_with("f.toml: fleet.secret: environment variable NO_SUCH_SECRET is not set"), "an unset secret is no secret: {unset}");
+    assert!(Config::from_toml("[fleet]\nsecret = \"${NO_SUCH_SECRET}\"\n", "f.toml", &env).is_ok(), "a proxy alone needs no secret");
+    let ok = Config::from_toml("listen = \"127.0.0.1:1\"\n[fleet]\nmembers = [\"127.0.0.1:1\", \"127.0.0.1:2\"]\nsecret = \"${UP}-long-enough\"\n", "f.toml", &env).unwrap().config;
     assert_eq!(ok.fleet.secret.as_ref().map(|s| s.0.as_str()), Some("http://127.0.0.1:9-long-enough"));
     assert!(!format!("{:?}", ok.fleet).contains("long-enough"), "the secret is never logged");
     assert!(Config::from_toml("", "f.toml", &env).unwrap().config.fleet.secret.is_none(), "a proxy alone needs none");

@@ -34,6 +34,9 @@ impl Config {
         }
         self.validate_fleet(file)?;
         if let Some(origin) = &self.origin {
+            if origin.url.is_empty() {
+                return Err(invalid("origin.url".into(), "required: the base URL of hangar-origin, as http://host:port/".into()));
+            }
             let url = UpstreamUrl::parse(&origin.url).map_err(|e| invalid("origin.url".into(), e.to_string()))?;
             if url.tls {
                 return Err(invalid("origin.url".into(), format!("'{}': origin is reached over http:// (TLS to origin is not supported)", origin.url)));
@@ -70,6 +73,29 @@ impl Config {
                     PathPattern::new(pattern).map_err(|e| invalid(key(&format!("freshness.{field}[{j}]")), e))?;
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Check how this proxy is known to its fleet. Only the final config can say (the listen
+    /// address may come from a flag), so this runs when a proxy is built, after
+    /// [`Config::validate`]: a member must be reachable at a specific address, and a fixed
+    /// member list must name it.
+    pub fn validate_identity(&self, file: &str) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: String| ConfigError::Invalid { file: file.to_string(), key: key.to_string(), message };
+        let fleet = &self.fleet;
+        let advertise = match &fleet.advertise {
+            Some(a) => a.parse::<SocketAddr>().map_err(|_| invalid("fleet.advertise", format!("'{a}' is not an IP:port socket address")))?,
+            None => self.listen.parse::<SocketAddr>().map_err(|_| invalid("listen", format!("'{}' is not an IP:port socket address", self.listen)))?,
+        };
+        if fleet.is_shared() && advertise.ip().is_unspecified() {
+            return Err(invalid("fleet.advertise", format!("required when listening on {}: the address the other proxies reach this one at", self.listen)));
+        }
+        if !fleet.members.is_empty() && !fleet.members.iter().any(|m| m.parse::<SocketAddr>().ok() == Some(advertise)) {
+            return Err(invalid(
+                "fleet.members",
+                format!("this proxy ({advertise}) is not in the list: every member needs the same list, itself included (set fleet.advertise to the address listed)"),
+            ));
         }
         Ok(())
     }

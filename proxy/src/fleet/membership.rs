@@ -18,8 +18,10 @@ pub struct Member {
 /// Why the membership could not be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum MembershipError {
+    /// The store could not be reached or refused the call (its message says why).
     #[error("membership store unavailable: {0}")]
     Unavailable(String),
+    /// The store did not answer within its deadline.
     #[error("membership store timed out")]
     Timeout,
 }
@@ -53,25 +55,26 @@ impl Membership for Alone {
 
 /// A fixed list of members (`fleet.members`). Every member is taken as live; one that cannot be
 /// reached is skipped per request for the next owner, as with any membership.
+///
+/// Every proxy of the fleet must have the same list, and find itself in it: a proxy missing
+/// from the others' lists would see a fleet they do not, and owners would disagree. Config
+/// validation refuses a proxy whose address (`fleet.advertise`, else `listen`) is not listed.
 pub struct StaticMembers {
     members: Vec<Member>,
 }
 
 impl StaticMembers {
-    /// `addrs` as configured (`ip:port`); whether it names `me` does not matter.
+    /// `addrs` as configured (`ip:port`).
     pub fn new(addrs: &[String]) -> Self {
         StaticMembers { members: addrs.iter().map(|addr| Member { addr: addr.clone() }).collect() }
     }
+
 }
 
 #[async_trait]
 impl Membership for StaticMembers {
-    async fn heartbeat(&self, me: &Member, _ttl: Duration) -> Result<Vec<Member>, MembershipError> {
-        let mut live = self.members.clone();
-        if !live.contains(me) {
-            live.push(me.clone());
-        }
-        Ok(live)
+    async fn heartbeat(&self, _me: &Member, _ttl: Duration) -> Result<Vec<Member>, MembershipError> {
+        Ok(self.members.clone())
     }
 }
 
@@ -80,12 +83,10 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn a_static_list_always_includes_this_proxy() {
+    async fn a_static_list_is_the_fleet_and_alone_is_this_proxy() {
         let me = Member { addr: "10.0.0.1:8080".into() };
-        let list = StaticMembers::new(&["10.0.0.2:8080".into()]);
-        let live = list.heartbeat(&me, Duration::from_secs(1)).await.unwrap();
-        assert_eq!(live.len(), 2);
-        assert!(live.contains(&me));
+        let list = StaticMembers::new(&["10.0.0.1:8080".into(), "10.0.0.2:8080".into()]);
+        assert_eq!(list.heartbeat(&me, Duration::from_secs(1)).await.unwrap().len(), 2);
         assert_eq!(Alone.heartbeat(&me, Duration::ZERO).await.unwrap(), vec![me]);
     }
 }

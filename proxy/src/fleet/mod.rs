@@ -22,7 +22,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hangar_core::wire::{HopError, HopKey, HopKind};
 use parking_lot::{Mutex, RwLock};
-use prometheus::IntGauge;
+use prometheus::{IntCounterVec, IntGauge};
 
 /// Owners tried before this proxy's own path.
 const MAX_PEER_HOPS: usize = 2;
@@ -40,6 +40,10 @@ pub struct Fleet {
     heartbeat: Duration,
     member_ttl: Duration,
     members_gauge: IntGauge,
+    /// `hangar_hop_proofs_rejected_total` by reason.
+    rejected: IntCounterVec,
+    /// When a rejected proof was last logged (rate-limited: a client can send them at will).
+    last_rejection_log: Mutex<Option<Instant>>,
 }
 
 /// How a fleet is put together: [`Fleet::new`]'s arguments.
@@ -48,12 +52,17 @@ pub struct FleetParts {
     pub region: String,
     pub shared: bool,
     pub membership: Arc<dyn Membership>,
-    /// The fleet's shared secret; a proxy alone uses a random one (only its own loopback reads
-    /// need to verify).
+    /// The fleet's shared secret (`fleet.secret`); a proxy that shares with nobody uses a
+    /// random one, since only its own loopback reads need to verify.
     pub secret: Vec<u8>,
+    /// How often this proxy announces itself.
     pub heartbeat: Duration,
+    /// How long the membership may be unreachable before this proxy serves alone.
     pub member_ttl: Duration,
+    /// `hangar_fleet_members`.
     pub members_gauge: IntGauge,
+    /// `hangar_hop_proofs_rejected_total`, by reason (`malformed`, `expired`, `bad_signature`).
+    pub rejected: IntCounterVec,
 }
 
 fn now_secs() -> u64 {
@@ -61,6 +70,7 @@ fn now_secs() -> u64 {
 }
 
 impl Fleet {
+    /// A fleet that knows only this proxy until its first heartbeat.
     pub fn new(parts: FleetParts) -> Self {
         Fleet {
             members: RwLock::new(Arc::new(vec![parts.me.clone()])),
@@ -73,6 +83,8 @@ impl Fleet {
             heartbeat: parts.heartbeat,
             member_ttl: parts.member_ttl,
             members_gauge: parts.members_gauge,
+            rejected: parts.rejected,
+            last_rejection_log: Mutex::new(None),
         }
     }
 
@@ -81,6 +93,7 @@ impl Fleet {
         &self.me
     }
 
+    /// The region's name (`fleet.region`).
     pub fn region(&self) -> &str {
         &self.region
     }
@@ -111,14 +124,32 @@ impl Fleet {
         self.members.read().clone()
     }
 
-    /// The `x-hangar-hop` value for a hop of `kind` carrying `target` (path and query).
-    pub fn sign(&self, kind: HopKind, target: &str) -> String {
-        self.key.sign(kind, target, now_secs())
+    /// The `x-hangar-hop` value for a `method` hop of `kind` carrying `target` (path and query).
+    pub fn sign(&self, kind: HopKind, method: &str, target: &str) -> String {
+        self.key.sign(kind, method, target, now_secs())
     }
 
-    /// Check an `x-hangar-hop` value that came with a request for `target`.
-    pub fn verify(&self, value: &str, target: &str) -> Result<HopKind, HopError> {
-        self.key.verify(value, target, now_secs())
+    /// Check an `x-hangar-hop` value that came with a `method` request for `target`. A proof
+    /// that does not verify is counted, and logged at most once a minute: it is a client
+    /// posing as a peer, or members whose secrets or clocks disagree.
+    pub fn verify(&self, value: &str, method: &str, target: &str) -> Option<HopKind> {
+        match self.key.verify(value, method, target, now_secs()) {
+            Ok(kind) => Some(kind),
+            Err(e) => {
+                let reason = match e {
+                    HopError::Malformed => "malformed",
+                    HopError::Expired(_) => "expired",
+                    HopError::BadSignature => "bad_signature",
+                };
+                self.rejected.with_label_values(&[reason]).inc();
+                let mut last = self.last_rejection_log.lock();
+                if last.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
+                    *last = Some(Instant::now());
+                    tracing::warn!(error = %e, path = %target, "ignoring a hop header that does not verify (a client posing as a peer, or members whose fleet.secret or clocks differ); more are counted in hangar_hop_proofs_rejected_total");
+                }
+                None
+            }
+        }
     }
 
     /// One heartbeat: refresh the member list, or fall back to acting alone once the
@@ -187,7 +218,12 @@ mod tests {
             heartbeat: Duration::from_secs(1),
             member_ttl: Duration::from_secs(3),
             members_gauge: IntGauge::new("m", "m").unwrap(),
+            rejected: rejected(),
         })
+    }
+
+    fn rejected() -> IntCounterVec {
+        IntCounterVec::new(prometheus::Opts::new("r", "r"), &["reason"]).unwrap()
     }
 
     #[tokio::test]
@@ -213,12 +249,14 @@ mod tests {
     }
 
     #[test]
-    fn hops_verify_only_within_the_fleet() {
+    fn hops_verify_only_within_the_fleet_and_rejections_are_counted() {
         let (a, b) = (fleet("127.0.0.1:1", &[]), fleet("127.0.0.1:2", &[]));
-        let proof = a.sign(HopKind::Peer, "/x");
-        assert_eq!(b.verify(&proof, "/x"), Ok(HopKind::Peer), "same secret");
+        let proof = a.sign(HopKind::Peer, "GET", "/x");
+        assert_eq!(b.verify(&proof, "GET", "/x"), Some(HopKind::Peer), "same secret");
         let stranger = Fleet::new(FleetParts { secret: random_secret(), ..parts_of("127.0.0.1:3") });
-        assert!(stranger.verify(&proof, "/x").is_err());
+        assert_eq!(stranger.verify(&proof, "GET", "/x"), None);
+        assert_eq!(stranger.verify("v1 peer", "GET", "/x"), None);
+        assert_eq!((stranger.rejected.with_label_values(&["bad_signature"]).get(), stranger.rejected.with_label_values(&["malformed"]).get()), (1, 1));
     }
 
     fn parts_of(me: &str) -> FleetParts {
@@ -231,6 +269,7 @@ mod tests {
             heartbeat: Duration::from_secs(1),
             member_ttl: Duration::from_secs(3),
             members_gauge: IntGauge::new("m", "m").unwrap(),
+            rejected: rejected(),
         }
     }
 }

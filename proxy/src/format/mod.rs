@@ -229,7 +229,7 @@ pub enum FormatError {
     BadRequest(&'static str),
     #[error("pin for '{0}' must be sha256:<64 hex digits>")]
     BadPin(String),
-    #[error("format {format} has no {key}")]
+    #[error("format {format} has no {key}; remove it (only the formats that use it take it)")]
     Unsupported { key: &'static str, format: FormatKind },
 }
 
@@ -386,7 +386,8 @@ mod tests {
             namespace: namespace.map(str::to_string),
         };
         let err = build(FormatKind::Generic, &up(None, Some("x"))).err().unwrap();
-        assert_eq!((err.config_key(), err.to_string().as_str()), ("namespace", "format generic has no namespace"));
+        assert_eq!(err.config_key(), "namespace");
+        assert!(err.to_string().starts_with("format generic has no namespace; remove it"), "{err}");
         assert!(build(FormatKind::Oci, &up(None, Some("docker.io"))).is_ok());
         assert_eq!(build(FormatKind::Pypi, &up(None, None)).err().unwrap().config_key(), "files_upstream");
         let cargo = build(FormatKind::Cargo, &up(Some("https://dl.test/api/v1/crates"), None)).unwrap();

@@ -11,7 +11,7 @@
 //!   Manifests are stored byte for byte with the registry's `Content-Type`.
 //! - Docker Hub (`namespace = "docker.io"`) keeps official images under `library/`:
 //!   `alpine` means `library/alpine`, as the Docker CLI and containerd both assume.
-//! - The registry's bearer-token challenge is answered by the proxy (see `proxy/auth.rs`).
+//! - The registry's bearer-token challenge is answered by the proxy (see `upstream_auth.rs`).
 
 use http::HeaderMap;
 

@@ -129,7 +129,7 @@ impl OutcomeSink for MetadataSink {
             (CacheResult::Miss, 200) if o.stored => MetadataWrite::Stored {
                 repository: repository.to_string(),
                 key: key.to_string(),
-                size: o.bytes_served,
+                size: o.content_length.unwrap_or(o.bytes_served),
                 digest: o.digest.map(|d| d.to_string()),
                 tier: self.tier.clone(),
             },

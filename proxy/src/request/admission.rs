@@ -15,7 +15,7 @@ use pingora::proxy::Session;
 
 use super::ctx::Caller;
 use super::local::Reply;
-use super::{HangarProxy, RequestCtx};
+use super::{target_of, HangarProxy, RequestCtx};
 use crate::repository::Repository;
 
 /// Longest request target accepted (414 beyond).
@@ -59,11 +59,10 @@ impl HangarProxy {
             return caller;
         }
         if let Some(proof) = req.headers.get(HOP_HEADER).and_then(|v| v.to_str().ok()) {
-            let target = req.uri.path_and_query().map_or_else(|| req.uri.path(), |pq| pq.as_str());
-            match self.fleet.verify(proof, target) {
-                Ok(HopKind::Peer) => caller.peer = true,
-                Ok(HopKind::Loopback) => caller.loopback = true,
-                Err(e) => tracing::info!(error = %e, path = %req.uri.path(), "ignoring a hop header that does not verify"),
+            match self.fleet.verify(proof, req.method.as_str(), target_of(req)) {
+                Some(HopKind::Peer) => caller.peer = true,
+                Some(HopKind::Loopback) => caller.loopback = true,
+                None => {}
             }
         }
         let internal: Vec<http::HeaderName> = req.headers.keys().filter(|name| name.as_str().starts_with(INTERNAL_PREFIX)).cloned().collect();

@@ -29,7 +29,7 @@ use pingora::prelude::*;
 use pingora::proxy::Session;
 use pingora::{Error, ErrorType};
 
-use super::{HangarProxy, RequestCtx};
+use super::{target_of, HangarProxy, RequestCtx};
 use crate::breaker::Ticket;
 use crate::upstream::{is_internal, make_peer};
 
@@ -104,6 +104,7 @@ impl Attempt {
         self.target = Some(Target { url, path });
     }
 
+    /// Ask peers for `path` (below the proxy's root) instead of the client's target.
     pub fn set_peer_path(&mut self, path: String) {
         self.peer_path = Some(path);
     }
@@ -125,8 +126,14 @@ impl Attempt {
         matches!(self.hop, Hop::Peer(_))
     }
 
+    /// Time from the last upstream request to its response head.
     pub fn upstream_time(&self) -> Option<Duration> {
         self.upstream_time
+    }
+
+    /// Whether the last error came from [`Attempt::step`].
+    pub fn stepped(&self) -> bool {
+        self.stepped
     }
 
     /// Move to the next state, and return the error that makes pingora try again.
@@ -160,6 +167,7 @@ impl Attempt {
         self.target = target;
         self.following = false;
         self.cross_origin = false;
+        self.source = None;
     }
 
     /// Whether the request may answer a challenge: once, unless what it sent was only a cached
@@ -182,11 +190,9 @@ impl HangarProxy {
         let mut plan = VecDeque::new();
         if !ctx.caller.peer {
             let key = pingora::cache::key::CacheHashKey::primary_bin(session.cache.cache_key());
-            let req = session.req_header();
-            let path = ctx.attempt.peer_path.clone().unwrap_or_else(|| req.uri.path_and_query().map_or_else(|| req.uri.path().to_string(), |pq| pq.as_str().to_string()));
+            let path = ctx.attempt.peer_path.clone().unwrap_or_else(|| target_of(session.req_header()).to_string());
             for addr in self.fleet.peer_hops(&key) {
-                let url = UpstreamUrl { tls: false, host: addr.ip().to_string(), port: addr.port(), base_path: "/".into() };
-                plan.push_back((Hop::Peer(addr), Target { url, path: path.clone() }));
+                plan.push_back((Hop::Peer(addr), Target { url: UpstreamUrl::http(addr), path: path.clone() }));
             }
         }
         if let (Some(origin), PathClass::Immutable) = (self.origin.as_ref(), route.class) {
@@ -245,6 +251,8 @@ impl HangarProxy {
     /// `upstream_request_filter`: aim the request at the try's target, in the representation
     /// the format wants, with the credentials that hop may have.
     pub(super) fn shape_request(&self, session: &Session, req: &mut RequestHeader, ctx: &mut RequestCtx) -> Result<()> {
+        // Whatever an earlier try's body began is not this try's.
+        ctx.body.new_try(ctx.route.as_ref().is_some_and(|r| r.states_expiry));
         let attempt = &mut ctx.attempt;
         let target = attempt.target.as_ref().ok_or_else(|| Error::explain(ErrorType::InternalError, "no target"))?;
         req.set_uri(target.path.parse().map_err(|e| Error::because(ErrorType::InternalError, "bad upstream URI", e))?);
@@ -274,7 +282,7 @@ impl HangarProxy {
             Hop::Peer(_) => {
                 // The owner answers as this proxy would: same Host (rewritten documents point
                 // where the client expects), and it must not forward again.
-                req.insert_header(HOP_HEADER, self.fleet.sign(HopKind::Peer, &target.path))?;
+                req.insert_header(HOP_HEADER, self.fleet.sign(HopKind::Peer, req.method.as_str(), &target.path))?;
                 if let Some(host) = session.req_header().headers.get(header::HOST).cloned() {
                     req.insert_header(header::HOST, host)?;
                 }

@@ -255,9 +255,9 @@ impl HangarProxy {
 
     /// Read `document` (a path below the repository prefix) through this proxy (so from cache
     /// when it can) and remember the artefact digests it lists. Failures leave them unknown.
-    pub(super) async fn learn_digests(&self, repo: &Repository, document: &str) {
+    async fn learn_digests(&self, repo: &Repository, document: &str) {
         let target = format!("{}{}", repo.prefix, document);
-        let url = hangar_core::UpstreamUrl { tls: false, host: self.listen_addr.ip().to_string(), port: self.listen_addr.port(), base_path: "/".into() };
+        let url = hangar_core::UpstreamUrl::http(self.listen_addr);
         let headers = [(header::ACCEPT, repo.format.document_accept().to_string()), (header::ACCEPT_ENCODING, "identity".to_string())];
         let timeouts = TimeoutConfig::default();
         let request = Request { method: http::Method::GET, url: &url, target: &target, headers: &headers, timeouts: &timeouts };
@@ -276,6 +276,16 @@ impl HangarProxy {
         }
     }
 
+    /// The digest `document` lists for the artefact at `key`: known already, or learned by
+    /// reading the document now.
+    pub(super) async fn listed_digest(&self, repo: &Repository, key: &str, document: &str) -> Option<hangar_core::Digest> {
+        if let Some(d) = repo.digests.get(key) {
+            return Some(d);
+        }
+        self.learn_digests(repo, document).await;
+        repo.digests.get(key)
+    }
+
     /// An artefact about to be fetched must be verified: find its digest now (on a hit it is
     /// not needed). The document listing it is read through the proxy itself.
     pub(super) async fn expect_digest(&self, ctx: &mut RequestCtx) {
@@ -286,13 +296,7 @@ impl HangarProxy {
         let (repo, resolved) = (repo.clone(), &route.resolved);
         let (key, digest_from, required, learned) = (resolved.key_path.clone(), resolved.digest_from.clone(), resolved.digest_required, resolved.learned_digest);
         if let Some(document) = digest_from {
-            let expected = match repo.digests.get(&key) {
-                Some(d) => Some(d),
-                None => {
-                    self.learn_digests(&repo, &document).await;
-                    repo.digests.get(&key)
-                }
-            };
+            let expected = self.listed_digest(&repo, &key, &document).await;
             ctx.body.unverified = expected.is_none() && required;
             ctx.body.expected = expected;
         } else if learned {

@@ -74,8 +74,9 @@ impl HangarProxy {
     /// switch, the expiry its body stated, and the client's request directives.
     pub(super) fn judge_hit(&self, meta: &CacheMeta, is_fresh: bool, ctx: &mut RequestCtx) -> Option<ForcedFreshness> {
         let (Some(repo), Some(route)) = (ctx.repo.as_ref(), ctx.route.as_ref()) else { return None };
-        // Offline: whatever is cached is served, however old, whatever the client asks.
-        if self.offline.is_offline(&repo.name) {
+        // Offline, or the proxy reading its own cache back: whatever is cached is served,
+        // however old, and nothing is fetched or refreshed.
+        if self.offline.is_offline(&repo.name) || ctx.caller.loopback {
             if is_fresh {
                 return None;
             }

@@ -82,6 +82,18 @@ pub struct BodyWork {
     pub expiry_head: Option<Vec<u8>>,
 }
 
+impl BodyWork {
+    /// Start over for another try (the next hop, a redirect, a challenge answered): the
+    /// digest expected stays, what the last try's body began does not.
+    pub fn new_try(&mut self, states_expiry: bool) {
+        self.hasher = None;
+        self.document = None;
+        self.listing = None;
+        self.from_upstream = false;
+        self.expiry_head = states_expiry.then(Vec::new);
+    }
+}
+
 /// Per-request state.
 #[derive(Default)]
 pub struct RequestCtx {
@@ -98,6 +110,7 @@ pub struct RequestCtx {
 }
 
 impl RequestCtx {
+    /// The repository's name, `-` before routing (a metrics label).
     pub fn repo_name(&self) -> &str {
         self.repo.as_ref().map_or("-", |r| r.name.as_str())
     }

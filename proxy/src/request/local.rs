@@ -22,6 +22,7 @@ pub enum Reply {
 }
 
 impl Reply {
+    /// An error reply with `status` and a message that says what to fix.
     pub fn error(status: u16, message: impl Into<String>) -> Self {
         Reply::Error { status, message: message.into(), allow: None }
     }
@@ -35,6 +36,7 @@ impl Reply {
     }
 }
 
+/// The JSON body of an error reply.
 pub fn json_error(status: u16, message: &str, path: &str) -> Bytes {
     let esc = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"").replace(|c: char| c.is_control(), "");
     Bytes::from(format!("{{\"error\":\"{}\",\"status\":{status},\"path\":\"{}\"}}\n", esc(message), esc(path)))

@@ -74,6 +74,11 @@ pub struct HangarProxy {
     pub sinks: Sinks,
 }
 
+/// The request target as the client sent it: path and query.
+fn target_of(req: &RequestHeader) -> &str {
+    req.uri.path_and_query().map_or_else(|| req.uri.path(), |pq| pq.as_str())
+}
+
 /// Every `Accept` value of the request, as one normalised list: clients send several headers
 /// (registries need them all) and space them differently.
 fn accept_list(headers: &http::HeaderMap) -> String {
@@ -186,6 +191,12 @@ impl ProxyHttp for HangarProxy {
 
     fn fail_to_connect(&self, _session: &mut Session, _peer: &HttpPeer, ctx: &mut RequestCtx, e: Box<Error>) -> Box<Error> {
         self.on_connect_failure(ctx, e)
+    }
+
+    /// A step of the attempt (a redirect followed, a challenge answered, the next hop) is how
+    /// a fetch proceeds, not a failure worth a warning.
+    fn suppress_proxy_warn_log(&self, _session: &Session, ctx: &RequestCtx, _error: &Error, _context: pingora::proxy::ProxyWarnLogContext) -> bool {
+        ctx.attempt.stepped()
     }
 
     /// Pingora asks this before serving a stale copy. With an upstream error: serve it (and

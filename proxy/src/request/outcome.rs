@@ -7,14 +7,16 @@ use pingora::prelude::*;
 use pingora::proxy::Session;
 
 use super::cache::stored;
-use super::{HangarProxy, RequestCtx};
+use super::{target_of, HangarProxy, RequestCtx};
 use crate::outcome::Outcome;
 
 impl HangarProxy {
     /// `logging`: tell the sinks how the request ended.
     pub(super) fn report(&self, session: &Session, error: Option<&Error>, ctx: &RequestCtx) {
         let req = session.req_header();
-        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let response = session.response_written();
+        let status = response.map_or(0, |r| r.status.as_u16());
+        let content_length = response.and_then(|r| r.headers.get(http::header::CONTENT_LENGTH)).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
         let result = self.result(session, ctx);
         let phase = session.cache.phase();
         let source = match result {
@@ -26,7 +28,7 @@ impl HangarProxy {
             repository: ctx.repo.as_deref().map(|r| r.name.as_str()),
             format: ctx.repo.as_deref().map(|r| r.format.kind()),
             method: &req.method,
-            target: req.uri.path_and_query().map_or_else(|| req.uri.path(), |pq| pq.as_str()),
+            target: target_of(req),
             host: req.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()),
             key_path: ctx.route.as_ref().map(|r| r.resolved.key_path.as_str()),
             class: ctx.route.as_ref().map(|r| r.class),
@@ -36,6 +38,7 @@ impl HangarProxy {
             stored: stored(phase),
             digest: ctx.body.expected.as_ref(),
             unverified: ctx.body.unverified,
+            content_length,
             bytes_served: session.body_bytes_sent() as u64,
             bytes_fetched: session.upstream_body_bytes_received() as u64,
             upstream_time: ctx.attempt.upstream_time(),

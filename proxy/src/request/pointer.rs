@@ -114,14 +114,7 @@ impl HangarProxy {
         let count = |result: &str| self.metrics.pointer_lookups.with_label_values(&[&repo.name, result]).inc();
         // A listing that has just passed may still be being read.
         repo.digests.settle(std::time::Duration::from_secs(10)).await;
-        let digest = match repo.digests.get(&resolved.key_path) {
-            Some(d) => Some(d),
-            None => {
-                self.learn_digests(repo, document).await;
-                repo.digests.get(&resolved.key_path)
-            }
-        };
-        match digest {
+        match self.listed_digest(repo, &resolved.key_path, document).await {
             Some(d) => {
                 count("listed");
                 Followed::To(d)
