@@ -91,6 +91,10 @@ impl AdminApp {
 
     fn refresh_gauges(&self) {
         let m = &self.metrics;
+        // A breaker's cool-down ends without a request: the gauge says half-open when it is.
+        for repo in self.router.repositories() {
+            repo.breaker.publish();
+        }
         m.tier_bytes.with_label_values(&["memory"]).set(self.storage.memory().bytes() as i64);
         m.tier_objects.with_label_values(&["memory"]).set(self.storage.memory().objects() as i64);
         m.tier_bytes.with_label_values(&["disk"]).set(self.eviction.total_size() as i64);

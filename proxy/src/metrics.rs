@@ -227,6 +227,9 @@ impl MetricsSink {
 impl crate::outcome::OutcomeSink for MetricsSink {
     fn record(&self, o: &crate::outcome::Outcome<'_>) {
         let repository = o.repository.unwrap_or("-");
+        if let Some(kind) = o.upstream_error {
+            self.metrics.upstream_errors.with_label_values(&[repository, kind]).inc();
+        }
         if o.background {
             self.metrics.background_refreshes.with_label_values(&[repository, status_class(o.status)]).inc();
             return;

@@ -52,6 +52,9 @@ pub struct Outcome<'a> {
     pub bytes_fetched: u64,
     /// Time from sending the last upstream request to its response headers.
     pub upstream_time: Option<Duration>,
+    /// What went wrong with the upstream, once per request (`dns`, `connect`, `timeout`,
+    /// `reset`, `breaker_open`, `token`, `rate_limited`, `redirect_refused`, `expired`, `other`).
+    pub upstream_error: Option<&'static str>,
     /// A stale-while-revalidate refresh the proxy ran itself, not a client's request.
     pub background: bool,
     /// The request ended in an error (a cut transfer, an upstream failure).

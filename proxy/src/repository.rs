@@ -89,7 +89,7 @@ impl Repository {
             (None, None) => None,
         };
         let repo_metrics = RepoMetrics::new(metrics, &cfg.name);
-        let breaker = Breaker::new(&cfg.name, cfg.breaker.failures, cfg.breaker.cooldown.0, repo_metrics.breaker_state.clone(), repo_metrics.breaker_trips.clone());
+        let breaker = Breaker::new(&cfg.name, &cfg.breaker, repo_metrics.breaker_state.clone(), repo_metrics.breaker_trips.clone());
         Ok(Repository {
             name: cfg.name.clone(),
             prefix: normalize_prefix(&cfg.prefix),

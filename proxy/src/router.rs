@@ -52,6 +52,11 @@ impl Router {
         }
     }
 
+    /// Every repository, longest prefix first.
+    pub fn repositories(&self) -> &[Arc<Repository>] {
+        &self.repos
+    }
+
     /// The repository called `name`.
     pub fn by_name(&self, name: &str) -> Option<&Arc<Repository>> {
         self.repos.iter().find(|r| r.name == name)

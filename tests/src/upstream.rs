@@ -51,6 +51,10 @@ pub struct Route {
     pub hold_head: Option<Arc<Semaphore>>,
     /// Other answers on the same path, chosen when the named request header contains the text.
     pub alternates: Vec<(String, String, Route)>,
+    /// Close the connection after reading the request, without answering.
+    pub close_before_head: bool,
+    /// Interim (1xx) responses sent before the final one: status and headers.
+    pub interim: Vec<(u16, Vec<(String, String)>)>,
 }
 
 impl Route {
@@ -67,6 +71,8 @@ impl Route {
             revalidates: false,
             hold_head: None,
             alternates: Vec::new(),
+            close_before_head: false,
+            interim: Vec::new(),
         }
     }
 
@@ -143,6 +149,18 @@ impl Route {
 
     pub fn echo_header(mut self, name: &str) -> Self {
         self.echo_header = Some(name.to_string());
+        self
+    }
+
+    /// Read the request, then close the connection without a response.
+    pub fn close_before_head(mut self) -> Self {
+        self.close_before_head = true;
+        self
+    }
+
+    /// Send an interim response (`102`, `103`...) with these headers before the final one.
+    pub fn interim(mut self, status: u16, headers: &[(&str, &str)]) -> Self {
+        self.interim.push((status, headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()));
         self
     }
 
@@ -327,6 +345,18 @@ async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(sock: S, st: Arc<State>) 
             gate.acquire().await.expect("gate open").forget();
         }
         let sock = reader.get_mut();
+        if route.close_before_head {
+            let _ = sock.shutdown().await;
+            return Ok(());
+        }
+        for (status, headers) in &route.interim {
+            let mut head = format!("HTTP/1.1 {status} Interim\r\n");
+            for (k, v) in headers {
+                head.push_str(&format!("{k}: {v}\r\n"));
+            }
+            head.push_str("\r\n");
+            sock.write_all(head.as_bytes()).await?;
+        }
         if route.not_modified(&req_for_route) {
             let mut head = "HTTP/1.1 304 Not Modified\r\n".to_string();
             for (k, v) in &route.headers {

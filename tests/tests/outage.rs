@@ -146,7 +146,7 @@ async fn once_the_breaker_opens_nobody_waits_for_the_dead_upstream() {
         up.route(&format!("/o{i}"), stale_route(&format!("object {i}")));
     }
     let dir = tempfile::tempdir().unwrap();
-    let toml = repo(&up, "[repository.timeouts]\nread = \"1s\"\n[repository.breaker]\nfailures = 3\ncooldown = \"1h\"");
+    let toml = repo(&up, "[repository.timeouts]\nread = \"1s\"\n[repository.breaker]\nmin_requests = 3\nmin_paths = 3\ncooldown = \"1h\"");
     let proxy = Proxy::builder(dir.path()).config(&toml).start();
     for i in 0..100 {
         get(proxy.addr, &format!("/o{i}")).await;
@@ -175,7 +175,8 @@ async fn a_half_open_probe_closes_the_breaker_when_the_upstream_recovers() {
     let up = Upstream::start().await;
     up.route("/a", stale_route("cached"));
     let dir = tempfile::tempdir().unwrap();
-    let toml = repo(&up, "[repository.breaker]\nfailures = 2\ncooldown = \"0s\"");
+    // Two failures in a row open it (the success before them must not halve the rate).
+    let toml = repo(&up, "[repository.breaker]\nmin_requests = 2\nmin_paths = 1\nfailure_rate = 1.0\ncooldown = \"0s\"");
     let proxy = Proxy::builder(dir.path()).config(&toml).start();
     get(proxy.addr, "/a").await;
     up.route("/a", Route::ok(b"down".to_vec()).status(503).header("Cache-Control", "no-store"));

@@ -116,18 +116,37 @@ impl Credentials {
 }
 
 /// When to stop sending requests to a failing upstream, and for how long.
+///
+/// The breaker opens when, within `window`, at least `min_requests` client requests reached the
+/// upstream, at least `failure_rate` of them failed (a connect error, a timeout, a reset, a 5xx
+/// or a 429), and the failures were for at least `min_paths` different paths: one broken object
+/// never takes the repository down. Each client request counts once, however often it was
+/// retried.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BreakerConfig {
-    /// Consecutive failures (connect errors, timeouts, 5xx, 429) that open the breaker.
-    pub failures: u32,
+    /// The sliding window failures are counted over.
+    pub window: HumanDuration,
+    /// The fraction of requests in the window that must have failed (above 0, at most 1).
+    pub failure_rate: f64,
+    /// Requests the window must hold before it may open (`failures`, the old key, means the same).
+    #[serde(alias = "failures")]
+    pub min_requests: u32,
+    /// Different paths that must have failed in the window.
+    pub min_paths: u32,
     /// How long it stays open before one probe request is let through.
     pub cooldown: HumanDuration,
 }
 
 impl Default for BreakerConfig {
     fn default() -> Self {
-        BreakerConfig { failures: 5, cooldown: HumanDuration(Duration::from_secs(30)) }
+        BreakerConfig {
+            window: HumanDuration(Duration::from_secs(10)),
+            failure_rate: 0.5,
+            min_requests: 20,
+            min_paths: 5,
+            cooldown: HumanDuration(Duration::from_secs(30)),
+        }
     }
 }
 

@@ -68,6 +68,13 @@ impl Config {
                     return Err(invalid(key("namespace"), format!("'{ns}' is empty or used by two repositories")));
                 }
             }
+            let b = &repo.breaker;
+            if !(b.failure_rate > 0.0 && b.failure_rate <= 1.0) {
+                return Err(invalid(key("breaker.failure_rate"), format!("{} must be above 0 and at most 1 (0.5: half the requests)", b.failure_rate)));
+            }
+            if b.min_requests == 0 || b.min_paths == 0 || b.window.0.is_zero() {
+                return Err(invalid(key("breaker"), "min_requests, min_paths and window must be above 0".into()));
+            }
             for (field, patterns) in [("immutable", &repo.freshness.immutable), ("metadata", &repo.freshness.metadata)] {
                 for (j, pattern) in patterns.iter().enumerate() {
                     PathPattern::new(pattern).map_err(|e| invalid(key(&format!("freshness.{field}[{j}]")), e))?;

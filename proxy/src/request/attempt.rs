@@ -13,11 +13,16 @@
 //! Pingora drives it: every try is one `upstream_peer` .. `upstream_response_filter` round, and
 //! an error marked for retry starts the next. [`Attempt::step`] is the only way to move: it
 //! changes the state and returns that error, so a reader can check every transition in one place.
-//! The upstream's circuit breaker is asked once per admitted try, as a [`Ticket`] that the try
-//! settles wherever it ends.
+//!
+//! The upstream's circuit breaker admits the request once, as a [`Ticket`], at its first try
+//! to the upstream; the ticket is settled once, with the request's upstream outcome, whatever
+//! retries, redirects and challenges happened in between. A connection the upstream resets or
+//! closes before answering is retried once, on a fresh connection; then the client gets a 502
+//! that says so.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use hangar_core::event::Source;
@@ -35,6 +40,12 @@ use crate::upstream::{is_internal, make_peer};
 
 /// Redirect hops followed for one request.
 pub const MAX_REDIRECTS: u8 = 5;
+
+/// Connections the upstream reset or closed before answering, retried per request.
+pub const MAX_RECONNECTS: u8 = 1;
+
+/// Pool keys no pooled connection has: a retry after a reset must not meet another stale one.
+static FRESH_POOL_KEY: AtomicU64 = AtomicU64::new(u64::MAX);
 
 /// Where one try goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -80,8 +91,6 @@ pub struct Attempt {
     /// to, so the owner serves exactly that (and does not look the pointer up again).
     peer_path: Option<String>,
     redirects: u8,
-    /// The next try follows a redirect of the try already admitted.
-    following: bool,
     /// The last error came from [`Attempt::step`], not from the network.
     stepped: bool,
     /// A redirect left the upstream's origin: credentials must not follow.
@@ -91,7 +100,18 @@ pub struct Attempt {
     /// The `Authorization` the upstream gets, and whether it is a cached token sent ahead.
     authorization: Option<String>,
     preauthorized: bool,
+    /// The breaker admitted the request (once, however many tries follow).
+    admitted: bool,
+    /// The request's ticket, until its upstream outcome is known.
     ticket: Option<Ticket>,
+    /// Connections reset or closed before an answer, retried so far.
+    reconnects: u8,
+    /// The next try opens a new connection rather than take a pooled one.
+    fresh: bool,
+    /// The first upstream error of the request, as `hangar_upstream_errors_total` counts it.
+    error: Option<&'static str>,
+    /// What went wrong, in words, for the client's error response.
+    failure: Option<String>,
     started: Option<Instant>,
     upstream_time: Option<Duration>,
     /// Where the response came from.
@@ -131,6 +151,32 @@ impl Attempt {
         self.upstream_time
     }
 
+    /// Note the request's upstream error: the first one is the one counted.
+    pub fn fail(&mut self, kind: &'static str) {
+        self.error.get_or_insert(kind);
+    }
+
+    /// The request's upstream error, if it had one (`dns`, `connect`, `timeout`, `reset`,
+    /// `breaker_open`, `token`, `rate_limited`, `redirect_refused`, `expired`, `other`).
+    pub fn error(&self) -> Option<&'static str> {
+        self.error
+    }
+
+    /// What went wrong with the upstream, in words, when more can be said than a status.
+    pub fn failure(&self) -> Option<&str> {
+        self.failure.as_deref()
+    }
+
+    /// The request ended: a ticket still held is settled by how it ended (an upstream error,
+    /// or nothing the breaker should hear of).
+    pub fn finish(&mut self, upstream_failed: bool) {
+        if let Some(ticket) = self.ticket.take() {
+            if upstream_failed {
+                ticket.failed();
+            }
+        }
+    }
+
     /// Whether the last error came from [`Attempt::step`].
     pub fn stepped(&self) -> bool {
         self.stepped
@@ -146,7 +192,6 @@ impl Attempt {
             Step::Redirect(target) => {
                 self.target = Some(target);
                 self.redirects += 1;
-                self.following = true;
                 "following an upstream redirect"
             }
             Step::Authorize(authorization) => {
@@ -165,7 +210,6 @@ impl Attempt {
         let (hop, target) = self.plan.pop_front().map_or_else(|| (Hop::Upstream, self.upstream.clone()), |(h, t)| (h, Some(t)));
         self.hop = hop;
         self.target = target;
-        self.following = false;
         self.cross_origin = false;
         self.source = None;
     }
@@ -205,19 +249,23 @@ impl HangarProxy {
         }
     }
 
-    /// `upstream_peer`: admit the try (the breaker, for the upstream), resolve its host, and
-    /// refuse an internal address a redirect led to.
+    /// `upstream_peer`: admit the request (the breaker, for the upstream, once per request),
+    /// resolve the try's host, and refuse an internal address a redirect led to.
     pub(super) async fn peer(&self, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
         let repo = ctx.repo.clone().ok_or_else(|| Error::explain(ErrorType::InternalError, "no repository"))?;
+        let key_path = ctx.route.as_ref().map_or("", |r| r.resolved.key_path.as_str());
         let attempt = &mut ctx.attempt;
         attempt.stepped = false;
-        // A redirect belongs to the try already admitted; peers and origin are not the
-        // upstream the breaker watches.
-        if !attempt.following && attempt.hop == Hop::Upstream {
-            match repo.breaker.ticket() {
-                Some(ticket) => attempt.ticket = Some(ticket),
+        // Peers and origin are not the upstream the breaker watches; retries, redirects and
+        // challenges belong to the request already admitted.
+        if attempt.hop == Hop::Upstream && !attempt.admitted {
+            match repo.breaker.ticket(key_path) {
+                Some(ticket) => {
+                    attempt.ticket = Some(ticket);
+                    attempt.admitted = true;
+                }
                 None => {
-                    self.metrics.upstream_errors.with_label_values(&[&repo.name, "breaker_open"]).inc();
+                    attempt.fail("breaker_open");
                     // Fails at once; pingora serves a stale copy if there is one.
                     let mut e = Error::explain(ErrorType::HTTPStatus(503), "upstream circuit breaker is open");
                     e.set_retry(false);
@@ -232,20 +280,26 @@ impl HangarProxy {
                 if let Some(ticket) = attempt.ticket.take() {
                     ticket.failed();
                 }
-                self.metrics.upstream_errors.with_label_values(&[&repo.name, "dns"]).inc();
+                attempt.fail("dns");
+                attempt.failure = Some(e.to_string());
                 let mut err = Error::explain(ErrorType::ConnectError, e.to_string());
                 err.set_retry(false);
                 return Err(err.into_up());
             }
         };
         if attempt.untrusted_redirect && !repo.allow_private_redirects && is_internal(addr.ip()) {
-            self.metrics.upstream_errors.with_label_values(&[&repo.name, "redirect_refused"]).inc();
+            attempt.fail("redirect_refused");
             let mut e = Error::explain(ErrorType::HTTPStatus(502), format!("upstream redirect to internal address {} refused", addr.ip()));
             e.set_retry(false);
             return Err(e.into_up());
         }
-        attempt.following = false;
-        Ok(make_peer(&target.url, addr, &repo.timeouts))
+        let mut peer = make_peer(&target.url, addr, &repo.timeouts);
+        if std::mem::take(&mut attempt.fresh) {
+            // A pool key nothing else uses, and no keeping the connection afterwards.
+            peer.group_key = FRESH_POOL_KEY.fetch_sub(1, Ordering::Relaxed);
+            peer.options.idle_timeout = Some(Duration::ZERO);
+        }
+        Ok(peer)
     }
 
     /// `upstream_request_filter`: aim the request at the try's target, in the representation
@@ -319,8 +373,13 @@ impl HangarProxy {
             }
             _ => {}
         }
-        if let Some(ticket) = attempt.ticket.take() {
-            ticket.settle(!(resp.status.is_server_error() || resp.status.as_u16() == 429));
+        // A failing status ends the request's dealings with the upstream at once; a good one
+        // does unless the request goes on (a challenge answered, a redirect followed).
+        let failing = resp.status.is_server_error() || resp.status.as_u16() == 429;
+        if failing {
+            if let Some(ticket) = attempt.ticket.take() {
+                ticket.failed();
+            }
         }
         if let Some(started) = attempt.started.take() {
             let elapsed = started.elapsed();
@@ -340,7 +399,7 @@ impl HangarProxy {
                     Ok(authorization) => return Err(attempt.step(Step::Authorize(authorization))),
                     Err(why) => {
                         attempt.preauthorized = false;
-                        self.metrics.upstream_errors.with_label_values(&[&repo.name, "token"]).inc();
+                        attempt.fail("token");
                         tracing::warn!(repository = %repo.name, error = %why, "cannot answer the upstream's challenge");
                     }
                 }
@@ -349,17 +408,21 @@ impl HangarProxy {
         // Rate limiting is an outage too: with a stale copy at hand, serve it (pingora does this
         // itself for 5xx and connection failures).
         if resp.status.as_u16() == 429 && session.cache.can_serve_stale_error() {
-            self.metrics.upstream_errors.with_label_values(&[&repo.name, "rate_limited"]).inc();
+            attempt.fail("rate_limited");
             let mut e = Error::explain(ErrorType::HTTPStatus(429), "upstream rate limited");
             e.set_retry(false);
             return Err(e.into_up());
         }
         // Only followed for GET (pingora turns a cacheable HEAD into GET upstream).
         let method = &session.req_header().method;
-        if !redirect || (method != Method::GET && method != Method::HEAD) {
+        let location = resp.headers.get(header::LOCATION).and_then(|v| v.to_str().ok());
+        let Some(location) = location.filter(|_| redirect && (method == Method::GET || method == Method::HEAD)) else {
+            // The upstream's answer is final.
+            if let Some(ticket) = attempt.ticket.take() {
+                ticket.succeeded();
+            }
             return Ok(());
-        }
-        let Some(location) = resp.headers.get(header::LOCATION).and_then(|v| v.to_str().ok()) else { return Ok(()) };
+        };
         if attempt.redirects >= MAX_REDIRECTS {
             return Err(Error::explain(ErrorType::HTTPStatus(502), format!("more than {MAX_REDIRECTS} upstream redirects")).into_up());
         }
@@ -372,7 +435,7 @@ impl HangarProxy {
         // upstream's (origin's presigned redirects are the proxy's own infrastructure).
         if leaves_upstream && attempt.hop == Hop::Upstream {
             if !repo.redirect_host_allowed(&url.host) {
-                self.metrics.upstream_errors.with_label_values(&[&repo.name, "redirect_refused"]).inc();
+                attempt.fail("redirect_refused");
                 return Err(Error::explain(ErrorType::HTTPStatus(502), format!("upstream redirect to {} is not in redirect_hosts", url.host)).into_up());
             }
             attempt.untrusted_redirect = true;
@@ -382,13 +445,11 @@ impl HangarProxy {
     }
 
     /// `error_while_proxy`: the try failed after connecting. A failing peer or origin moves on
-    /// to the next hop; the attempt's own steps are retried; anything else is retried only as
-    /// pingora would (idempotent, on a reused connection).
-    pub(super) fn on_error(&self, session: &Session, mut e: Box<Error>, ctx: &mut RequestCtx, client_reused: bool) -> Box<Error> {
+    /// to the next hop; the attempt's own steps are retried; a connection the upstream reset or
+    /// closed before answering is retried once, on a fresh connection; nothing else is retried.
+    /// When no try follows, the request's ticket hears of the failure.
+    pub(super) fn on_error(&self, session: &Session, mut e: Box<Error>, ctx: &mut RequestCtx) -> Box<Error> {
         let attempt = &mut ctx.attempt;
-        if let Some(ticket) = attempt.ticket.take() {
-            ticket.failed();
-        }
         let retryable = session.req_header().method.is_idempotent() && !session.as_ref().retry_buffer_truncated();
         if attempt.stepped {
             if !retryable {
@@ -400,10 +461,22 @@ impl HangarProxy {
             self.count_hop_failure(attempt.hop, ctx.repo_name());
             return ctx.attempt.step(Step::NextHop);
         }
-        if retryable {
-            e.retry.decide_reuse(client_reused);
-        } else {
-            e.set_retry(false);
+        // Reset or closed before the response head: the one failure a new connection may cure
+        // (a pooled connection the upstream had already closed, most often).
+        let unanswered = attempt.started.is_some() && matches!(e.etype(), ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError);
+        if unanswered && attempt.hop == Hop::Upstream {
+            if retryable && attempt.reconnects < MAX_RECONNECTS {
+                attempt.reconnects += 1;
+                attempt.fresh = true;
+                e.set_retry(true);
+                return e;
+            }
+            attempt.fail("reset");
+            attempt.failure = Some(format!("the upstream closed the connection before answering ({} tries)", attempt.reconnects + 1));
+        }
+        e.set_retry(false);
+        if let Some(ticket) = attempt.ticket.take() {
+            ticket.failed();
         }
         e
     }
@@ -415,8 +488,17 @@ impl HangarProxy {
             self.count_hop_failure(ctx.attempt.hop, ctx.repo_name());
             return ctx.attempt.step(Step::NextHop);
         }
-        if let Some(ticket) = ctx.attempt.ticket.take() {
-            ticket.failed();
+        let kind = match e.etype() {
+            ErrorType::ConnectTimedout => "timeout",
+            _ => "connect",
+        };
+        ctx.attempt.fail(kind);
+        // (Pingora retries a connect error only when the error says so; then the request
+        // still holds its ticket for the next try.)
+        if !matches!(e.retry, pingora::RetryType::Decided(true)) {
+            if let Some(ticket) = ctx.attempt.ticket.take() {
+                ticket.failed();
+            }
         }
         e
     }

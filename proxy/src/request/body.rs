@@ -130,8 +130,8 @@ impl HangarProxy {
         let Some(until) = expiry else { return Ok(()) };
         repo.remember_expiry(&route.resolved.key_path, until);
         if until < SystemTime::now() {
-            self.metrics.upstream_errors.with_label_values(&[&repo.name, "expired"]).inc();
             tracing::warn!(repository = %repo.name, path = %route.resolved.key_path, "refusing a copy past its Valid-Until");
+            ctx.attempt.fail("expired");
             return Err(Error::explain(ErrorType::HTTPStatus(502), "past its Valid-Until").into_up());
         }
         Ok(())

@@ -185,8 +185,8 @@ impl ProxyHttp for HangarProxy {
         Ok(None)
     }
 
-    fn error_while_proxy(&self, peer: &HttpPeer, session: &mut Session, e: Box<Error>, ctx: &mut RequestCtx, client_reused: bool) -> Box<Error> {
-        self.on_error(session, e.more_context(format!("Peer: {peer}")), ctx, client_reused)
+    fn error_while_proxy(&self, peer: &HttpPeer, session: &mut Session, e: Box<Error>, ctx: &mut RequestCtx, _client_reused: bool) -> Box<Error> {
+        self.on_error(session, e.more_context(format!("Peer: {peer}")), ctx)
     }
 
     fn fail_to_connect(&self, _session: &mut Session, _peer: &HttpPeer, ctx: &mut RequestCtx, e: Box<Error>) -> Box<Error> {
@@ -238,20 +238,20 @@ impl ProxyHttp for HangarProxy {
             },
         };
         if e.esource() == &ErrorSource::Upstream {
-            let kind = match e.etype() {
+            ctx.attempt.fail(match e.etype() {
                 ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => "timeout",
                 ErrorType::ConnectRefused | ErrorType::ConnectError | ErrorType::ConnectNoRoute => "connect",
                 _ => "other",
-            };
-            self.metrics.upstream_errors.with_label_values(&[ctx.repo_name(), kind]).inc();
+            });
         }
         // Once the response head went out, all we can do is cut the connection.
         if code > 0 && session.response_written().is_none() {
-            let message = match code {
-                502 => "upstream failed",
-                503 => "upstream unavailable (circuit breaker open)",
-                504 => "upstream timed out",
-                _ => "request failed",
+            let message = match (code, ctx.attempt.failure()) {
+                (502, Some(why)) => format!("upstream failed: {why}"),
+                (502, None) => "upstream failed".to_string(),
+                (503, _) => "upstream unavailable (circuit breaker open)".to_string(),
+                (504, _) => "upstream timed out".to_string(),
+                _ => "request failed".to_string(),
             };
             let _ = local::respond(session, ctx, Reply::error(code, message)).await;
         }

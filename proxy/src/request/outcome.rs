@@ -12,7 +12,9 @@ use crate::outcome::Outcome;
 
 impl HangarProxy {
     /// `logging`: tell the sinks how the request ended.
-    pub(super) fn report(&self, session: &Session, error: Option<&Error>, ctx: &RequestCtx) {
+    pub(super) fn report(&self, session: &Session, error: Option<&Error>, ctx: &mut RequestCtx) {
+        ctx.attempt.finish(error.is_some_and(|e| e.esource() == &pingora::ErrorSource::Upstream));
+        let ctx = &*ctx;
         let req = session.req_header();
         let response = session.response_written();
         let status = response.map_or(0, |r| r.status.as_u16());
@@ -42,6 +44,7 @@ impl HangarProxy {
             bytes_served: session.body_bytes_sent() as u64,
             bytes_fetched: session.upstream_body_bytes_received() as u64,
             upstream_time: ctx.attempt.upstream_time(),
+            upstream_error: ctx.attempt.error(),
             background: ctx.caller.background,
             failed: error.is_some(),
             client: session.client_addr().and_then(|a| a.as_inet()).copied(),

@@ -68,7 +68,7 @@ impl HangarProxy {
                 return Followed::To(digest.clone());
             }
         }
-        let ticket = if self.offline.is_offline(&repo.name) { None } else { repo.breaker.ticket() };
+        let ticket = if self.offline.is_offline(&repo.name) { None } else { repo.breaker.ticket(&resolved.key_path) };
         let answer = match ticket {
             None => Answer::Failed,
             Some(ticket) => {
