@@ -8,7 +8,7 @@
 //! running through an outage, so they are part of the decision made here, once, when a
 //! response is stored.
 
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use pingora::cache::cache_control::{CacheControl, InterpretCacheControl};
 use pingora::cache::{CacheMeta, NoCacheReason, RespCacheable};
@@ -17,6 +17,7 @@ use pingora::http::ResponseHeader;
 use hangar_core::{PathClass, PathPattern};
 
 use crate::config::FreshnessConfig;
+use crate::http_date;
 
 /// "Forever" for immutable artefacts: long enough to never matter, short enough not to overflow.
 pub const IMMUTABLE_TTL: Duration = Duration::from_secs(10 * 365 * 86400);
@@ -28,9 +29,8 @@ pub const MAX_HEURISTIC_TTL: Duration = Duration::from_secs(86400);
 /// RFC 9111 §4.2.2: with no explicit expiry, a 200 with `Last-Modified` may be considered fresh
 /// for a fraction (10%) of the time since it was last modified.
 fn heuristic_ttl(resp: &ResponseHeader, now: SystemTime) -> Option<Duration> {
-    let lm = resp.headers.get(http::header::LAST_MODIFIED)?.to_str().ok()?;
-    let modified = httpdate::parse_http_date(lm).ok()?;
-    let age = now.duration_since(modified).ok()?;
+    let modified = http_date(resp, http::header::LAST_MODIFIED, now)?;
+    let age = http_date::after(http_date::seconds(now), modified);
     let ttl = (age / 10).min(MAX_HEURISTIC_TTL);
     (!ttl.is_zero()).then_some(ttl)
 }
@@ -47,6 +47,8 @@ pub struct FreshnessPolicy {
     max_stale: Duration,
     negative_ttl: Duration,
     honor_request_directives: bool,
+    /// The targeted field (RFC 9213) addressed to Hangar, read before `CDN-Cache-Control`.
+    targeted_field: String,
 }
 
 /// Seconds for pingora's stale windows, saturating.
@@ -63,20 +65,20 @@ fn initial_age(resp: &ResponseHeader, now: SystemTime) -> Duration {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok())
         .map_or(Duration::ZERO, Duration::from_secs);
-    let apparent = http_date(resp, http::header::DATE)
-        .and_then(|date| now.duration_since(date).ok())
-        .unwrap_or(Duration::ZERO);
+    let apparent = http_date(resp, http::header::DATE, now).map_or(Duration::ZERO, |date| http_date::after(http_date::seconds(now), date));
     age_value.max(apparent)
 }
 
-fn http_date(resp: &ResponseHeader, name: http::header::HeaderName) -> Option<SystemTime> {
-    httpdate::parse_http_date(resp.headers.get(name)?.to_str().ok()?.trim()).ok()
+/// A date header of `resp`, as seconds since the epoch.
+fn http_date(resp: &ResponseHeader, name: http::header::HeaderName, now: SystemTime) -> Option<i64> {
+    http_date::parse(resp.headers.get(name)?.to_str().ok()?.trim(), now)
 }
 
 /// RFC 9111 §4.2.1: the freshness lifetime the response states, if any. `no-cache` means
 /// "stored, but validated before every use"; `s-maxage` beats `max-age` in a shared cache;
 /// `Expires` counts from the response's own `Date`, and an invalid `Expires` is in the past.
-fn explicit_lifetime(cc: Option<&CacheControl>, resp: &ResponseHeader, now: SystemTime) -> Option<Duration> {
+/// Under a targeted field (RFC 9213 §2.1) `Expires` is ignored, as `Cache-Control` is.
+fn explicit_lifetime(cc: Option<&CacheControl>, targeted: bool, resp: &ResponseHeader, now: SystemTime) -> Option<Duration> {
     if let Some(cc) = cc {
         if cc.no_cache() {
             return Some(Duration::ZERO);
@@ -88,16 +90,19 @@ fn explicit_lifetime(cc: Option<&CacheControl>, resp: &ResponseHeader, now: Syst
             return Some(Duration::from_secs(s.into()));
         }
     }
+    if targeted {
+        return None;
+    }
     let mut expires = resp.headers.get_all(http::header::EXPIRES).iter();
     let first = expires.next()?;
     if expires.next().is_some() {
         return Some(Duration::ZERO);
     }
-    let Some(at) = first.to_str().ok().and_then(|v| httpdate::parse_http_date(v.trim()).ok()) else {
+    let Some(at) = first.to_str().ok().and_then(|v| http_date::parse(v.trim(), now)) else {
         return Some(Duration::ZERO);
     };
-    let base = http_date(resp, http::header::DATE).unwrap_or(now);
-    Some(at.duration_since(base).unwrap_or(Duration::ZERO))
+    let base = http_date(resp, http::header::DATE, now).unwrap_or_else(|| http_date::seconds(now));
+    Some(http_date::after(at, base))
 }
 
 /// Directives by which the origin forbids serving the response stale (RFC 9111 §4.2.4).
@@ -127,7 +132,20 @@ impl FreshnessPolicy {
             max_stale: cfg.max_stale.0,
             negative_ttl: cfg.negative_ttl.0,
             honor_request_directives: cfg.honor_request_directives.unwrap_or(true),
+            targeted_field: cfg.targeted_field.to_ascii_lowercase(),
         })
+    }
+
+    /// The response's caching directives (RFC 9213 §2.1): the first of Hangar's targeted field
+    /// and `CDN-Cache-Control` with a valid, non-empty value, else `Cache-Control`. The flag
+    /// says whether a targeted field decided (then `Expires` is ignored too).
+    pub fn cache_control(&self, headers: &http::HeaderMap) -> (Option<CacheControl>, bool) {
+        for name in [self.targeted_field.as_str(), "cdn-cache-control"] {
+            if let Some(cc) = CacheControl::from_headers_named(name, headers).filter(|cc| !cc.directives.is_empty()) {
+                return (Some(cc), true);
+            }
+        }
+        (CacheControl::from_headers_named("cache-control", headers), false)
     }
 
     /// The class the repository's own patterns give `path`, if any; they beat the format's.
@@ -166,7 +184,7 @@ impl FreshnessPolicy {
     /// Negative caching: a 404 is remembered for `negative_ttl` at most (less if the upstream
     /// says so), and never served past that on an outage.
     fn decide_not_found(&self, resp: &ResponseHeader, authorization: bool) -> RespCacheable {
-        let cc = CacheControl::from_resp_headers(resp);
+        let (cc, _) = self.cache_control(&resp.headers);
         let refused = cc.as_ref().is_some_and(|c| c.is_cacheable() == pingora::cache::cache_control::Cacheable::No);
         if refused || authorization || self.negative_ttl.is_zero() {
             return RespCacheable::Uncacheable(NoCacheReason::OriginNotCache);
@@ -180,7 +198,7 @@ impl FreshnessPolicy {
 
     fn decide_ok(&self, class: PathClass, resp: &ResponseHeader, authorization: bool) -> RespCacheable {
         let uncacheable = RespCacheable::Uncacheable(NoCacheReason::OriginNotCache);
-        let cc = CacheControl::from_resp_headers(resp);
+        let (cc, targeted) = self.cache_control(&resp.headers);
         // no-store and an unqualified private mean "never keep this", whatever the config says.
         if cc.as_ref().is_some_and(|c| c.is_cacheable() == pingora::cache::cache_control::Cacheable::No) {
             return uncacheable;
@@ -203,14 +221,17 @@ impl FreshnessPolicy {
         let (epoch, lifetime) = match (class, self.metadata_ttl) {
             (PathClass::Metadata, Some(ttl)) => (now, ttl),
             _ => {
-                let lifetime = explicit_lifetime(cc.as_ref(), resp, now)
+                let lifetime = explicit_lifetime(cc.as_ref(), targeted, resp, now)
                     .or_else(|| heuristic_ttl(resp, now))
                     // Validators but no freshness: stored, and validated before every use.
                     .or_else(|| has_validator(resp).then_some(Duration::ZERO))
                     // Neither: reused only if the repository says for how long.
                     .or(self.default_ttl);
                 let Some(lifetime) = lifetime else { return uncacheable };
-                (now.checked_sub(initial_age(resp, now)).unwrap_or(now), lifetime)
+                // A response born before 1970 (a huge Age) is stale on arrival, and the epoch
+                // it counts from cannot precede the Unix epoch.
+                let born = now.checked_sub(initial_age(resp, now)).filter(|t| t.duration_since(UNIX_EPOCH).is_ok_and(|d| d.as_secs() > 0));
+                (born.unwrap_or(UNIX_EPOCH + Duration::from_secs(1)), lifetime)
             }
         };
         let lifetime = self.max_ttl.map_or(lifetime, |max| lifetime.min(max));

@@ -21,6 +21,7 @@ mod directives;
 mod fleet;
 mod format;
 mod freshness;
+mod http_date;
 mod metadata;
 mod metrics;
 mod offline;

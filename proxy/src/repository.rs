@@ -45,6 +45,8 @@ pub struct Repository {
     /// Hosts redirects may lead to (`None`: any public host).
     pub redirect_hosts: Option<Vec<String>>,
     pub allow_private_redirects: bool,
+    /// The methods the operator allows (`None`: whatever the format allows).
+    pub methods: Option<Vec<http::Method>>,
     /// Artefact digests learned from the documents this repository served.
     pub digests: DigestIndex,
     /// Expiries read from bodies that state one (apt's Valid-Until), by cache key path.
@@ -99,6 +101,7 @@ impl Repository {
             max_document_bytes: cfg.max_document_bytes.0 as usize,
             redirect_hosts: cfg.redirect_hosts.clone(),
             allow_private_redirects: cfg.allow_private_redirects,
+            methods: cfg.methods.as_ref().map(|ms| ms.iter().filter_map(|m| http::Method::from_bytes(m.as_bytes()).ok()).collect()),
             digests: DigestIndex::new(DIGESTS),
             expiries: Default::default(),
             auth: UpstreamAuth::new(cfg.token_realms.clone(), cfg.credentials.clone()),
@@ -110,6 +113,12 @@ impl Repository {
             metrics: repo_metrics,
             breaker: Arc::new(breaker),
         })
+    }
+
+    /// Whether the repository answers `method` at `path` (below its prefix): its format allows
+    /// it and the operator does not forbid it.
+    pub fn allows(&self, method: &http::Method, path: &str) -> bool {
+        self.format.allows(method, path) && self.methods.as_ref().is_none_or(|ms| ms.contains(method))
     }
 
     /// Whether an upstream redirect may lead to `host` (before its address is checked).

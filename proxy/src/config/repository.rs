@@ -58,6 +58,10 @@ pub struct RepositoryConfig {
     pub freshness: FreshnessConfig,
     /// Never contact this repository's upstream; serve whatever is cached.
     pub offline: bool,
+    /// The methods this repository answers (`["GET", "HEAD"]`); others get 405. Unset: every
+    /// method its format allows (for `generic`, all but CONNECT and TRACE: unknown unsafe ones
+    /// are forwarded and invalidate the URL when they succeed, as POST does).
+    pub methods: Option<Vec<String>>,
     /// `[repository.breaker]`.
     pub breaker: BreakerConfig,
 }
@@ -81,6 +85,7 @@ impl Default for RepositoryConfig {
             timeouts: TimeoutConfig::default(),
             freshness: FreshnessConfig::default(),
             offline: false,
+            methods: None,
             breaker: BreakerConfig::default(),
         }
     }
@@ -203,6 +208,10 @@ pub struct FreshnessConfig {
     /// How long a 404 is remembered, so lookups of missing names do not hammer the upstream.
     /// `0s` disables negative caching.
     pub negative_ttl: HumanDuration,
+    /// A response field that steers Hangar alone (RFC 9213 targeted field), read before
+    /// `CDN-Cache-Control` and `Cache-Control`: an origin behind Hangar behind a CDN can give
+    /// each its own rules.
+    pub targeted_field: String,
 }
 
 impl Default for FreshnessConfig {
@@ -217,6 +226,7 @@ impl Default for FreshnessConfig {
             max_ttl: None,
             max_stale: HumanDuration(Duration::from_secs(7 * 86400)),
             negative_ttl: HumanDuration(Duration::from_secs(60)),
+            targeted_field: "Hangar-Cache-Control".into(),
         }
     }
 }

@@ -68,6 +68,14 @@ impl Config {
                     return Err(invalid(key("namespace"), format!("'{ns}' is empty or used by two repositories")));
                 }
             }
+            if http::HeaderName::from_bytes(repo.freshness.targeted_field.as_bytes()).is_err() {
+                return Err(invalid(key("freshness.targeted_field"), format!("'{}' is not a header field name", repo.freshness.targeted_field)));
+            }
+            for (j, m) in repo.methods.iter().flatten().enumerate() {
+                if http::Method::from_bytes(m.as_bytes()).is_err() || m.is_empty() {
+                    return Err(invalid(key(&format!("methods[{j}]")), format!("'{m}' is not an HTTP method")));
+                }
+            }
             let b = &repo.breaker;
             if !(b.failure_rate > 0.0 && b.failure_rate <= 1.0) {
                 return Err(invalid(key("breaker.failure_rate"), format!("{} must be above 0 and at most 1 (0.5: half the requests)", b.failure_rate)));

@@ -69,12 +69,11 @@ impl Format for Generic {
         true
     }
 
-    /// Every standard method is forwarded (only GET and HEAD are cached; unsafe methods
-    /// invalidate). CONNECT and TRACE are refused: a cache is not a tunnel, and TRACE reflects
-    /// credentials back.
+    /// Every method is forwarded, extension methods included (only GET and HEAD are cached;
+    /// a successful unsafe one invalidates the URL, RFC 9111 §4.4). CONNECT and TRACE are
+    /// refused: a cache is not a tunnel, and TRACE reflects credentials back.
     fn allows(&self, method: &http::Method, _path: &str) -> bool {
-        use http::Method;
-        [Method::GET, Method::HEAD, Method::POST, Method::PUT, Method::DELETE, Method::PATCH, Method::OPTIONS].contains(method)
+        method != http::Method::CONNECT && method != http::Method::TRACE
     }
 
     fn resolve(&self, path: &RequestPath<'_>, _headers: &HeaderMap) -> Result<Resolved, FormatError> {

@@ -43,8 +43,8 @@ impl HangarProxy {
         let req = session.req_header();
         let (repo, rest) = self.router.route(req.uri.path(), req.uri.query()).map_err(|e| Reply::error(404, e.to_string()))?;
         ctx.repo = Some(repo.clone());
-        if !repo.format.allows(&req.method, rest) {
-            let allow = STANDARD_METHODS.iter().filter(|m| repo.format.allows(m, rest)).map(Method::as_str).collect::<Vec<_>>().join(", ");
+        if !repo.allows(&req.method, rest) {
+            let allow = STANDARD_METHODS.iter().filter(|m| repo.allows(m, rest)).map(Method::as_str).collect::<Vec<_>>().join(", ");
             return Err(Reply::Error { status: 405, message: "method not allowed".into(), allow: Some(allow) });
         }
         Ok((repo.clone(), rest.to_string()))

@@ -313,6 +313,22 @@ impl HangarProxy {
         req.insert_header(header::HOST, target.url.host_header())?;
         // cargo sends `Upgrade: h2c` over plain HTTP; the proxy speaks HTTP/1.1 upstream.
         req.remove_header(&header::UPGRADE);
+        let mut names = Vec::new();
+        super::strip_hop_by_hop(&session.req_header().headers, &["keep-alive", "proxy-connection", "proxy-authorization", "te"], |n| names.push(n.clone()));
+        for name in &names {
+            req.remove_header(name);
+        }
+        // On a plain miss pingora drops the client's validators to fetch a whole response;
+        // a repository that honours clients' caching wishes passes them on (RFC 9111 §4.3.1),
+        // and the upstream's 304 goes to the client uncached.
+        let honours = ctx.repo.as_ref().is_some_and(|r| r.freshness.honor_request_directives());
+        if honours && session.cache.phase() == pingora::cache::CachePhase::Miss {
+            for name in [header::IF_NONE_MATCH, header::IF_MODIFIED_SINCE] {
+                for value in session.req_header().headers.get_all(&name) {
+                    req.append_header(name.clone(), value.clone())?;
+                }
+            }
+        }
         if let Some(route) = ctx.route.as_ref() {
             if let Some(r) = route.resolved.representation {
                 req.insert_header(header::ACCEPT, r.accept)?;

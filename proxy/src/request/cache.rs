@@ -34,6 +34,48 @@ pub fn stored(phase: CachePhase) -> bool {
     matches!(phase, CachePhase::Miss | CachePhase::Expired)
 }
 
+/// Whether a stored response answers the client's conditional request with a 304.
+///
+/// `If-None-Match` uses the weak comparison of RFC 9110 §8.8.3.2 on opaque tags: `W/` and the
+/// quotes are not part of the tag, so an origin's unquoted `ETag: abc` (invalid, but common) is
+/// the tag `abc`, matched by `"abc"` and `W/"abc"` alike, and by nothing else. Without it,
+/// `If-Modified-Since` decides, as pingora does.
+pub fn not_modified(req: &RequestHeader, resp: &ResponseHeader) -> bool {
+    if resp.status != http::StatusCode::OK {
+        return false;
+    }
+    if !req.headers.contains_key(header::IF_NONE_MATCH) {
+        return pingora::protocols::http::conditional_filter::not_modified_filter(req, resp);
+    }
+    let Some(stored) = resp.headers.get(header::ETAG).and_then(|v| v.to_str().ok()).map(opaque_tag) else { return false };
+    req.headers.get_all(header::IF_NONE_MATCH).iter().filter_map(|v| v.to_str().ok()).flat_map(entity_tags).any(|t| t == "*" || opaque_tag(t) == stored)
+}
+
+/// The opaque part of an entity-tag: without `W/` and without its quotes.
+fn opaque_tag(tag: &str) -> &str {
+    let t = tag.trim();
+    let t = t.strip_prefix("W/").unwrap_or(t);
+    t.strip_prefix('"').and_then(|t| t.strip_suffix('"')).unwrap_or(t)
+}
+
+/// The entity-tags of an `If-None-Match` value, split at commas outside quotes.
+fn entity_tags(value: &str) -> Vec<&str> {
+    let (mut tags, mut start, mut quoted) = (Vec::new(), 0, false);
+    for (i, c) in value.char_indices() {
+        match c {
+            '"' => quoted = !quoted,
+            ',' if !quoted => {
+                tags.push(value[start..i].trim());
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    tags.push(value[start..].trim());
+    tags.retain(|t| !t.is_empty());
+    tags
+}
+
 /// RFC 9111 §3.2: a 304's header fields replace the stored ones, except those describing the
 /// stored body (its length and encoding) and hop-by-hop fields. `Age` and `Date` are the
 /// 304's or none, so the stored copy's age starts over; `Vary` keeps the stored value because
@@ -74,6 +116,9 @@ impl HangarProxy {
     /// switch, the expiry its body stated, and the client's request directives.
     pub(super) fn judge_hit(&self, meta: &CacheMeta, is_fresh: bool, ctx: &mut RequestCtx) -> Option<ForcedFreshness> {
         let (Some(repo), Some(route)) = (ctx.repo.as_ref(), ctx.route.as_ref()) else { return None };
+        // Whether a stale copy may stand in is worth parsing only for a stale copy.
+        let forbidden = !is_fresh && crate::freshness::forbids_stale(repo.freshness.cache_control(meta.headers()).0.as_ref());
+        ctx.cache.found_unservable_stale = forbidden;
         // Offline, or the proxy reading its own cache back: whatever is cached is served,
         // however old, and nothing is fetched or refreshed.
         if self.offline.is_offline(&repo.name) || ctx.caller.loopback {
@@ -100,8 +145,6 @@ impl HangarProxy {
         if !is_fresh {
             if let Some(limit) = d.max_stale {
                 let staleness = now.duration_since(meta.fresh_until()).unwrap_or_default();
-                let stored_cc = pingora::cache::cache_control::CacheControl::from_headers_named("cache-control", meta.headers());
-                let forbidden = crate::freshness::forbids_stale(stored_cc.as_ref());
                 if !forbidden && limit.is_none_or(|l| staleness <= l) {
                     ctx.cache.served_stale = true;
                     return Some(ForcedFreshness::ForceFresh);
@@ -219,6 +262,27 @@ mod tests {
         assert_eq!(cache_result(CachePhase::Hit), CacheResult::Hit);
         assert_eq!(cache_result(CachePhase::Bypass), CacheResult::Bypass);
         assert!(stored(CachePhase::Miss) && !stored(CachePhase::Hit));
+    }
+
+    #[test]
+    fn entity_tags_compare_weakly_and_unquoted_tags_are_opaque_tags() {
+        let resp = |etag: &str| {
+            let mut r = ResponseHeader::build(200, None).unwrap();
+            r.insert_header("etag", etag).unwrap();
+            r
+        };
+        let req = |inm: &str| {
+            let mut r = RequestHeader::build("GET", b"/", None).unwrap();
+            r.insert_header("if-none-match", inm).unwrap();
+            r
+        };
+        assert!(not_modified(&req("\"a\""), &resp("\"a\"")));
+        assert!(not_modified(&req("W/\"a\""), &resp("\"a\"")), "weak comparison");
+        assert!(not_modified(&req("\"x\", \"a\""), &resp("W/\"a\"")));
+        assert!(not_modified(&req("\"u1\""), &resp("u1")), "an unquoted ETag is the tag it would be quoted");
+        assert!(!not_modified(&req("\"u\""), &resp("u1")));
+        assert!(!not_modified(&req("\"a,b\""), &resp("b")), "commas inside quotes do not split");
+        assert!(not_modified(&req("*"), &resp("\"z\"")));
     }
 
     #[test]

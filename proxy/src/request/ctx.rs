@@ -47,6 +47,9 @@ pub struct Route {
 /// The cache phases' decisions.
 #[derive(Default)]
 pub struct CacheState {
+    /// The lookup found a stored response that may not be used stale (must-revalidate,
+    /// proxy-revalidate, s-maxage, no-cache).
+    pub found_unservable_stale: bool,
     /// An expired entry served without asking the upstream: the repository is offline, or
     /// the client's `max-stale` accepted it.
     pub served_stale: bool,

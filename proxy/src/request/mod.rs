@@ -74,6 +74,23 @@ pub struct HangarProxy {
     pub sinks: Sinks,
 }
 
+/// Fields that concern one connection only (RFC 9110 §7.6.1): the ones the `Connection` field
+/// names and those hop-by-hop by definition. They are neither stored nor passed on. (Message
+/// framing, `Content-Length` and `Transfer-Encoding`, stays pingora's to handle.)
+fn strip_hop_by_hop(headers: &http::HeaderMap, always: &[&'static str], mut remove: impl FnMut(&http::HeaderName)) {
+    let named: Vec<http::HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("").split(','))
+        .filter_map(|n| http::HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .chain(always.iter().map(|n| http::HeaderName::from_static(n)))
+        .filter(|n| *n != header::CONTENT_LENGTH && *n != header::TRANSFER_ENCODING && *n != header::HOST)
+        .collect();
+    for name in &named {
+        remove(name);
+    }
+}
+
 /// The request target as the client sent it: path and query.
 fn target_of(req: &RequestHeader) -> &str {
     req.uri.path_and_query().map_or_else(|| req.uri.path(), |pq| pq.as_str())
@@ -108,6 +125,9 @@ impl ProxyHttp for HangarProxy {
         if let Some(c) = session.downstream_modules_ctx.get_mut::<ResponseCompression>() {
             c.adjust_level(DOCUMENT_GZIP_LEVEL);
         }
+        // Interim responses are forwarded by `upstream_response_filter` itself (pingora drops
+        // one that arrives together with the final response of a cache miss).
+        session.downstream_session.set_ignore_info_resp(true);
         Ok(())
     }
 
@@ -166,6 +186,20 @@ impl ProxyHttp for HangarProxy {
     }
 
     async fn upstream_response_filter(&self, session: &mut Session, resp: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<()> {
+        // 102, 103: passed to the client as they come, never cached, nothing decided by them.
+        if resp.status.is_informational() && resp.status != http::StatusCode::CONTINUE && resp.status != http::StatusCode::SWITCHING_PROTOCOLS {
+            let downstream = &mut session.downstream_session;
+            downstream.set_ignore_info_resp(false);
+            let _ = downstream.write_response_header_ref(resp).await;
+            downstream.set_ignore_info_resp(true);
+            return Ok(());
+        }
+        let hop_by_hop = ["keep-alive", "proxy-connection", "proxy-authenticate", "connection"];
+        let mut names = Vec::new();
+        strip_hop_by_hop(&resp.headers, &hop_by_hop, |n| names.push(n.clone()));
+        for name in &names {
+            resp.remove_header(name);
+        }
         self.on_response(session, resp, ctx).await?;
         match resp.status {
             http::StatusCode::NOT_MODIFIED => ctx.cache.not_modified = Some(Box::new(resp.clone())),
@@ -214,6 +248,12 @@ impl ProxyHttp for HangarProxy {
         }
     }
 
+    /// A client's `If-None-Match` against a stored response, compared as RFC 9110 §8.8.3.2 says
+    /// (see [`cache::not_modified`]).
+    fn cache_not_modified_filter(&self, session: &Session, resp: &ResponseHeader, _ctx: &mut RequestCtx) -> Result<bool> {
+        Ok(cache::not_modified(session.req_header(), resp))
+    }
+
     async fn response_filter(&self, session: &mut Session, resp: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<()> {
         let req = session.req_header();
         self.invalidate_after_unsafe(&req.method, resp.status.as_u16(), ctx);
@@ -226,7 +266,7 @@ impl ProxyHttp for HangarProxy {
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
-        let code = match e.etype() {
+        let mut code = match e.etype() {
             ErrorType::HTTPStatus(code) => *code,
             _ => match e.esource() {
                 ErrorSource::Upstream => 502,
@@ -237,6 +277,13 @@ impl ProxyHttp for HangarProxy {
                 ErrorSource::Internal | ErrorSource::Unset => 500,
             },
         };
+        // RFC 9111 §5.2.2.2: a stored copy that must not be served without revalidation, and an
+        // upstream that cannot be reached: 504.
+        let unreached = e.esource() == &ErrorSource::Upstream && !matches!(e.etype(), ErrorType::HTTPStatus(_));
+        let had_copy = ctx.cache.found_unservable_stale;
+        if code == 502 && unreached && had_copy {
+            code = 504;
+        }
         if e.esource() == &ErrorSource::Upstream {
             ctx.attempt.fail(match e.etype() {
                 ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => "timeout",
@@ -250,6 +297,7 @@ impl ProxyHttp for HangarProxy {
                 (502, Some(why)) => format!("upstream failed: {why}"),
                 (502, None) => "upstream failed".to_string(),
                 (503, _) => "upstream unavailable (circuit breaker open)".to_string(),
+                (504, _) if unreached && had_copy => "upstream unreachable, and the cached copy may not be used without asking it (must-revalidate, no-cache or s-maxage)".to_string(),
                 (504, _) => "upstream timed out".to_string(),
                 _ => "request failed".to_string(),
             };
