@@ -126,7 +126,15 @@ impl ProxyBuilder {
         let cache_error = |e: crate::storage::StorageError| StartError::Cache { dir: dir.display().to_string(), source: e.into() };
         let (storage, entries) = TieredStorage::open(&dir, &opts, metrics.clone()).map_err(cache_error)?;
         let storage: &'static TieredStorage = Box::leak(Box::new(storage));
-        let eviction: &'static DiskEviction = Box::leak(Box::new(DiskEviction::new(opts.disk_bytes, &dir.join("eviction"))));
+        // A budget the filesystem cannot hold would never evict, and stop admitting instead.
+        let budget = match storage.disk().capacity().map(|c| c.saturating_sub(opts.min_free_disk_bytes)) {
+            Some(fits) if fits < opts.disk_bytes => {
+                tracing::warn!(dir = %dir.display(), configured = opts.disk_bytes, effective = fits, "cache.disk_bytes is larger than the cache filesystem (less min_free_disk_bytes): using what fits");
+                fits
+            }
+            _ => opts.disk_bytes,
+        };
+        let eviction: &'static DiskEviction = Box::leak(Box::new(DiskEviction::new(budget, &dir.join("eviction"))));
         let restored = entries.len();
         {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(StartError::Runtime)?;

@@ -6,6 +6,7 @@ use std::time::SystemTime;
 
 use hangar_core::CacheResult;
 use http::{header, Method};
+use pingora::cache::eviction::EvictionManager;
 use pingora::cache::{CacheKey, CacheMeta, CachePhase, ForcedFreshness, NoCacheReason, RespCacheable};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
@@ -221,12 +222,27 @@ impl HangarProxy {
         let decision = repo.freshness.decide(class, resp, authorization);
         if decision.is_cacheable() {
             let len = resp.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok());
-            if !self.storage.disk().has_room(len) {
+            if !self.storage.disk().has_room(len) && !self.make_room(len) {
                 self.metrics.cache_skipped.with_label_values(&[&repo.name, "disk_full"]).inc();
                 return RespCacheable::Uncacheable(NoCacheReason::StorageError);
             }
         }
         decision
+    }
+
+    /// A filesystem with no room for a fill of `len` bytes: evict (in eviction's order) what
+    /// frees that much, and say whether it fits now. Pingora evicts only once a fill is done,
+    /// so without this a full disk would stop admitting anything new.
+    fn make_room(&self, len: Option<u64>) -> bool {
+        let Some(len) = len else { return false };
+        let evicted = self.eviction.make_room(len);
+        if evicted.is_empty() {
+            return false;
+        }
+        for key in &evicted {
+            self.storage.remove(key.key());
+        }
+        self.storage.disk().has_room(Some(len))
     }
 
     /// RFC 9111 §4.4: a non-error response to an unsafe method invalidates the target URI,

@@ -29,7 +29,6 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use hangar_core::wire::CACHE_HEADER;
 use http::header;
-use pingora::cache::eviction::EvictionManager;
 use pingora::cache::lock::CacheKeyLockImpl;
 use pingora::cache::{CacheKey, CacheMeta, CachePhase, ForcedFreshness, HitHandler, RespCacheable};
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -47,6 +46,7 @@ use crate::offline::OfflineSwitch;
 use crate::origin::OriginClient;
 use crate::outcome::Sinks;
 use crate::router::Router;
+use crate::storage::eviction::DiskEviction;
 use crate::storage::TieredStorage;
 use crate::upstream::SharedResolver;
 
@@ -58,7 +58,7 @@ const DOCUMENT_GZIP_LEVEL: u32 = 1;
 pub struct HangarProxy {
     pub router: Arc<Router>,
     pub storage: &'static TieredStorage,
-    pub eviction: &'static (dyn EvictionManager + Sync),
+    pub eviction: &'static DiskEviction,
     pub cache_lock: &'static CacheKeyLockImpl,
     pub resolver: SharedResolver,
     pub metrics: Arc<Metrics>,

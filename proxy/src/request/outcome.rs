@@ -3,6 +3,7 @@
 
 use hangar_core::event::Source;
 use hangar_core::CacheResult;
+use pingora::cache::eviction::EvictionManager;
 use pingora::prelude::*;
 use pingora::proxy::Session;
 

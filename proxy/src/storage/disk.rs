@@ -151,6 +151,9 @@ pub struct DiskTier {
     min_free: u64,
     /// Unix seconds until which the filesystem is treated as full (set on ENOSPC/EDQUOT).
     full_until: AtomicU64,
+    /// Bytes promised to fills in progress and not yet written: concurrent fills must not
+    /// each believe they have the filesystem's free space to themselves.
+    reserved: AtomicU64,
     next_generation: AtomicU64,
     next_temp: AtomicU64,
     /// Serialises commits, meta updates and removals of one key (striped by hash).
@@ -183,6 +186,7 @@ impl DiskTier {
             fsync,
             min_free,
             full_until: AtomicU64::new(0),
+            reserved: AtomicU64::new(0),
             next_generation: AtomicU64::new(nanos_now()),
             next_temp: AtomicU64::new(0),
             stripes: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
@@ -270,17 +274,56 @@ impl DiskTier {
         Ok(found)
     }
 
-    /// Whether a fill of `len` bytes (if known) should be stored. A full disk must degrade to
-    /// passing responses through uncached, not to failing them.
+    /// Whether a fill of `len` bytes (if known) may start. A full disk must degrade to passing
+    /// responses through uncached, not to failing them. What other fills have reserved counts
+    /// as used.
     pub fn has_room(&self, len: Option<u64>) -> bool {
         let now = nanos_now() / 1_000_000_000;
         if self.full_until.load(Ordering::Relaxed) > now {
             return false;
         }
         match free_bytes(&self.tmp) {
-            Some(free) => free.checked_sub(len.unwrap_or(0)).is_some_and(|rest| rest >= self.min_free) && free > 0,
+            Some(free) => free
+                .checked_sub(self.reserved.load(Ordering::Acquire))
+                .and_then(|f| f.checked_sub(len.unwrap_or(0)))
+                .is_some_and(|rest| rest >= self.min_free)
+                && free > 0,
             None => true,
         }
+    }
+
+    /// Reserve `len` more bytes for a fill, if the filesystem has them beyond `min_free` and
+    /// what other fills hold. Released with [`DiskTier::release`].
+    pub fn reserve(&self, len: u64) -> bool {
+        let now = nanos_now() / 1_000_000_000;
+        if self.full_until.load(Ordering::Relaxed) > now {
+            return false;
+        }
+        let Some(free) = free_bytes(&self.tmp) else {
+            self.reserved.fetch_add(len, Ordering::AcqRel);
+            return true;
+        };
+        let mut held = self.reserved.load(Ordering::Acquire);
+        loop {
+            let fits = free.checked_sub(held).and_then(|f| f.checked_sub(len)).is_some_and(|rest| rest >= self.min_free);
+            if !fits {
+                return false;
+            }
+            match self.reserved.compare_exchange_weak(held, held + len, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return true,
+                Err(now_held) => held = now_held,
+            }
+        }
+    }
+
+    /// Give back bytes reserved for a fill (written, or no longer needed).
+    pub fn release(&self, len: u64) {
+        let _ = self.reserved.fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| Some(held.saturating_sub(len)));
+    }
+
+    /// Bytes the cache filesystem can hold in all (its size), if the OS says.
+    pub fn capacity(&self) -> Option<u64> {
+        fs_size(&self.tmp)
     }
 
     /// Note a write error; if it says the filesystem is full, stop admitting for a while.
@@ -413,13 +456,21 @@ impl DiskTier {
     }
 }
 
+fn fs_size(path: &Path) -> Option<u64> {
+    statvfs(path).map(|st| st.f_blocks as u64 * st.f_frsize as u64)
+}
+
 fn free_bytes(path: &Path) -> Option<u64> {
+    statvfs(path).map(|st| st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+fn statvfs(path: &Path) -> Option<libc::statvfs> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
     // SAFETY: `c` is a valid NUL-terminated path and `st` is a properly sized out-parameter.
     let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
-    (rc == 0).then(|| st.f_bavail as u64 * st.f_frsize as u64)
+    (rc == 0).then_some(st)
 }
 
 impl DiskTier {

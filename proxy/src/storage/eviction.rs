@@ -129,6 +129,21 @@ impl Gdsf {
         self.evict_to_limit()
     }
 
+    /// Evict the lowest-priority entries until `bytes` are freed (or nothing is left).
+    fn evict_bytes(&mut self, bytes: usize) -> Vec<CacheEntryKey> {
+        let (mut freed, mut evicted) = (0, Vec::new());
+        while freed < bytes {
+            let Some((&p, &k)) = self.order.iter().next() else { break };
+            self.inflation = self.inflation.max(p.value);
+            let e = self.take(k).expect("ordered entries are tracked");
+            self.evicted_items += 1;
+            self.evicted_size += e.weight;
+            freed += e.weight;
+            evicted.push(e.key);
+        }
+        evicted
+    }
+
     fn evict_to_limit(&mut self) -> Vec<CacheEntryKey> {
         let mut evicted = Vec::new();
         while self.total > self.limit {
@@ -241,6 +256,17 @@ impl DiskEviction {
         inner.evict_to_limit()
     }
 
+    /// Choose entries to remove so that a fill of `bytes` fits on a filesystem with no room
+    /// left (pingora evicts only after a fill, so a full disk would otherwise admit nothing
+    /// new). Nothing for a fill larger than the whole budget. The caller purges what returns.
+    pub fn make_room(&self, bytes: u64) -> Vec<CacheEntryKey> {
+        let mut inner = self.inner.lock();
+        if bytes as usize > inner.limit {
+            return Vec::new();
+        }
+        inner.evict_bytes(bytes as usize)
+    }
+
     pub async fn persist(&self) {
         match self.save(&self.state_dir.to_string_lossy()).await {
             Ok(()) => tracing::debug!(dir = %self.state_dir.display(), "saved eviction state"),
@@ -287,6 +313,10 @@ impl EvictionManager for DiskEviction {
     }
     fn increment_weight(&self, item: &CacheEntryKey, delta: usize, max_weight: Option<usize>) -> Vec<CacheEntryKey> {
         let mut inner = self.inner.lock();
+        // A fill that stored nothing (see `TieredMissHandler::finish`) leaves nothing to track.
+        if delta == 0 && !inner.entries.contains_key(&id(item.key())) {
+            return Vec::new();
+        }
         let weight = inner.entries.get(&id(item.key())).map_or(0, |e| e.weight) + delta;
         let weight = max_weight.map_or(weight, |m| weight.min(m));
         inner.admit(item.clone(), weight)

@@ -11,6 +11,12 @@
 //! `Bytes` the upstream delivered: readers keeping up with the fill (the usual case in a
 //! stampede behind a slower upstream) are handed those without a copy or a syscall, and only
 //! readers further behind read the file.
+//!
+//! When the disk cannot take more of a fill (no room to reserve, or ENOSPC), the fill *spills*:
+//! nothing more is written to the file, the rest goes only through the window, and at its end
+//! the fill is complete for its readers but never stored. Readers at the head (the client that
+//! caused the fill, usually) get every byte; a reader that has fallen more than the window
+//! behind gets an error, never a short body.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -35,6 +41,8 @@ use super::StorageError;
 const READ_CHUNK: usize = 256 * 1024;
 /// Bytes of the latest chunks of a fill kept in memory for readers at its head.
 pub(crate) const RECENT_WINDOW: usize = 8 << 20;
+/// How long a spilled fill waits for a reader that does not move before leaving it behind.
+const READER_PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The tail of a fill as the chunks the upstream delivered, oldest first.
 #[derive(Default)]
@@ -87,15 +95,56 @@ pub(crate) struct InflightWrite {
     pub tmp_path: PathBuf,
     progress: watch::Sender<Progress>,
     recent: Mutex<RecentChunks>,
+    /// How far each reader has read (by reader id), so a spilled fill waits for the slowest
+    /// reader instead of leaving it behind the window.
+    readers: Mutex<HashMap<u64, u64>>,
+    next_reader: AtomicU64,
+    /// Woken when a reader moves on or leaves.
+    read_progress: tokio::sync::Notify,
 }
 
 impl InflightWrite {
+    /// Write `data` at `offset` to the file and the window.
     pub fn append(&self, offset: u64, data: &Bytes) -> std::result::Result<(), StorageError> {
         self.file
             .write_all_at(data, offset)
             .map_err(|e| StorageError::io(&self.tmp_path, e))?;
         self.recent.lock().push(offset, data.clone());
         Ok(())
+    }
+
+    /// Pass `data` at `offset` to readers through the window only (the fill has spilled).
+    pub fn append_unstored(&self, offset: u64, data: &Bytes) {
+        self.recent.lock().push(offset, data.clone());
+    }
+
+    /// Stop storing this fill: remove its temp file (readers keep their open handle to what
+    /// was written).
+    pub fn spill(&self) {
+        let _ = std::fs::remove_file(&self.tmp_path);
+    }
+
+    /// Wait until every reader has read at least `offset` bytes (or [`READER_PATIENCE`] has
+    /// passed without one moving: a reader that stalls that long is left behind, and fails).
+    /// A spilled fill calls this before moving its window past what a reader still needs.
+    pub async fn wait_for_readers(&self, offset: u64) {
+        loop {
+            let notified = self.read_progress.notified();
+            let slowest = self.readers.lock().values().copied().min();
+            if slowest.is_none_or(|r| r >= offset) {
+                return;
+            }
+            if tokio::time::timeout(READER_PATIENCE, notified).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    fn note_read(&self, reader: u64, offset: u64) {
+        if let Some(r) = self.readers.lock().get_mut(&reader) {
+            *r = offset;
+        }
+        self.read_progress.notify_waiters();
     }
 
     pub fn publish(&self, written: u64) {
@@ -121,10 +170,13 @@ impl InflightWrite {
     }
 
     pub fn reader(self: &Arc<Self>) -> PartialHit {
+        let id = self.next_reader.fetch_add(1, Ordering::Relaxed);
+        self.readers.lock().insert(id, 0);
         PartialHit {
             write: self.clone(),
             progress: self.progress.subscribe(),
             read: 0,
+            id,
         }
     }
 }
@@ -164,6 +216,9 @@ impl InflightWrites {
             tmp_path,
             progress,
             recent: Mutex::new(RecentChunks::default()),
+            readers: Mutex::new(HashMap::new()),
+            next_reader: AtomicU64::new(0),
+            read_progress: tokio::sync::Notify::new(),
         });
         let mut idx = self.inner.lock();
         idx.by_key.insert(key, id);
@@ -199,6 +254,15 @@ pub(crate) struct PartialHit {
     write: Arc<InflightWrite>,
     progress: watch::Receiver<Progress>,
     read: u64,
+    /// This reader's id in the fill's list of readers.
+    id: u64,
+}
+
+impl Drop for PartialHit {
+    fn drop(&mut self) {
+        self.write.readers.lock().remove(&self.id);
+        self.write.read_progress.notify_waiters();
+    }
 }
 
 impl PartialHit {
@@ -222,8 +286,10 @@ impl HandleHit for PartialHit {
                 Progress::Done(n) => n,
             };
             if available > self.read {
-                if let Some(piece) = self.write.recent.lock().slice_from(self.read, available) {
+                let recent = self.write.recent.lock().slice_from(self.read, available);
+                if let Some(piece) = recent {
                     self.read += piece.len() as u64;
+                    self.write.note_read(self.id, self.read);
                     return Ok(Some(piece));
                 }
                 let len = ((available - self.read) as usize).min(READ_CHUNK);
@@ -233,6 +299,7 @@ impl HandleHit for PartialHit {
                     .read_exact_at(&mut buf, self.read)
                     .map_err(|e| super::to_pingora(StorageError::io(&self.write.tmp_path, e)))?;
                 self.read += len as u64;
+                self.write.note_read(self.id, self.read);
                 return Ok(Some(buf.freeze()));
             }
             if self.progress.changed().await.is_err() {

@@ -66,6 +66,9 @@ pub struct StorageOptions {
     pub min_free_disk_bytes: u64,
 }
 
+/// Disk reserved for a fill at a time when its length is unknown (or exceeded).
+const RESERVE_STEP: u64 = 4 << 20;
+
 /// Errors of the storage layer, converted to pingora errors at the trait boundary.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -79,6 +82,8 @@ pub enum StorageError {
     Corrupt { path: String, reason: String },
     #[error("fill of {key} was abandoned after {written} bytes")]
     Abandoned { key: String, written: u64 },
+    #[error("fill of {key} not stored: the cache filesystem is full ({written} bytes passed through)")]
+    Spilled { key: String, written: u64 },
     #[error("fill of {key} ended at {written} bytes, expected {expected}")]
     Truncated { key: String, written: u64, expected: u64 },
 }
@@ -159,6 +164,15 @@ impl TieredStorage {
                 }
             }
         }
+    }
+
+    /// Remove one stored entry (an eviction decided outside pingora's own flow).
+    pub fn remove(&self, key: &CompactCacheKey) -> bool {
+        let removed = self.remove_key(key);
+        if removed {
+            self.metrics.evictions.with_label_values(&["disk"]).inc();
+        }
+        removed
     }
 
     fn remove_key(&self, key: &CompactCacheKey) -> bool {
@@ -257,10 +271,21 @@ impl Storage for TieredStorage {
             .get(http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok());
-        let (file, tmp_path) = self.disk.create_temp().map_err(|e| {
-            self.disk.note_write_error(&e);
-            to_pingora(e)
-        })?;
+        // The announced length is reserved up front; a fill that cannot have it is not started
+        // (pingora then serves the response uncached).
+        let reserve = expected_len.unwrap_or(RESERVE_STEP);
+        if !self.disk.reserve(reserve) {
+            self.metrics.cache_skipped.with_label_values(&[key.user_tag(), "disk_full"]).inc();
+            return Err(to_pingora(StorageError::Spilled { key: hex::encode(bin), written: 0 }));
+        }
+        let (file, tmp_path) = match self.disk.create_temp() {
+            Ok(created) => created,
+            Err(e) => {
+                self.disk.release(reserve);
+                self.disk.note_write_error(&e);
+                return Err(to_pingora(e));
+            }
+        };
         let write = self.inflight.insert(bin, meta_bytes, file, tmp_path);
         Ok(Box::new(TieredMissHandler {
             storage: self,
@@ -269,6 +294,9 @@ impl Storage for TieredStorage {
             primary: key.primary_key().to_vec(),
             written: 0,
             expected_len,
+            reserved: reserve,
+            reserved_to: reserve,
+            spilled: false,
             memory_chunks: (self.memory_max_object > 0).then(Vec::new),
             template: Some(MetaTemplate::from_meta(meta)),
             finished: false,
@@ -322,6 +350,12 @@ struct TieredMissHandler {
     primary: Vec<u8>,
     written: u64,
     expected_len: Option<u64>,
+    /// Bytes reserved on the disk for this fill and not yet released.
+    reserved: u64,
+    /// How far the reservation reaches (bytes of body it covers).
+    reserved_to: u64,
+    /// The disk could not take the rest: the fill goes on for its readers, unstored.
+    spilled: bool,
     /// The body's chunks while it is still small enough for the memory tier (refcounted, not
     /// copied); dropped as soon as it outgrows it.
     memory_chunks: Option<Vec<Bytes>>,
@@ -336,12 +370,29 @@ impl HandleMiss for TieredMissHandler {
         if data.is_empty() {
             return Ok(());
         }
-        if let Err(e) = self.write.append(self.written, &data) {
-            self.storage.disk.note_write_error(&e);
-            self.write.fail();
-            return Err(to_pingora(e));
+        let end = self.written + data.len() as u64;
+        // A body longer than announced (or announced by nobody) reserves as it grows.
+        if !self.spilled && end > self.reserved_to {
+            let step = (end - self.reserved_to).max(RESERVE_STEP);
+            if self.storage.disk.reserve(step) {
+                self.reserved += step;
+                self.reserved_to += step;
+            } else {
+                self.spill("no room left on the cache filesystem");
+            }
         }
-        self.written += data.len() as u64;
+        if !self.spilled {
+            if let Err(e) = self.write.append(self.written, &data) {
+                self.storage.disk.note_write_error(&e);
+                self.spill("the cache filesystem refused the write");
+            }
+        }
+        if self.spilled {
+            // Nothing behind the window can be read again: let every reader catch up first.
+            self.write.wait_for_readers(end.saturating_sub(inflight::RECENT_WINDOW as u64 / 2)).await;
+            self.write.append_unstored(self.written, &data);
+        }
+        self.written = end;
         if self.written > self.storage.memory_max_object {
             self.memory_chunks = None;
         } else if let Some(chunks) = self.memory_chunks.as_mut() {
@@ -352,6 +403,15 @@ impl HandleMiss for TieredMissHandler {
     }
 
     async fn finish(mut self: Box<Self>) -> Result<MissFinishType> {
+        if self.spilled {
+            // Every reader had its bytes; nothing is stored. (Not an error: pingora would cut
+            // the client's response. `Appended(0)` adds nothing for eviction to track.)
+            self.finished = true;
+            self.storage.inflight.remove(&self.write);
+            self.write.complete(self.written);
+            self.release();
+            return Ok(MissFinishType::Appended(0, None));
+        }
         if let Some(expected) = self.expected_len {
             if expected != self.written {
                 self.write.fail();
@@ -369,7 +429,9 @@ impl HandleMiss for TieredMissHandler {
             meta: self.write.meta.clone(),
             generation: 0,
         };
-        if let Err(e) = self.storage.disk.commit(&self.write, header) {
+        let committed = self.storage.disk.commit(&self.write, header);
+        self.release();
+        if let Err(e) = committed {
             self.storage.disk.note_write_error(&e);
             self.write.fail();
             return Err(to_pingora(e));
@@ -391,8 +453,29 @@ impl HandleMiss for TieredMissHandler {
     }
 }
 
+impl TieredMissHandler {
+    /// The disk cannot take the rest of this fill: keep serving its readers, store nothing.
+    fn spill(&mut self, why: &str) {
+        if self.spilled {
+            return;
+        }
+        self.spilled = true;
+        self.write.spill();
+        self.release();
+        self.memory_chunks = None;
+        let repository = self.compact.user_tag.clone();
+        self.storage.metrics.cache_skipped.with_label_values(&[&repository, "disk_full"]).inc();
+        tracing::warn!(%repository, written = self.written, reason = why, "cache fill dropped; the response goes on uncached");
+    }
+
+    fn release(&mut self) {
+        self.storage.disk.release(std::mem::take(&mut self.reserved));
+    }
+}
+
 impl Drop for TieredMissHandler {
     fn drop(&mut self) {
+        self.release();
         if !self.finished {
             // Readers streaming this fill get an error rather than a silently short body.
             self.write.fail();
