@@ -29,6 +29,16 @@ pub const HOP_HEADER: &str = "x-hangar-hop";
 /// digits). On a `PUT` origin refuses a body that does not match (422).
 pub const SHA256_HEADER: &str = "x-hangar-sha256";
 
+/// Response header on a stored artefact: the digest its bytes were verified against when they
+/// were stored (`sha256:<hex>`, or the algorithm the format publishes). A request that names a
+/// digest is answered from cache only when this says the same.
+pub const DIGEST_HEADER: &str = "x-hangar-digest";
+
+/// Request header on an upload to origin: the sha256 of the copy origin holds that the proxy
+/// found corrupt (its bytes did not match what they must be). Origin replaces that copy, and
+/// only that one, and only for a request signed as [`HopKind::Replace`] with the fleet's secret.
+pub const REPLACES_HEADER: &str = "x-hangar-replaces";
+
 /// How far apart (seconds) a hop's signing time and its receiver's clock may be.
 pub const HOP_WINDOW_SECS: u64 = 120;
 
@@ -40,6 +50,8 @@ pub enum HopKind {
     /// A proxy reads its own cache back (to hand an artefact to origin): answer from cache,
     /// or 504; never fetch, never refresh.
     Loopback,
+    /// A proxy replaces a copy on origin that failed verification ([`REPLACES_HEADER`]).
+    Replace,
 }
 
 impl HopKind {
@@ -47,6 +59,7 @@ impl HopKind {
         match self {
             HopKind::Peer => "peer",
             HopKind::Loopback => "loopback",
+            HopKind::Replace => "replace",
         }
     }
 }
@@ -113,6 +126,7 @@ impl HopKey {
         let kind = match kind {
             "peer" => HopKind::Peer,
             "loopback" => HopKind::Loopback,
+            "replace" => HopKind::Replace,
             _ => return Err(HopError::Malformed),
         };
         let time: u64 = time.parse().map_err(|_| HopError::Malformed)?;

@@ -6,6 +6,11 @@
 //!   already names other bytes is a 409, never an overwrite.
 //! - `GET`/`HEAD /objects/<repository>/<path>`: the bytes (with `X-Hangar-Sha256`), or a 307
 //!   to a presigned URL for repositories served by redirect; 404 if unknown.
+//! - A `PUT` with `X-Hangar-Replaces: <sha256>` is a repair: a proxy found the copy at that
+//!   path corrupt (its blob does not hash to its sha256, or its bytes are not what the format
+//!   publishes) and sends a verified one. It must be signed ([`HopKind::Replace`], with
+//!   `fleet_secret`), and it replaces only the copy it names: a path holding anything else is
+//!   a 409, as for any overwrite. A blob claimed corrupt that hashes right is left alone.
 //! - `GET /healthz`.
 //!
 //! Storage that cannot be reached is a 503, so a proxy falls back to the upstream and retries
@@ -18,7 +23,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full, StreamBody};
-use hangar_core::wire::{parse_object_path, SHA256_HEADER};
+use hangar_core::wire::{parse_object_path, HopKey, HopKind, HOP_HEADER, REPLACES_HEADER, SHA256_HEADER};
 use hyper::body::{Frame, Incoming};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
@@ -32,6 +37,19 @@ pub type Body = UnsyncBoxBody<Bytes, std::io::Error>;
 pub struct Origin {
     pub config: OriginConfig,
     pub store: Arc<dyn BlobStore>,
+    /// Checks repairs' signatures; `None` (no `fleet_secret`) refuses them all.
+    replace_key: Option<HopKey>,
+}
+
+/// A `PUT`'s claim to replace a corrupt copy: the sha256 origin holds for the path.
+struct Replaces(String);
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+fn stored(status: StatusCode, sha256: &str, size: u64) -> Response<Body> {
+    full(status, "application/json", format!("{{\"sha256\":\"{sha256}\",\"size\":{size}}}\n"))
 }
 
 fn full(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Body> {
@@ -53,6 +71,11 @@ fn store_error(e: StoreError) -> Response<Body> {
 }
 
 impl Origin {
+    pub fn new(config: OriginConfig, store: Arc<dyn BlobStore>) -> Self {
+        let replace_key = config.fleet_secret.as_ref().map(|s| HopKey::new(s.0.as_bytes()));
+        Origin { config, store, replace_key }
+    }
+
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
         let path = req.uri().path().to_string();
         if path == "/healthz" {
@@ -126,6 +149,10 @@ impl Origin {
         if declared.as_deref().is_some_and(|d| d.len() != 64 || !d.bytes().all(|b| b.is_ascii_hexdigit())) {
             return error(StatusCode::BAD_REQUEST, &format!("{SHA256_HEADER} must be 64 hex digits"));
         }
+        let replaces = match self.replacement(&req) {
+            Ok(r) => r,
+            Err(refused) => return *refused,
+        };
         let content_type = req.headers().get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_string);
         // Spool while hashing: the digest is known before anything is published.
         let spool = match tempfile::NamedTempFile::new_in(&self.config.spool_dir) {
@@ -164,7 +191,11 @@ impl Origin {
         // A path already published answers before any bytes are stored. (The manifest's
         // create below is what guarantees no overwrite; this only avoids orphan blobs.)
         match self.manifest(repo, object).await {
-            Ok(Some(existing)) if existing.sha256 == sha256 => return full(StatusCode::OK, "application/json", format!("{{\"sha256\":\"{sha256}\",\"size\":{size}}}\n")),
+            Ok(Some(existing)) if replaces.as_ref().is_some_and(|r| r.0 == existing.sha256) => {
+                let manifest = Manifest { repository: repo.to_string(), path: object.to_string(), sha256, size, content_type };
+                return self.repair(existing, manifest, spool.path()).await;
+            }
+            Ok(Some(existing)) if existing.sha256 == sha256 => return stored(StatusCode::OK, &sha256, size),
             Ok(Some(existing)) => return error(StatusCode::CONFLICT, &format!("{object} is already published with sha256 {}", existing.sha256)),
             Ok(None) => {}
             Err(e) => return store_error(e),
@@ -177,15 +208,74 @@ impl Origin {
         match self.store.create_small(&manifest_key(repo, object), raw).await {
             Ok(Created::New) => {
                 tracing::info!(repository = repo, path = object, sha256, size, "stored");
-                full(StatusCode::CREATED, "application/json", format!("{{\"sha256\":\"{sha256}\",\"size\":{size}}}\n"))
+                stored(StatusCode::CREATED, &sha256, size)
             }
             Ok(Created::AlreadyExists) => match self.manifest(repo, object).await {
-                Ok(Some(existing)) if existing.sha256 == sha256 => full(StatusCode::OK, "application/json", format!("{{\"sha256\":\"{sha256}\",\"size\":{size}}}\n")),
+                Ok(Some(existing)) if existing.sha256 == sha256 => stored(StatusCode::OK, &sha256, size),
                 Ok(Some(existing)) => error(StatusCode::CONFLICT, &format!("{object} is already published with sha256 {}", existing.sha256)),
                 Ok(None) => error(StatusCode::SERVICE_UNAVAILABLE, "manifest vanished"),
                 Err(e) => store_error(e),
             },
             Err(e) => store_error(e),
         }
+    }
+
+    /// The replacement a `PUT` claims, if any: a well-formed [`REPLACES_HEADER`] on a request
+    /// signed with the fleet's secret. Anything less is refused before a byte is read.
+    fn replacement(&self, req: &Request<Incoming>) -> Result<Option<Replaces>, Box<Response<Body>>> {
+        let Some(value) = req.headers().get(REPLACES_HEADER) else { return Ok(None) };
+        let sha = value.to_str().unwrap_or("").trim().to_ascii_lowercase();
+        if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(Box::new(error(StatusCode::BAD_REQUEST, &format!("{REPLACES_HEADER} must be 64 hex digits"))));
+        }
+        let Some(key) = self.replace_key.as_ref() else {
+            return Err(Box::new(error(StatusCode::FORBIDDEN, "this origin has no fleet_secret, so it refuses every replacement")));
+        };
+        let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        let proof = req.headers().get(HOP_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("");
+        match key.verify(proof, "PUT", target, now_secs()) {
+            Ok(HopKind::Replace) => Ok(Some(Replaces(sha))),
+            _ => Err(Box::new(error(StatusCode::FORBIDDEN, &format!("a replacement must carry {HOP_HEADER} signed with the fleet's secret")))),
+        }
+    }
+
+    /// Replace `existing` with `verified` (whose bytes are spooled at `spool`). Same sha256:
+    /// the blob is claimed corrupt, so it is hashed again and rewritten only if it is. Another
+    /// sha256: the manifest is pointed at the new bytes.
+    async fn repair(&self, existing: Manifest, verified: Manifest, spool: &std::path::Path) -> Response<Body> {
+        let (sha256, size) = (verified.sha256.clone(), verified.size);
+        let blob = blob_key(&sha256);
+        if existing.sha256 == sha256 {
+            match self.blob_hashes_to(&blob, &sha256).await {
+                Ok(true) => return stored(StatusCode::OK, &sha256, size),
+                Ok(false) => {}
+                Err(e) => return store_error(e),
+            }
+            if let Err(e) = self.store.overwrite_from_file(&blob, spool, size).await {
+                return store_error(e);
+            }
+            tracing::warn!(repository = %verified.repository, path = %verified.path, sha256, "repaired a blob whose bytes did not match its digest");
+            return stored(StatusCode::CREATED, &sha256, size);
+        }
+        if let Err(e) = self.store.create_from_file(&blob, spool, size).await {
+            return store_error(e);
+        }
+        let raw = Bytes::from(serde_json::to_vec(&verified).expect("manifest serialises"));
+        if let Err(e) = self.store.overwrite_small(&manifest_key(&verified.repository, &verified.path), raw).await {
+            return store_error(e);
+        }
+        tracing::warn!(repository = %verified.repository, path = %verified.path, was = %existing.sha256, now = %sha256, "replaced a copy a proxy found wrong");
+        stored(StatusCode::CREATED, &sha256, size)
+    }
+
+    /// Whether the blob at `key` is there and its bytes hash to `sha256`.
+    async fn blob_hashes_to(&self, key: &str, sha256: &str) -> Result<bool, StoreError> {
+        let Some(obj) = self.store.get(key).await? else { return Ok(false) };
+        let mut hasher = Sha256::new();
+        let mut body = obj.body;
+        while let Some(chunk) = body.next().await {
+            hasher.update(&chunk?);
+        }
+        Ok(hex::encode(hasher.finalize()) == sha256)
     }
 }

@@ -25,6 +25,22 @@ pub struct OriginConfig {
     /// Lifetime of presigned URLs, in seconds.
     #[serde(default = "default_presign_secs")]
     pub presign_ttl_secs: u64,
+    /// The proxies' `fleet.secret`. A proxy that finds a copy here corrupt replaces it with a
+    /// verified one, signing that request with this secret; unset, every replacement is
+    /// refused (403) and a published path is never overwritten.
+    #[serde(default)]
+    pub fleet_secret: Option<FleetSecret>,
+}
+
+/// A secret from the config file: usable, never printed.
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct FleetSecret(pub String);
+
+impl std::fmt::Debug for FleetSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<secret>")
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

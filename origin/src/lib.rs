@@ -33,7 +33,7 @@ pub async fn serve(config: OriginConfig) -> anyhow::Result<()> {
     let store = open_store(&config.store).await?;
     let listener = tokio::net::TcpListener::bind(&config.listen).await.with_context(|| format!("binding {}", config.listen))?;
     let addr = listener.local_addr()?;
-    let origin = Arc::new(Origin { config, store });
+    let origin = Arc::new(Origin::new(config, store));
     println!("hangar-origin ready: listen={addr}");
     tracing::info!(%addr, "hangar-origin listening");
     loop {

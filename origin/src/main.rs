@@ -37,6 +37,13 @@ async fn main() -> anyhow::Result<()> {
     if let Some(l) = cli.listen {
         config.listen = l;
     }
+    // The secret is best kept out of the file: the environment may carry it instead.
+    if config.fleet_secret.is_none() {
+        config.fleet_secret = std::env::var("HANGAR_FLEET_SECRET").ok().filter(|s| !s.is_empty()).map(hangar_origin::config::FleetSecret);
+    }
+    if config.fleet_secret.as_ref().is_some_and(|s| s.0.len() < 16) {
+        anyhow::bail!("fleet_secret: must be at least 16 characters, as the proxies' fleet.secret");
+    }
     if let Some(d) = cli.dir {
         config.store = StoreConfig::Local { dir: d };
     }

@@ -28,6 +28,8 @@ use pingora::server::{Server, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::Service;
 
+use crate::connections::{ConnectionLimits, Guarded};
+
 use crate::admin::AdminApp;
 use crate::client::Client;
 use crate::config::{Config, ConfigError};
@@ -206,6 +208,7 @@ impl ProxyBuilder {
             origin: origin.clone(),
             fleet: fleet.clone(),
             sinks,
+            keepalive_secs: config.connections.keepalive_timeout.0.as_secs_f64().ceil() as u64,
         };
         let socket_opts = || {
             let mut o = TcpSocketOptions::default();
@@ -213,7 +216,18 @@ impl ProxyBuilder {
             o.tcp_snd_buf = (config.send_buffer_bytes.0 > 0).then_some(config.send_buffer_bytes.0 as usize);
             o
         };
-        let mut proxy_service = pingora::proxy::http_proxy_service_with_name(&server.configuration, proxy, "hangar-proxy");
+        let limits = ConnectionLimits {
+            max_clients: match config.connections.max_clients {
+                0 => crate::connections::default_max_clients(),
+                n => n,
+            },
+            keepalive_timeout: config.connections.keepalive_timeout.0,
+            header_timeout: config.connections.header_timeout.0,
+        };
+        tracing::info!(max_clients = limits.max_clients, "client connection limit");
+        let mut app = pingora::proxy::HttpProxy::new(proxy, server.configuration.clone());
+        app.handle_init_modules();
+        let mut proxy_service = Service::new("hangar-proxy".to_string(), Guarded::new(app, limits, metrics.connections.clone()));
         proxy_service.add_tcp_with_settings(&listen.addr.to_string(), socket_opts());
         let mut admin_service = Service::new("hangar-admin".to_string(), AdminApp { metrics, storage, eviction, repositories: repo_count, offline, router, metadata: store });
         admin_service.add_tcp_with_settings(&admin_listen.addr.to_string(), socket_opts());

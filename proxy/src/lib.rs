@@ -9,13 +9,14 @@
 //! Reading order for the code: [`config`] (what an operator writes), `router` and `format`
 //! (what a request means), `request` (the request path through pingora's phases), `storage`
 //! (the memory and disk tiers), `upstream` and `client` (where misses go), `fleet`, `metadata`
-//! and `origin` (the region), `outcome` and `metrics` (what is reported), `admin`.
+//! and `origin` (the region), `outcome` and `metrics` (what is reported), `admin`, `connections` (what one client may hold).
 
 mod admin;
 mod breaker;
 mod builder;
 mod client;
 pub mod config;
+mod connections;
 mod digest_index;
 mod directives;
 mod fleet;

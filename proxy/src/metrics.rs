@@ -43,10 +43,11 @@ pub struct Metrics {
     pub verified: IntCounterVec,
     /// Upstream bodies that did not match their published digest (never cached).
     pub integrity_failures: IntCounterVec,
-    /// Immutable artefacts asked of origin before the upstream: hit, miss, error.
+    /// Immutable artefacts asked of origin before the upstream: hit, miss, error, corrupt (its
+    /// copy failed verification).
     pub origin_fetches: IntCounterVec,
-    /// Background uploads to origin: queued, stored, already_stored, rejected, retried,
-    /// dropped_queue_full, evicted_before_upload.
+    /// Background uploads to origin: queued, stored, already_stored, replaced (a corrupt copy),
+    /// rejected, retried, dropped_queue_full, evicted_before_upload.
     pub origin_uploads: IntCounterVec,
     /// Misses answered by the key's owner in the fleet, and owners found unreachable.
     pub fleet_fetches: IntCounterVec,
@@ -55,6 +56,8 @@ pub struct Metrics {
     pub hop_proofs_rejected: IntCounterVec,
     /// Writes to the shared metadata: written, dropped_queue_full, dropped_store_error.
     pub metadata_writes: IntCounterVec,
+    /// Client connections: open, refused at the cap, closed for idling or slow headers.
+    pub connections: crate::connections::ConnectionMetrics,
 }
 
 impl Metrics {
@@ -102,6 +105,13 @@ impl Metrics {
         registry.register(Box::new(fleet_members.clone())).expect("unique metric");
         let hop_proofs_rejected = counter_vec("hop_proofs_rejected_total", "Hop headers that did not verify (clients posing as peers, or members whose secrets or clocks differ)", &["reason"]);
         let metadata_writes = counter_vec("metadata_writes_total", "Writes to the fleet's shared metadata", &["result"]);
+        let connections = crate::connections::ConnectionMetrics {
+            open: IntGauge::new("client_connections", "Client connections open").expect("valid metric"),
+            refused: IntCounter::new("client_connections_refused_total", "Client connections answered 503 at connections.max_clients").expect("valid metric"),
+            closed: counter_vec("client_connections_closed_total", "Client connections closed by a limit: idle (keepalive_timeout), header_timeout", &["reason"]),
+        };
+        registry.register(Box::new(connections.open.clone())).expect("unique metric");
+        registry.register(Box::new(connections.refused.clone())).expect("unique metric");
         Metrics {
             registry,
             requests,
@@ -128,6 +138,7 @@ impl Metrics {
             fleet_members,
             hop_proofs_rejected,
             metadata_writes,
+            connections,
         }
     }
 

@@ -6,13 +6,18 @@
 //! origin (or S3 behind it) that is down for a while loses nothing it was promised. The bytes
 //! are read back through the proxy's own cache (a signed loopback request that never goes
 //! upstream) and streamed to origin; nothing is buffered whole.
+//!
+//! Origin's copies are verified like the upstream's bytes (see `request::origin_copy`). One
+//! that fails is *distrusted*: origin is not asked for it again, and the verified copy fetched
+//! from the upstream instead is uploaded as its replacement ([`REPLACES_HEADER`], signed with
+//! the fleet's secret), after which origin is trusted with it again.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use hangar_core::event::Source;
-use hangar_core::wire::{object_path, HopKind, HOP_HEADER, SHA256_HEADER};
+use hangar_core::wire::{object_path, HopKind, HOP_HEADER, REPLACES_HEADER, SHA256_HEADER};
 use hangar_core::{CacheResult, Digest, HumanDuration, PathClass, UpstreamUrl};
 use prometheus::IntCounterVec;
 use tokio::sync::{mpsc, Mutex};
@@ -24,6 +29,10 @@ use crate::outcome::{Outcome, OutcomeSink};
 
 /// Longest one upload attempt may take before it is abandoned and retried.
 const UPLOAD_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Origin copies remembered as corrupt at most; beyond it the oldest is forgotten (and, if
+/// still corrupt, found again by the next read, which fails verification once more).
+const DISTRUSTED_MAX: usize = 10_000;
 
 /// One artefact to hand to origin.
 #[derive(Debug, Clone)]
@@ -37,6 +46,16 @@ pub struct UploadJob {
     pub host: String,
     /// 64 hex digits, when the artefact's sha256 is known.
     pub sha256: Option<String>,
+    /// The sha256 of a corrupt copy origin holds at this path, which this upload replaces.
+    pub replaces: Option<String>,
+}
+
+/// Origin copies that failed verification: `(repository, key path)` to the sha256 origin
+/// claims for it, oldest first.
+#[derive(Default)]
+struct Distrusted {
+    map: std::collections::HashMap<(String, String), String>,
+    order: std::collections::VecDeque<(String, String)>,
 }
 
 /// The proxy's side of origin: where objects are asked for, and the upload queue.
@@ -45,13 +64,44 @@ pub struct OriginClient {
     queue: mpsc::Sender<UploadJob>,
     receiver: Mutex<Option<mpsc::Receiver<UploadJob>>>,
     results: IntCounterVec,
+    distrusted: std::sync::Mutex<Distrusted>,
 }
 
 impl OriginClient {
     /// `queue_len` uploads wait at most; `results` is `hangar_origin_uploads_total`.
     pub fn new(url: UpstreamUrl, queue_len: usize, results: IntCounterVec) -> Self {
         let (tx, rx) = mpsc::channel(queue_len.max(1));
-        OriginClient { url, queue: tx, receiver: Mutex::new(Some(rx)), results }
+        OriginClient { url, queue: tx, receiver: Mutex::new(Some(rx)), results, distrusted: Default::default() }
+    }
+
+    /// Origin's copy of `key_path` failed verification: stop asking origin for it, and have
+    /// the next verified upstream copy replace the one origin names `sha256`.
+    pub fn distrust(&self, repository: &str, key_path: &str, sha256: &str) {
+        let mut d = self.distrusted.lock().expect("distrusted lock");
+        let key = (repository.to_string(), key_path.to_string());
+        if d.map.insert(key.clone(), sha256.to_string()).is_none() {
+            d.order.push_back(key);
+        }
+        while d.order.len() > DISTRUSTED_MAX {
+            if let Some(old) = d.order.pop_front() {
+                d.map.remove(&old);
+            }
+        }
+    }
+
+    /// The sha256 of origin's corrupt copy of `key_path`, if it has one this proxy knows of.
+    pub fn distrusted(&self, repository: &str, key_path: &str) -> Option<String> {
+        let d = self.distrusted.lock().expect("distrusted lock");
+        d.map.get(&(repository.to_string(), key_path.to_string())).cloned()
+    }
+
+    /// Origin holds a good copy again.
+    fn trust(&self, repository: &str, key_path: &str) {
+        let mut d = self.distrusted.lock().expect("distrusted lock");
+        let key = (repository.to_string(), key_path.to_string());
+        if d.map.remove(&key).is_some() {
+            d.order.retain(|k| k != &key);
+        }
     }
 
     /// The request target that asks origin for `key_path` of `repository`.
@@ -95,11 +145,15 @@ impl OriginClient {
             let attempt = tokio::time::timeout(UPLOAD_TIMEOUT, uploader.upload(self, &job)).await.unwrap_or_else(|_| Err(UploadError::Retry("upload timed out".into())));
             match attempt {
                 Ok(status) => {
-                    let label = match status {
-                        201 => "stored",
-                        200 => "already_stored",
+                    let label = match (status, job.replaces.is_some()) {
+                        (200 | 201, true) => "replaced",
+                        (201, false) => "stored",
+                        (200, false) => "already_stored",
                         _ => "rejected",
                     };
+                    if job.replaces.is_some() && label == "replaced" {
+                        self.trust(&job.repository, &job.key_path);
+                    }
                     if label == "rejected" {
                         tracing::warn!(repository = %job.repository, path = %job.key_path, status, "origin rejected an upload");
                     }
@@ -191,6 +245,10 @@ impl Uploader {
             headers.push((http::HeaderName::from_static(SHA256_HEADER), sha.clone()));
         }
         let target = origin.object_target(&job.repository, &job.key_path);
+        if let Some(bad) = &job.replaces {
+            headers.push((http::HeaderName::from_static(REPLACES_HEADER), bad.clone()));
+            headers.push((http::HeaderName::from_static(HOP_HEADER), self.fleet.sign(HopKind::Replace, "PUT", &target)));
+        }
         let put = Request { method: http::Method::PUT, url: &origin.url, target: &target, headers: &headers, timeouts: &upload };
         let status = self.client.upload(&put, length, &mut cached).await?.head.status.as_u16();
         if status >= 500 {
@@ -229,6 +287,7 @@ impl OutcomeSink for OriginHandOff {
                 Some(d @ Digest::Sha256(_)) => Some(d.hex()),
                 _ => None,
             },
+            replaces: self.origin.distrusted(repository, key_path),
         });
     }
 }

@@ -117,7 +117,11 @@ pub fn decode_chunked(mut raw: &[u8]) -> (Vec<u8>, bool) {
 /// Send `method target` with extra headers; return once the response head has arrived.
 pub async fn http(addr: SocketAddr, method: &str, target: &str, headers: &[(&str, &str)]) -> std::io::Result<Streaming> {
     let mut sock = TcpStream::connect(addr).await?;
-    let mut req = format!("{method} {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    // A `Host` among `headers` replaces the default one (the server's address).
+    let mut req = format!("{method} {target} HTTP/1.1\r\nConnection: close\r\n");
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        req.push_str(&format!("Host: {addr}\r\n"));
+    }
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }

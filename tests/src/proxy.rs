@@ -24,9 +24,16 @@ pub struct ProxyBuilder {
     args: Vec<String>,
     env: Vec<(String, String)>,
     cache_dir: PathBuf,
+    open_files: Option<u64>,
 }
 
 impl ProxyBuilder {
+    /// Run the proxy with this many open files at most (`RLIMIT_NOFILE`, soft and hard).
+    pub fn open_files(mut self, n: u64) -> Self {
+        self.open_files = Some(n);
+        self
+    }
+
     /// A TOML config written to a file and passed with `--config`.
     pub fn config(mut self, toml: &str) -> Self {
         self.config = Some(toml.to_string());
@@ -73,7 +80,7 @@ impl ProxyBuilder {
             args.push(p.display().to_string());
         }
         args.extend(self.args.iter().cloned());
-        Proxy::spawn(args, self.env, self.cache_dir)
+        Proxy::spawn(args, self.env, self.cache_dir, self.open_files)
     }
 }
 
@@ -86,17 +93,32 @@ pub struct Proxy {
     env: Vec<(String, String)>,
     child: Child,
     stderr_path: PathBuf,
+    open_files: Option<u64>,
 }
 
 impl Proxy {
     pub fn builder(cache_dir: &Path) -> ProxyBuilder {
-        ProxyBuilder { listen: "127.0.0.1:0".into(), config: None, args: Vec::new(), env: Vec::new(), cache_dir: cache_dir.to_path_buf() }
+        ProxyBuilder { listen: "127.0.0.1:0".into(), config: None, args: Vec::new(), env: Vec::new(), cache_dir: cache_dir.to_path_buf(), open_files: None }
     }
 
-    fn spawn(args: Vec<String>, env: Vec<(String, String)>, cache_dir: PathBuf) -> Proxy {
+    fn spawn(args: Vec<String>, env: Vec<(String, String)>, cache_dir: PathBuf, open_files: Option<u64>) -> Proxy {
         let stderr_path = cache_dir.with_extension(format!("stderr.{}", std::process::id()));
         let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
-        let mut child = Command::new(proxy_bin())
+        let mut command = Command::new(proxy_bin());
+        if let Some(n) = open_files {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
+            unsafe {
+                command.pre_exec(move || {
+                    let limit = libc::rlimit { rlim_cur: n as libc::rlim_t, rlim_max: n as libc::rlim_t };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = command
             .args(&args)
             .env("RUST_LOG", "warn")
             .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
@@ -115,7 +137,7 @@ impl Proxy {
                 .expect("address")
         };
         let (addr, admin) = (field("listen="), field("admin="));
-        Proxy { addr, admin, cache_dir, args, env, child, stderr_path }
+        Proxy { addr, admin, cache_dir, args, env, child, stderr_path, open_files }
     }
 
     pub fn pid(&self) -> u32 {
@@ -139,7 +161,7 @@ impl Proxy {
     /// Start again with the same arguments (and so the same cache dir) on new ports.
     pub fn restart(&mut self) {
         let args: Vec<String> = self.args.iter().map(|a| if a.starts_with("127.0.0.1:") { "127.0.0.1:0".into() } else { a.clone() }).collect();
-        let next = Proxy::spawn(args, self.env.clone(), self.cache_dir.clone());
+        let next = Proxy::spawn(args, self.env.clone(), self.cache_dir.clone(), self.open_files);
         let old = std::mem::replace(self, next);
         drop(old);
     }

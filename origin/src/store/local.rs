@@ -43,6 +43,20 @@ impl LocalStore {
         result
     }
 
+    /// Replace `key` with `tmp` by rename: atomic, and durable once the directory is synced.
+    fn replace(&self, tmp: tempfile::NamedTempFile, key: &str) -> Result<(), StoreError> {
+        tmp.as_file().sync_all()?;
+        let dest = self.path(key);
+        if let Some(dir) = dest.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        tmp.persist(&dest).map_err(|e| StoreError::Io(e.error))?;
+        if let Some(dir) = dest.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    }
+
     fn temp(&self) -> std::io::Result<tempfile::NamedTempFile> {
         tempfile::NamedTempFile::new_in(self.root.join("tmp"))
     }
@@ -88,6 +102,18 @@ impl BlobStore for LocalStore {
     async fn exists(&self, key: &str) -> Result<bool, StoreError> {
         Ok(tokio::fs::try_exists(self.path(key)).await?)
     }
+
+    async fn overwrite_from_file(&self, key: &str, path: &Path, _len: u64) -> Result<(), StoreError> {
+        let tmp = self.temp()?;
+        std::fs::copy(path, tmp.path())?;
+        self.replace(tmp, key)
+    }
+
+    async fn overwrite_small(&self, key: &str, body: Bytes) -> Result<(), StoreError> {
+        let tmp = self.temp()?;
+        std::fs::write(tmp.path(), &body)?;
+        self.replace(tmp, key)
+    }
 }
 
 #[cfg(test)]
@@ -102,6 +128,20 @@ mod tests {
         assert_eq!(s.create_small("a/b", Bytes::from_static(b"two")).await.unwrap(), Created::AlreadyExists);
         assert_eq!(s.get_small("a/b").await.unwrap().unwrap(), Bytes::from_static(b"one"));
         assert!(s.get_small("a/c").await.unwrap().is_none());
+        assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0, "no temp files left");
+    }
+
+    #[tokio::test]
+    async fn overwrites_replace_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = LocalStore::open(dir.path()).unwrap();
+        s.create_small("a/b", Bytes::from_static(b"bad")).await.unwrap();
+        s.overwrite_small("a/b", Bytes::from_static(b"good")).await.unwrap();
+        assert_eq!(s.get_small("a/b").await.unwrap().unwrap(), Bytes::from_static(b"good"));
+        let src = dir.path().join("src");
+        std::fs::write(&src, b"fresh").unwrap();
+        s.overwrite_from_file("c/d", &src, 5).await.unwrap();
+        assert_eq!(s.get_small("c/d").await.unwrap().unwrap(), Bytes::from_static(b"fresh"));
         assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0, "no temp files left");
     }
 }

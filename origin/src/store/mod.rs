@@ -1,7 +1,9 @@
 //! Where origin keeps bytes: one small trait with a local-directory and an S3 implementation.
 //!
 //! Every write is a *create*: an existing key is never overwritten (S3 `If-None-Match: *`, a
-//! hard link locally), which is what makes a published artefact immutable.
+//! hard link locally), which is what makes a published artefact immutable. The one exception
+//! is a repair ([`BlobStore::overwrite_from_file`], [`BlobStore::overwrite_small`]): a copy a
+//! proxy proved corrupt, replaced by a verified one (see `api`'s replacement rules).
 
 mod local;
 mod s3;
@@ -48,6 +50,11 @@ pub trait BlobStore: Send + Sync {
     /// Read a small object whole.
     async fn get_small(&self, key: &str) -> Result<Option<Bytes>, StoreError>;
     async fn exists(&self, key: &str) -> Result<bool, StoreError>;
+    /// Replace `key` (or create it) with the file at `path` (`len` bytes), atomically: a
+    /// reader sees the old bytes or the new, never a mix. Only for repairs.
+    async fn overwrite_from_file(&self, key: &str, path: &Path, len: u64) -> Result<(), StoreError>;
+    /// Replace `key` (or create it) with a small body, atomically. Only for repairs.
+    async fn overwrite_small(&self, key: &str, body: Bytes) -> Result<(), StoreError>;
     /// A URL a client can fetch `key` from directly for `ttl`, if the store can issue one.
     async fn presign(&self, _key: &str, _ttl: Duration) -> Result<Option<String>, StoreError> {
         Ok(None)

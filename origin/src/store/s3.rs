@@ -220,6 +220,19 @@ impl BlobStore for S3Store {
         }
     }
 
+    async fn overwrite_from_file(&self, key: &str, path: &Path, len: u64) -> Result<(), StoreError> {
+        // S3 replaces an object whole when the upload completes.
+        if len > self.opts.multipart_threshold {
+            return self.multipart(key, path, len).await.map(drop);
+        }
+        self.put_unconditional(key, Source::File(path), len).await
+    }
+
+    async fn overwrite_small(&self, key: &str, body: Bytes) -> Result<(), StoreError> {
+        let len = body.len() as u64;
+        self.put_unconditional(key, Source::Small(body), len).await
+    }
+
     async fn presign(&self, key: &str, ttl: Duration) -> Result<Option<String>, StoreError> {
         let cfg = PresigningConfig::expires_in(ttl).map_err(unavailable)?;
         let req = self.client.get_object().bucket(&self.opts.bucket).key(self.key(key)).presigned(cfg).await.map_err(unavailable)?;
@@ -277,6 +290,23 @@ impl S3Store {
             Err(e) if e.code() == Some("NoSuchBucket") => Err(PutError::NoSuchBucket),
             Err(e) => Err(PutError::Store(StoreError::Unavailable(describe(&e)))),
         }
+    }
+}
+
+impl S3Store {
+    /// A plain `PutObject`, replacing whatever `key` held.
+    async fn put_unconditional(&self, key: &str, source: Source<'_>, len: u64) -> Result<(), StoreError> {
+        let body = source.stream().await?;
+        self.client
+            .put_object()
+            .bucket(&self.opts.bucket)
+            .key(self.key(key))
+            .content_length(len as i64)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| StoreError::Unavailable(describe(&e)))?;
+        Ok(())
     }
 }
 

@@ -58,6 +58,8 @@ pub struct Config {
     pub send_buffer_bytes: ByteSize,
     /// How long a graceful shutdown waits for in-flight requests.
     pub shutdown_grace: HumanDuration,
+    /// Limits on client connections: how many, how long idle, how long for headers.
+    pub connections: ConnectionSettings,
     /// Never contact any upstream; serve whatever is cached (air-gapped or incident use).
     pub offline: bool,
     /// The memory and disk tiers.
@@ -79,12 +81,33 @@ impl Default for Config {
             threads: 1,
             send_buffer_bytes: ByteSize(512 << 10),
             shutdown_grace: HumanDuration(Duration::from_secs(5)),
+            connections: ConnectionSettings::default(),
             offline: false,
             cache: CacheConfig::default(),
             origin: None,
             fleet: FleetSettings::default(),
             repositories: Vec::new(),
         }
+    }
+}
+
+/// `[connections]`: what one client may hold. See `connections.rs` for why each exists.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConnectionSettings {
+    /// Client connections open at once; one more is answered 503 and closed. 0: a quarter of
+    /// the process's open-file limit (at least 64), leaving the rest to the admin listener,
+    /// upstream connections and cache files.
+    pub max_clients: usize,
+    /// A connection waiting this long for a request (its first, or its next) is closed.
+    pub keepalive_timeout: HumanDuration,
+    /// A request's headers must arrive whole within this, from their first byte.
+    pub header_timeout: HumanDuration,
+}
+
+impl Default for ConnectionSettings {
+    fn default() -> Self {
+        ConnectionSettings { max_clients: 0, keepalive_timeout: HumanDuration(Duration::from_secs(60)), header_timeout: HumanDuration(Duration::from_secs(20)) }
     }
 }
 

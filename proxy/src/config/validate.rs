@@ -32,6 +32,11 @@ impl Config {
         if self.cache.memory_max_object_bytes.0 > 64 << 20 {
             return Err(invalid("cache.memory_max_object_bytes".into(), "must be at most 64MiB (the memory tier is for small hot objects)".into()));
         }
+        for (key, d) in [("connections.keepalive_timeout", &self.connections.keepalive_timeout), ("connections.header_timeout", &self.connections.header_timeout)] {
+            if d.0 < std::time::Duration::from_millis(100) {
+                return Err(invalid(key.into(), format!("{:?} would close connections before a client can use them: at least 100ms", d.0)));
+            }
+        }
         self.validate_fleet(file)?;
         if let Some(origin) = &self.origin {
             if origin.url.is_empty() {

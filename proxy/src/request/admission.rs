@@ -62,7 +62,8 @@ impl HangarProxy {
             match self.fleet.verify(proof, req.method.as_str(), target_of(req)) {
                 Some(HopKind::Peer) => caller.peer = true,
                 Some(HopKind::Loopback) => caller.loopback = true,
-                None => {}
+                // Meant for origin, not for a proxy: nothing special here.
+                Some(HopKind::Replace) | None => {}
             }
         }
         let internal: Vec<http::HeaderName> = req.headers.keys().filter(|name| name.as_str().starts_with(INTERNAL_PREFIX)).cloned().collect();

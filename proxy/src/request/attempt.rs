@@ -116,6 +116,10 @@ pub struct Attempt {
     upstream_time: Option<Duration>,
     /// Where the response came from.
     source: Option<Source>,
+    /// The sha256 origin claims for its copy (from its answer, or from its redirect).
+    origin_sha256: Option<String>,
+    /// This try's response was kept: its body is on its way, so no other hop may answer now.
+    answered: bool,
 }
 
 impl Attempt {
@@ -144,6 +148,21 @@ impl Attempt {
     /// Whether the current try goes to a fleet peer (whose documents arrive rewritten).
     pub fn at_peer(&self) -> bool {
         matches!(self.hop, Hop::Peer(_))
+    }
+
+    /// Whether the current try goes to the regional origin.
+    pub fn at_origin(&self) -> bool {
+        self.hop == Hop::Origin
+    }
+
+    /// The sha256 origin claims for the copy being fetched from it.
+    pub fn origin_sha256(&self) -> Option<&str> {
+        self.origin_sha256.as_deref()
+    }
+
+    /// Note the sha256 origin claims (the first claim stands: a redirect's, then its target's).
+    pub fn claim_origin_sha256(&mut self, sha256: String) {
+        self.origin_sha256.get_or_insert(sha256);
     }
 
     /// Time from the last upstream request to its response head.
@@ -201,6 +220,7 @@ impl Attempt {
             }
         };
         self.stepped = true;
+        self.answered = false;
         let mut e = Error::explain(ErrorType::Custom("next step"), why);
         e.set_retry(true);
         e.into_up()
@@ -212,6 +232,7 @@ impl Attempt {
         self.target = target;
         self.cross_origin = false;
         self.source = None;
+        self.origin_sha256 = None;
     }
 
     /// Whether the request may answer a challenge: once, unless what it sent was only a cached
@@ -231,6 +252,7 @@ impl HangarProxy {
             return;
         }
         let (Some((repo, route)), Some(upstream)) = (ctx.routed(), ctx.attempt.target.clone()) else { return };
+        let origin = self.origin.as_ref().filter(|o| route.class == PathClass::Immutable && o.distrusted(&repo.name, &route.resolved.key_path).is_none());
         let mut plan = VecDeque::new();
         if !ctx.caller.peer {
             let key = pingora::cache::key::CacheHashKey::primary_bin(session.cache.cache_key());
@@ -239,7 +261,7 @@ impl HangarProxy {
                 plan.push_back((Hop::Peer(addr), Target { url: UpstreamUrl::http(addr), path: path.clone() }));
             }
         }
-        if let (Some(origin), PathClass::Immutable) = (self.origin.as_ref(), route.class) {
+        if let Some(origin) = origin {
             plan.push_back((Hop::Origin, Target { url: origin.url.clone(), path: origin.object_target(&repo.name, &route.resolved.key_path) }));
         }
         if !plan.is_empty() {
@@ -321,6 +343,11 @@ impl HangarProxy {
         // On a plain miss pingora drops the client's validators to fetch a whole response;
         // a repository that honours clients' caching wishes passes them on (RFC 9111 §4.3.1),
         // and the upstream's 304 goes to the client uncached.
+        if ctx.cache.refetch {
+            // A 304 would keep the unverified copy.
+            req.remove_header(&header::IF_NONE_MATCH);
+            req.remove_header(&header::IF_MODIFIED_SINCE);
+        }
         let honours = ctx.repo.as_ref().is_some_and(|r| r.freshness.honor_request_directives());
         if honours && session.cache.phase() == pingora::cache::CachePhase::Miss {
             for name in [header::IF_NONE_MATCH, header::IF_MODIFIED_SINCE] {
@@ -367,6 +394,9 @@ impl HangarProxy {
     /// returns `Ok`; one that moves the state returns [`Attempt::step`]'s error.
     pub(super) async fn on_response(&self, session: &Session, resp: &ResponseHeader, ctx: &mut RequestCtx) -> Result<()> {
         let repo = ctx.repo.clone().ok_or_else(|| Error::explain(ErrorType::InternalError, "no repository"))?;
+        if ctx.attempt.hop == Hop::Origin {
+            self.judge_origin_copy(resp, ctx)?;
+        }
         let attempt = &mut ctx.attempt;
         let redirect = matches!(resp.status.as_u16(), 301 | 302 | 303 | 307 | 308);
         match attempt.hop {
@@ -437,6 +467,7 @@ impl HangarProxy {
             if let Some(ticket) = attempt.ticket.take() {
                 ticket.succeeded();
             }
+            attempt.answered = true;
             return Ok(());
         };
         if attempt.redirects >= MAX_REDIRECTS {
@@ -473,7 +504,9 @@ impl HangarProxy {
             }
             return e;
         }
-        if attempt.hop != Hop::Upstream && session.response_written().is_none() {
+        // A peer or origin that fails before its answer is kept gives way to the next hop; once
+        // its body is flowing (into the cache, to the client) the request ends with it.
+        if attempt.hop != Hop::Upstream && !attempt.answered && session.response_written().is_none() {
             self.count_hop_failure(attempt.hop, ctx.repo_name());
             return ctx.attempt.step(Step::NextHop);
         }

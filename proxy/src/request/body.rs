@@ -27,11 +27,13 @@ const LISTING_READ_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a request for an artefact waits for a listing that is still being read.
 const LISTING_SETTLE: Duration = Duration::from_secs(10);
 
-/// The proxy's URL of `repo` as a client reached it: the configured `public_url`, or the
-/// request's `Host` under `X-Forwarded-Proto`'s scheme (http by default).
-pub(super) fn proxy_base(repo: &Repository, req: &RequestHeader) -> String {
+/// What a rewritten document of `repo` names as the proxy's URL when stored, and the origin a
+/// client needs it rebased onto when served: the configured `public_url` (nothing to rebase),
+/// or the placeholder and the client's own origin, its `Host` under `X-Forwarded-Proto`'s scheme
+/// (http by default). See [`super::rebase`].
+pub(super) fn proxy_base(repo: &Repository, req: &RequestHeader) -> (String, Option<String>) {
     if let Some(u) = &repo.public_url {
-        return u.clone();
+        return (u.clone(), None);
     }
     let host = req
         .headers
@@ -41,7 +43,8 @@ pub(super) fn proxy_base(repo: &Repository, req: &RequestHeader) -> String {
         .or_else(|| req.uri.authority().map(|a| a.as_str()))
         .unwrap_or("localhost");
     let https = req.headers.get("x-forwarded-proto").and_then(|v| v.to_str().ok()).is_some_and(|v| v.eq_ignore_ascii_case("https"));
-    format!("{}://{host}{}", if https { "https" } else { "http" }, repo.prefix)
+    let origin = format!("{}://{host}", if https { "https" } else { "http" });
+    (format!("{}{}", super::rebase::PLACEHOLDER_ORIGIN, repo.prefix), Some(origin))
 }
 
 fn repo_max_document(ctx: &RequestCtx) -> usize {
@@ -61,12 +64,14 @@ impl HangarProxy {
 
     /// `response_body_filter`: a chunk on its way to the client. Only a body served from cache
     /// still needs reading here.
-    pub(super) fn served_body(&self, body: Option<&Bytes>, end_of_stream: bool, ctx: &mut RequestCtx) -> Result<()> {
-        if ctx.body.from_upstream {
-            return Ok(());
+    pub(super) fn served_body(&self, body: &mut Option<Bytes>, end_of_stream: bool, ctx: &mut RequestCtx) -> Result<()> {
+        if !ctx.body.from_upstream {
+            self.check_expiry(body.as_ref(), end_of_stream, ctx)?;
+            self.collect_listing(body.as_ref(), end_of_stream, ctx);
         }
-        self.check_expiry(body, end_of_stream, ctx)?;
-        self.collect_listing(body, end_of_stream, ctx);
+        if let Some(rebase) = ctx.body.rebase.as_mut() {
+            *body = rebase.chunk(body.take(), end_of_stream);
+        }
         Ok(())
     }
 
@@ -86,8 +91,13 @@ impl HangarProxy {
         let repo = ctx.repo_name();
         if &got != expected {
             self.metrics.integrity_failures.with_label_values(&[repo]).inc();
-            tracing::warn!(repository = %repo, expected = %expected, got = %got, "upstream body does not match its published digest; not cached");
             *body = None;
+            if ctx.attempt.at_origin() {
+                tracing::warn!(repository = %repo, expected = %expected, got = %got, "origin's copy does not match its digest; not cached, and the next request fetches it from the upstream");
+                self.origin_copy_corrupt(ctx);
+                return Err(Error::explain(ErrorType::HTTPStatus(502), "origin's copy does not match its digest; retry to get the upstream's").into_up());
+            }
+            tracing::warn!(repository = %repo, expected = %expected, got = %got, "upstream body does not match its published digest; not cached");
             return Err(Error::explain(ErrorType::HTTPStatus(502), "upstream body does not match its published digest").into_up());
         }
         self.metrics.verified.with_label_values(&[repo]).inc();

@@ -14,6 +14,7 @@ use pingora::proxy::Session;
 use pingora::{Error, ErrorType};
 
 use super::{accept_list, HangarProxy, RequestCtx};
+use hangar_core::wire::DIGEST_HEADER;
 
 /// The `X-Hangar-Cache` result for where pingora's cache state machine ended.
 pub fn cache_result(phase: CachePhase) -> CacheResult {
@@ -129,6 +130,15 @@ impl HangarProxy {
             ctx.cache.served_stale = true;
             return Some(ForcedFreshness::ForceFresh);
         }
+        // A request that names a digest (`?sha256=`, a pin, a digest in the URL) is served only
+        // a copy verified against that digest; any other is fetched again, in full, and verified.
+        if let Some(expected) = ctx.body.expected.as_ref() {
+            let stored = meta.headers().get(DIGEST_HEADER).and_then(|v| v.to_str().ok());
+            if stored != Some(expected.to_string().as_str()) {
+                ctx.cache.refetch = true;
+                return Some(ForcedFreshness::ForceExpired);
+            }
+        }
         // A body that said when it expires is not used past then, not even stale.
         if route.states_expiry && repo.has_expired(&route.resolved.key_path) {
             return Some(ForcedFreshness::ForceExpired);
@@ -157,7 +167,9 @@ impl HangarProxy {
 
     /// `cache_vary_filter`: each listed request header (value normalised for whitespace) picks
     /// the variant. A format's representation replaces `Accept` (clients spell the same wish
-    /// many ways), and a rewritten document also varies by the proxy URL written into it.
+    /// many ways). `Host` never does: the upstream saw the Host the proxy sent it, not the
+    /// client's, and a client inventing names must not bypass or bloat the cache (rewritten
+    /// documents are stored once and rebased per client, see `rebase`).
     pub(super) fn variant(&self, meta: &CacheMeta, ctx: &RequestCtx, req: &RequestHeader) -> Option<pingora::cache::key::HashBinary> {
         let mut builder = pingora::cache::VarianceBuilder::new();
         let route = ctx.route.as_ref();
@@ -165,16 +177,13 @@ impl HangarProxy {
         if let Some(r) = representation {
             builder.add_value("hangar-representation", r.name);
         }
-        if let Some(route) = route.filter(|r| r.resolved.rewrite) {
-            builder.add_owned_value("hangar-proxy-base", route.proxy_base.clone().into_bytes());
-        }
         if route.is_some_and(|r| r.resolved.vary_accept) {
             builder.add_owned_value("accept", accept_list(&req.headers).into_bytes());
         }
         for vary in meta.headers().get_all(header::VARY) {
             for name in vary.to_str().unwrap_or("").split(',').map(str::trim).filter(|n| !n.is_empty()) {
                 let name = name.to_ascii_lowercase();
-                if representation.is_some() && name == "accept" {
+                if (representation.is_some() && name == "accept") || name == "host" {
                     continue;
                 }
                 let value: Vec<u8> = req
@@ -219,7 +228,12 @@ impl HangarProxy {
             }
             None => resp,
         };
-        let decision = repo.freshness.decide(class, resp, authorization);
+        let mut decision = repo.freshness.decide(class, resp, authorization);
+        // What the body is verified against is kept with it, so a later request naming a
+        // digest knows what it would be served.
+        if let (RespCacheable::Cacheable(meta), Some(expected)) = (&mut decision, ctx.body.expected.as_ref()) {
+            let _ = meta.response_header_mut().insert_header(DIGEST_HEADER, expected.to_string());
+        }
         if decision.is_cacheable() {
             let len = resp.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok());
             if !self.storage.disk().has_room(len) && !self.make_room(len) {

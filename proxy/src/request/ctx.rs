@@ -36,7 +36,8 @@ pub struct Route {
     pub resolved: Resolved,
     /// The path class after the repository's own patterns.
     pub class: PathClass,
-    /// The proxy's URL of the repository, for rewritten documents (empty otherwise).
+    /// The proxy's URL of the repository as rewritten documents are stored with it (the
+    /// placeholder, or `public_url`); empty for what is not rewritten.
     pub proxy_base: String,
     /// The client's Cache-Control directives (empty when the repository ignores them).
     pub directives: RequestDirectives,
@@ -53,6 +54,9 @@ pub struct CacheState {
     /// An expired entry served without asking the upstream: the repository is offline, or
     /// the client's `max-stale` accepted it.
     pub served_stale: bool,
+    /// The stored copy was not verified against the digest this request names: fetch it
+    /// again whole (no validators), never revalidate it.
+    pub refetch: bool,
     /// The client asked for a validated response, so stale-while-revalidate must not answer.
     pub client_revalidates: bool,
     /// The upstream's 304 to a revalidation, merged into the stored headers before they are
@@ -83,6 +87,8 @@ pub struct BodyWork {
     pub from_upstream: bool,
     /// The first bytes of a body that states its expiry, until the expiry is found.
     pub expiry_head: Option<Vec<u8>>,
+    /// A rewritten document on its way to a client: the placeholder becomes its origin.
+    pub rebase: Option<super::rebase::Rebase>,
 }
 
 impl BodyWork {

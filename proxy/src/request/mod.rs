@@ -19,8 +19,10 @@ mod body;
 mod cache;
 mod ctx;
 mod local;
+mod origin_copy;
 mod outcome;
 mod pointer;
+mod rebase;
 mod resolution;
 
 use std::sync::Arc;
@@ -72,6 +74,9 @@ pub struct HangarProxy {
     pub client: Arc<Client>,
     /// Who hears how each request ended.
     pub sinks: Sinks,
+    /// `connections.keepalive_timeout`, whole seconds (pingora's own per-read limit between
+    /// requests is raised to it, so the longer of the two never cuts first).
+    pub keepalive_secs: u64,
 }
 
 /// Fields that concern one connection only (RFC 9110 §7.6.1): the ones the `Connection` field
@@ -128,7 +133,15 @@ impl ProxyHttp for HangarProxy {
         // Interim responses are forwarded by `upstream_response_filter` itself (pingora drops
         // one that arrives together with the final response of a cache miss).
         session.downstream_session.set_ignore_info_resp(true);
+        crate::connections::headers_read(session);
+        session.set_keepalive(Some(self.keepalive_secs));
         Ok(())
+    }
+
+    fn persist_connection_context(&self, session: &Session, _ctx: &RequestCtx) -> Option<Box<dyn std::any::Any + Send + Sync>> {
+        // The connection is kept for another request: from now on it is idle.
+        crate::connections::idle(session);
+        None
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
@@ -215,7 +228,7 @@ impl ProxyHttp for HangarProxy {
     }
 
     fn response_body_filter(&self, _session: &mut Session, body: &mut Option<Bytes>, end_of_stream: bool, ctx: &mut RequestCtx) -> Result<Option<std::time::Duration>> {
-        self.served_body(body.as_ref(), end_of_stream, ctx)?;
+        self.served_body(body, end_of_stream, ctx)?;
         Ok(None)
     }
 
@@ -260,6 +273,10 @@ impl ProxyHttp for HangarProxy {
         let whole_hit = session.cache.phase() == CachePhase::Hit && resp.status == http::StatusCode::OK && req.method == http::Method::GET && !req.headers.contains_key(header::RANGE);
         if whole_hit {
             self.read_cached_listing(ctx);
+        }
+        if ctx.body.rebase.is_some() {
+            // Rebasing changes the length: the body goes chunked.
+            resp.remove_header(&header::CONTENT_LENGTH);
         }
         resp.insert_header(CACHE_HEADER, self.result(session, ctx).as_str())?;
         Ok(())

@@ -45,7 +45,12 @@ impl HangarProxy {
         };
         let upstream_path = format!("{}{}", upstream.base_path, resolved.upstream_path);
         let proxy_base = if resolved.rewrite {
-            proxy_base(&repo, req)
+            let (stored, client_origin) = proxy_base(&repo, req);
+            // Peers get the stored form and rebase it for their own clients.
+            if let (Some(origin), false) = (client_origin, ctx.caller.peer) {
+                ctx.body.rebase = Some(super::rebase::Rebase::to(&origin));
+            }
+            stored
         } else {
             // Only documents are compressed here; artefacts are served as stored.
             if let Some(c) = session.downstream_modules_ctx.get_mut::<ResponseCompression>() {

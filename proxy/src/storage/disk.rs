@@ -456,10 +456,13 @@ impl DiskTier {
     }
 }
 
+// (The statvfs fields' types differ between platforms.)
+#[allow(clippy::unnecessary_cast)]
 fn fs_size(path: &Path) -> Option<u64> {
     statvfs(path).map(|st| st.f_blocks as u64 * st.f_frsize as u64)
 }
 
+#[allow(clippy::unnecessary_cast)]
 fn free_bytes(path: &Path) -> Option<u64> {
     statvfs(path).map(|st| st.f_bavail as u64 * st.f_frsize as u64)
 }

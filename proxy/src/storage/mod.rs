@@ -30,6 +30,7 @@ macro_rules! hit_handler_plumbing {
 }
 
 pub mod disk;
+mod fill;
 pub mod eviction;
 mod hit;
 mod inflight;
@@ -43,7 +44,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use pingora::cache::key::{CacheHashKey, CompactCacheKey, HashBinary};
 use pingora::cache::storage::{
-    HandleMiss, HitHandler, MissFinishType, MissHandler, PurgeOutcome, PurgeTarget, PurgeType,
+    HitHandler, MissHandler, PurgeOutcome, PurgeTarget, PurgeType,
     Storage,
 };
 use pingora::cache::trace::SpanHandle;
@@ -51,9 +52,9 @@ use pingora::cache::{CacheKey, CacheMeta};
 use pingora::{Error, ErrorType, Result};
 
 use crate::metrics::Metrics;
-use disk::{DiskTier, EntryHeader};
+use disk::DiskTier;
 use hit::{DiskHit, MemoryHit};
-use inflight::{InflightWrite, InflightWrites};
+use inflight::InflightWrites;
 use memory::{MemoryObject, MemoryTier, MetaTemplate};
 
 /// Sizes of the two tiers.
@@ -287,7 +288,7 @@ impl Storage for TieredStorage {
             }
         };
         let write = self.inflight.insert(bin, meta_bytes, file, tmp_path);
-        Ok(Box::new(TieredMissHandler {
+        Ok(Box::new(fill::TieredMissHandler {
             storage: self,
             write,
             compact: key.to_compact(),
@@ -340,160 +341,6 @@ impl Storage for TieredStorage {
     fn as_any(&self) -> &(dyn Any + Send + Sync + 'static) {
         self
     }
-}
-
-/// Streams one fill to its temp file and commits it on `finish`.
-struct TieredMissHandler {
-    storage: &'static TieredStorage,
-    write: Arc<InflightWrite>,
-    compact: CompactCacheKey,
-    primary: Vec<u8>,
-    written: u64,
-    expected_len: Option<u64>,
-    /// Bytes reserved on the disk for this fill and not yet released.
-    reserved: u64,
-    /// How far the reservation reaches (bytes of body it covers).
-    reserved_to: u64,
-    /// The disk could not take the rest: the fill goes on for its readers, unstored.
-    spilled: bool,
-    /// The body's chunks while it is still small enough for the memory tier (refcounted, not
-    /// copied); dropped as soon as it outgrows it.
-    memory_chunks: Option<Vec<Bytes>>,
-    /// Parsed metadata for the memory tier, if the body ends up small enough for it.
-    template: Option<MetaTemplate>,
-    finished: bool,
-}
-
-#[async_trait]
-impl HandleMiss for TieredMissHandler {
-    async fn write_body(&mut self, data: Bytes, _eof: bool) -> Result<()> {
-        if data.is_empty() {
-            return Ok(());
-        }
-        let end = self.written + data.len() as u64;
-        // A body longer than announced (or announced by nobody) reserves as it grows.
-        if !self.spilled && end > self.reserved_to {
-            let step = (end - self.reserved_to).max(RESERVE_STEP);
-            if self.storage.disk.reserve(step) {
-                self.reserved += step;
-                self.reserved_to += step;
-            } else {
-                self.spill("no room left on the cache filesystem");
-            }
-        }
-        if !self.spilled {
-            if let Err(e) = self.write.append(self.written, &data) {
-                self.storage.disk.note_write_error(&e);
-                self.spill("the cache filesystem refused the write");
-            }
-        }
-        if self.spilled {
-            // Nothing behind the window can be read again: let every reader catch up first.
-            self.write.wait_for_readers(end.saturating_sub(inflight::RECENT_WINDOW as u64 / 2)).await;
-            self.write.append_unstored(self.written, &data);
-        }
-        self.written = end;
-        if self.written > self.storage.memory_max_object {
-            self.memory_chunks = None;
-        } else if let Some(chunks) = self.memory_chunks.as_mut() {
-            chunks.push(data);
-        }
-        self.write.publish(self.written);
-        Ok(())
-    }
-
-    async fn finish(mut self: Box<Self>) -> Result<MissFinishType> {
-        if self.spilled {
-            // Every reader had its bytes; nothing is stored. (Not an error: pingora would cut
-            // the client's response. `Appended(0)` adds nothing for eviction to track.)
-            self.finished = true;
-            self.storage.inflight.remove(&self.write);
-            self.write.complete(self.written);
-            self.release();
-            return Ok(MissFinishType::Appended(0, None));
-        }
-        if let Some(expected) = self.expected_len {
-            if expected != self.written {
-                self.write.fail();
-                return Err(to_pingora(StorageError::Truncated {
-                    key: self.write.key.clone(),
-                    written: self.written,
-                    expected,
-                }));
-            }
-        }
-        let header = EntryHeader {
-            key: self.compact.clone(),
-            primary: std::mem::take(&mut self.primary),
-            body_len: self.written,
-            meta: self.write.meta.clone(),
-            generation: 0,
-        };
-        let committed = self.storage.disk.commit(&self.write, header);
-        self.release();
-        if let Err(e) = committed {
-            self.storage.disk.note_write_error(&e);
-            self.write.fail();
-            return Err(to_pingora(e));
-        }
-        self.storage.note_variant(&self.compact);
-        if let (Some(chunks), Some(meta)) = (self.memory_chunks.take(), self.template.take()) {
-            let body = join_chunks(chunks, self.written as usize);
-            self.storage.memory.put(&self.write.key_bin, Arc::new(MemoryObject { meta, body }));
-        }
-        self.finished = true;
-        self.storage.inflight.remove(&self.write);
-        self.write.complete(self.written);
-        let meta_len = self.write.meta.0.len() + self.write.meta.1.len();
-        Ok(MissFinishType::Created(self.written as usize + meta_len))
-    }
-
-    fn streaming_write_tag(&self) -> Option<&[u8]> {
-        Some(&self.write.tag)
-    }
-}
-
-impl TieredMissHandler {
-    /// The disk cannot take the rest of this fill: keep serving its readers, store nothing.
-    fn spill(&mut self, why: &str) {
-        if self.spilled {
-            return;
-        }
-        self.spilled = true;
-        self.write.spill();
-        self.release();
-        self.memory_chunks = None;
-        let repository = self.compact.user_tag.clone();
-        self.storage.metrics.cache_skipped.with_label_values(&[&repository, "disk_full"]).inc();
-        tracing::warn!(%repository, written = self.written, reason = why, "cache fill dropped; the response goes on uncached");
-    }
-
-    fn release(&mut self) {
-        self.storage.disk.release(std::mem::take(&mut self.reserved));
-    }
-}
-
-impl Drop for TieredMissHandler {
-    fn drop(&mut self) {
-        self.release();
-        if !self.finished {
-            // Readers streaming this fill get an error rather than a silently short body.
-            self.write.fail();
-            self.storage.inflight.remove(&self.write);
-            self.storage.metrics.abandoned_fills.inc();
-        }
-    }
-}
-
-fn join_chunks(chunks: Vec<Bytes>, len: usize) -> Bytes {
-    if chunks.len() == 1 {
-        return chunks.into_iter().next().unwrap_or_default();
-    }
-    let mut buf = Vec::with_capacity(len);
-    for c in chunks {
-        buf.extend_from_slice(&c);
-    }
-    Bytes::from(buf)
 }
 
 #[cfg(test)]
