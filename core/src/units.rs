@@ -41,14 +41,18 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     let n: u64 = num.parse().map_err(|_| format!("'{s}' is not a duration like 30s"))?;
-    Ok(match unit.trim() {
-        "" | "s" => Duration::from_secs(n),
-        "ms" => Duration::from_millis(n),
-        "m" => Duration::from_secs(n * 60),
-        "h" => Duration::from_secs(n * 3600),
-        "d" => Duration::from_secs(n * 86400),
-        other => return Err(format!("unknown duration unit '{other}' in '{s}' (use ms, s, m, h or d, as in 30s)")),
-    })
+    if unit.starts_with(['.', ',']) {
+        return Err(format!("'{s}': whole numbers only, as in 1500ms rather than 1.5s"));
+    }
+    let secs = |mult: u64| n.checked_mul(mult).map(Duration::from_secs).ok_or_else(|| format!("'{s}' is too long"));
+    match unit.trim() {
+        "" | "s" => secs(1),
+        "ms" => Ok(Duration::from_millis(n)),
+        "m" => secs(60),
+        "h" => secs(3600),
+        "d" => secs(86400),
+        other => Err(format!("unknown duration unit '{other}' in '{s}' (use ms, s, m, h or d, as in 30s)")),
+    }
 }
 
 struct NumOrStr<T>(fn(&str) -> Result<T, String>, fn(u64) -> T, &'static str);
@@ -103,5 +107,7 @@ mod tests {
         assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert!(parse_duration("5 fortnights").is_err());
+        assert!(parse_duration("999999999999999999d").unwrap_err().contains("too long"), "no silent overflow");
+        assert!(parse_duration("1.5s").unwrap_err().contains("1500ms"));
     }
 }

@@ -39,6 +39,13 @@ pub const DIGEST_HEADER: &str = "x-hangar-digest";
 /// only that one, and only for a request signed as [`HopKind::Replace`] with the fleet's secret.
 pub const REPLACES_HEADER: &str = "x-hangar-replaces";
 
+/// What a [`HopKind::Replace`] proof signs in place of the bare target: the target, the copy it
+/// replaces and the sha256 of the bytes that replace it (both 64 hex digits), so a proof seen
+/// on the wire cannot carry other bytes, or replace another copy.
+pub fn replacement_signed_target(target: &str, replaces: &str, sha256: &str) -> String {
+    format!("{target}\nreplaces={replaces}\nsha256={sha256}")
+}
+
 /// How far apart (seconds) a hop's signing time and its receiver's clock may be.
 pub const HOP_WINDOW_SECS: u64 = 120;
 
@@ -83,7 +90,8 @@ pub enum HopError {
 /// expires after [`HOP_WINDOW_SECS`]. Within that window a captured proof can be replayed for
 /// the same request (hops travel in-region, over plain HTTP); what it grants is harmless for
 /// the same request: a peer proof only stops owner routing, a loopback proof only forbids
-/// fetching.
+/// fetching, and a replace proof signs [`replacement_signed_target`], so replaying it can only
+/// send origin the same verified bytes again.
 #[derive(Clone)]
 pub struct HopKey {
     mac: Hmac<Sha256>,

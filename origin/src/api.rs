@@ -23,7 +23,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full, StreamBody};
-use hangar_core::wire::{parse_object_path, HopKey, HopKind, HOP_HEADER, REPLACES_HEADER, SHA256_HEADER};
+use hangar_core::wire::{parse_object_path, replacement_signed_target, HopKey, HopKind, HOP_HEADER, REPLACES_HEADER, SHA256_HEADER};
 use hyper::body::{Frame, Incoming};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
@@ -231,9 +231,15 @@ impl Origin {
         let Some(key) = self.replace_key.as_ref() else {
             return Err(Box::new(error(StatusCode::FORBIDDEN, "this origin has no fleet_secret, so it refuses every replacement")));
         };
+        // The replacing bytes are named up front (and checked as they arrive), and signed with
+        // the copy they replace.
+        let Some(sha256) = req.headers().get(SHA256_HEADER).and_then(|v| v.to_str().ok()).map(|v| v.trim().to_ascii_lowercase()) else {
+            return Err(Box::new(error(StatusCode::BAD_REQUEST, &format!("a replacement must name its bytes' digest in {SHA256_HEADER}"))));
+        };
         let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        let signed = replacement_signed_target(target, &sha, &sha256);
         let proof = req.headers().get(HOP_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("");
-        match key.verify(proof, "PUT", target, now_secs()) {
+        match key.verify(proof, "PUT", &signed, now_secs()) {
             Ok(HopKind::Replace) => Ok(Some(Replaces(sha))),
             _ => Err(Box::new(error(StatusCode::FORBIDDEN, &format!("a replacement must carry {HOP_HEADER} signed with the fleet's secret")))),
         }
@@ -257,8 +263,27 @@ impl Origin {
             tracing::warn!(repository = %verified.repository, path = %verified.path, sha256, "repaired a blob whose bytes did not match its digest");
             return stored(StatusCode::CREATED, &sha256, size);
         }
-        if let Err(e) = self.store.create_from_file(&blob, spool, size).await {
-            return store_error(e);
+        // A blob already under the new digest is used only if it is what its name says.
+        match self.store.create_from_file(&blob, spool, size).await {
+            Ok(Created::New) => {}
+            Ok(Created::AlreadyExists) => match self.blob_hashes_to(&blob, &sha256).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    if let Err(e) = self.store.overwrite_from_file(&blob, spool, size).await {
+                        return store_error(e);
+                    }
+                }
+                Err(e) => return store_error(e),
+            },
+            Err(e) => return store_error(e),
+        }
+        // (Check-then-write: two proxies replacing one copy at once write the same verified
+        // bytes; a replacement racing another replacement of the same copy is not guarded.)
+        match self.manifest(&verified.repository, &verified.path).await {
+            Ok(Some(now)) if now.sha256 == existing.sha256 => {}
+            Ok(Some(now)) if now.sha256 == sha256 => return stored(StatusCode::OK, &sha256, size),
+            Ok(_) => return error(StatusCode::CONFLICT, &format!("{} changed while it was being replaced", verified.path)),
+            Err(e) => return store_error(e),
         }
         let raw = Bytes::from(serde_json::to_vec(&verified).expect("manifest serialises"));
         if let Err(e) = self.store.overwrite_small(&manifest_key(&verified.repository, &verified.path), raw).await {

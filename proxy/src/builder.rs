@@ -130,6 +130,10 @@ impl ProxyBuilder {
         let storage: &'static TieredStorage = Box::leak(Box::new(storage));
         // A budget the filesystem cannot hold would never evict, and stop admitting instead.
         let budget = match storage.disk().capacity().map(|c| c.saturating_sub(opts.min_free_disk_bytes)) {
+            Some(0) => {
+                let why = format!("cache.min_free_disk_bytes ({}) leaves no room for a cache on this filesystem: lower it, or put cache.dir on a larger one", opts.min_free_disk_bytes);
+                return Err(StartError::Cache { dir: dir.display().to_string(), source: why.into() });
+            }
             Some(fits) if fits < opts.disk_bytes => {
                 tracing::warn!(dir = %dir.display(), configured = opts.disk_bytes, effective = fits, "cache.disk_bytes is larger than the cache filesystem (less min_free_disk_bytes): using what fits");
                 fits

@@ -57,12 +57,14 @@ fn secs(d: Duration) -> u32 {
 }
 
 /// RFC 9111 §4.2.3: the age a response already had when it arrived: the larger of its `Age`
-/// header and how long ago its `Date` says it was generated.
+/// header and how long ago its `Date` says it was generated. Of a list-valued `Age` the first
+/// member counts; one that is not a plain number is ignored (§5.1).
 fn initial_age(resp: &ResponseHeader, now: SystemTime) -> Duration {
     let age_value = resp
         .headers
         .get(http::header::AGE)
         .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
         .and_then(|v| v.trim().parse::<u64>().ok())
         .map_or(Duration::ZERO, Duration::from_secs);
     let apparent = http_date(resp, http::header::DATE, now).map_or(Duration::ZERO, |date| http_date::after(http_date::seconds(now), date));

@@ -44,7 +44,7 @@ pub struct Metrics {
     /// Upstream bodies that did not match their published digest (never cached).
     pub integrity_failures: IntCounterVec,
     /// Immutable artefacts asked of origin before the upstream: hit, miss, error, corrupt (its
-    /// copy failed verification).
+    /// copy failed verification), other_digest (not the copy a client's `?sha256=` asks for).
     pub origin_fetches: IntCounterVec,
     /// Background uploads to origin: queued, stored, already_stored, replaced (a corrupt copy),
     /// rejected, retried, dropped_queue_full, evicted_before_upload.

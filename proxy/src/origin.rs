@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hangar_core::event::Source;
-use hangar_core::wire::{object_path, HopKind, HOP_HEADER, REPLACES_HEADER, SHA256_HEADER};
+use hangar_core::wire::{object_path, replacement_signed_target, HopKind, HOP_HEADER, REPLACES_HEADER, SHA256_HEADER};
 use hangar_core::{CacheResult, Digest, HumanDuration, PathClass, UpstreamUrl};
 use prometheus::IntCounterVec;
 use tokio::sync::{mpsc, Mutex};
@@ -46,15 +46,26 @@ pub struct UploadJob {
     pub host: String,
     /// 64 hex digits, when the artefact's sha256 is known.
     pub sha256: Option<String>,
-    /// The sha256 of a corrupt copy origin holds at this path, which this upload replaces.
+    /// The sha256 of a corrupt copy origin holds at this path, which this upload replaces
+    /// (sent only with `sha256`: a replacement names its bytes).
     pub replaces: Option<String>,
 }
 
-/// Origin copies that failed verification: `(repository, key path)` to the sha256 origin
-/// claims for it, oldest first.
+/// An origin copy that failed verification.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Distrust {
+    /// The sha256 origin claims for it (64 hex digits).
+    pub sha256: String,
+    /// Its bytes do not hash to that claim (the blob rotted): only those very bytes may
+    /// replace it. Otherwise the claim itself contradicts the artefact's published digest, and
+    /// the verified bytes replace it whatever their sha256.
+    pub rotten: bool,
+}
+
+/// Distrusted origin copies by `(repository, key path)`, oldest first.
 #[derive(Default)]
 struct Distrusted {
-    map: std::collections::HashMap<(String, String), String>,
+    map: std::collections::HashMap<(String, String), Distrust>,
     order: std::collections::VecDeque<(String, String)>,
 }
 
@@ -75,11 +86,11 @@ impl OriginClient {
     }
 
     /// Origin's copy of `key_path` failed verification: stop asking origin for it, and have
-    /// the next verified upstream copy replace the one origin names `sha256`.
-    pub fn distrust(&self, repository: &str, key_path: &str, sha256: &str) {
+    /// the next verified upstream copy replace it.
+    pub fn distrust(&self, repository: &str, key_path: &str, copy: Distrust) {
         let mut d = self.distrusted.lock().expect("distrusted lock");
         let key = (repository.to_string(), key_path.to_string());
-        if d.map.insert(key.clone(), sha256.to_string()).is_none() {
+        if d.map.insert(key.clone(), copy).is_none() {
             d.order.push_back(key);
         }
         while d.order.len() > DISTRUSTED_MAX {
@@ -89,8 +100,8 @@ impl OriginClient {
         }
     }
 
-    /// The sha256 of origin's corrupt copy of `key_path`, if it has one this proxy knows of.
-    pub fn distrusted(&self, repository: &str, key_path: &str) -> Option<String> {
+    /// Origin's copy of `key_path`, if this proxy found it corrupt.
+    pub fn distrusted(&self, repository: &str, key_path: &str) -> Option<Distrust> {
         let d = self.distrusted.lock().expect("distrusted lock");
         d.map.get(&(repository.to_string(), key_path.to_string())).cloned()
     }
@@ -151,7 +162,9 @@ impl OriginClient {
                         (200, false) => "already_stored",
                         _ => "rejected",
                     };
-                    if job.replaces.is_some() && label == "replaced" {
+                    // Replaced, or origin holds another copy by now (409): either way, what
+                    // origin serves next is verified again when it is read.
+                    if job.replaces.is_some() && (label == "replaced" || status == 409) {
                         self.trust(&job.repository, &job.key_path);
                     }
                     if label == "rejected" {
@@ -245,9 +258,10 @@ impl Uploader {
             headers.push((http::HeaderName::from_static(SHA256_HEADER), sha.clone()));
         }
         let target = origin.object_target(&job.repository, &job.key_path);
-        if let Some(bad) = &job.replaces {
+        if let (Some(bad), Some(sha)) = (&job.replaces, &job.sha256) {
             headers.push((http::HeaderName::from_static(REPLACES_HEADER), bad.clone()));
-            headers.push((http::HeaderName::from_static(HOP_HEADER), self.fleet.sign(HopKind::Replace, "PUT", &target)));
+            let signed = replacement_signed_target(&target, bad, sha);
+            headers.push((http::HeaderName::from_static(HOP_HEADER), self.fleet.sign(HopKind::Replace, "PUT", &signed)));
         }
         let put = Request { method: http::Method::PUT, url: &origin.url, target: &target, headers: &headers, timeouts: &upload };
         let status = self.client.upload(&put, length, &mut cached).await?.head.status.as_u16();
@@ -278,16 +292,32 @@ impl OutcomeSink for OriginHandOff {
         if !fetched_and_cached || o.class != Some(PathClass::Immutable) || !(o.method == http::Method::GET || o.method == http::Method::HEAD) {
             return;
         }
+        let digest = match o.digest {
+            Some(d @ Digest::Sha256(_)) => Some(d.hex()),
+            _ => None,
+        };
+        let (sha256, replaces) = match self.origin.distrusted(repository, key_path) {
+            // Origin's blob rotted: only the bytes its sha256 names may replace it, and origin
+            // checks these are (422 otherwise).
+            Some(bad) if bad.rotten => match digest {
+                Some(d) if d != bad.sha256 => (Some(d), None),
+                _ => (Some(bad.sha256.clone()), Some(bad.sha256)),
+            },
+            // Origin names other bytes than the artefact's published digest: these, verified
+            // against it, replace them.
+            Some(bad) => match digest {
+                Some(d) => (Some(d), Some(bad.sha256)),
+                None => (None, None),
+            },
+            None => (digest, None),
+        };
         self.origin.enqueue(UploadJob {
             repository: repository.to_string(),
             key_path: key_path.to_string(),
             proxy_target: o.target.to_string(),
             host: o.host.unwrap_or("localhost").to_string(),
-            sha256: match o.digest {
-                Some(d @ Digest::Sha256(_)) => Some(d.hex()),
-                _ => None,
-            },
-            replaces: self.origin.distrusted(repository, key_path),
+            sha256,
+            replaces,
         });
     }
 }

@@ -53,7 +53,8 @@ pub struct Outcome<'a> {
     /// Time from sending the last upstream request to its response headers.
     pub upstream_time: Option<Duration>,
     /// What went wrong with the upstream, once per request (`dns`, `connect`, `timeout`,
-    /// `reset`, `breaker_open`, `token`, `rate_limited`, `redirect_refused`, `expired`, `other`).
+    /// `reset`, `breaker_open`, `token`, `rate_limited`, `redirect_refused`, `expired`, `integrity`,
+    /// `other`).
     pub upstream_error: Option<&'static str>,
     /// A stale-while-revalidate refresh the proxy ran itself, not a client's request.
     pub background: bool,

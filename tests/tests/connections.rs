@@ -4,9 +4,12 @@
 
 use std::time::Duration;
 
-use hangar_e2e::{get, Proxy, Route, Upstream};
+use std::sync::Arc;
+
+use hangar_e2e::{get, pattern, Proxy, Route, Upstream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
 
 /// Longest any step here waits for the proxy to act, so a missing close fails instead of hanging.
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -105,4 +108,22 @@ async fn connections_over_the_cap_are_refused_and_admin_keeps_working() {
     proxy.wait_for_metric_where("hangar_client_connections", &[], "0", |v| v == 0.0).await;
     let r = get(proxy.addr, "/f").await;
     assert_eq!((r.status, r.body.as_slice()), (200, b"ok".as_slice()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_longer_than_the_header_deadline_is_left_alone() {
+    let up = Upstream::start().await;
+    let gate = Arc::new(Semaphore::new(0));
+    let body = pattern(3, 200_000);
+    up.route("/slow", Route::ok(body.clone()).hold_at(1000, gate.clone()));
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = Proxy::builder(dir.path()).config(&config(&up, "keepalive_timeout = \"1s\"\nheader_timeout = \"1s\"")).start();
+    let addr = proxy.addr;
+    let fetch = tokio::spawn(async move { get(addr, "/slow").await });
+    // The body stops after its first 1000 bytes for longer than both deadlines: the request
+    // is past its headers, so neither applies.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    gate.add_permits(1);
+    let r = tokio::time::timeout(PATIENCE, fetch).await.expect("the transfer ended").unwrap();
+    assert_eq!((r.status, r.truncated, r.body == body), (200, false, true));
 }

@@ -90,9 +90,10 @@ fn origin_with_secret(root: &Path) -> (Service, PathBuf) {
     (services::origin(&config, &dir, &[]), store)
 }
 
-fn proxy_with_origin(cache: &Path, up: &Upstream, origin: &Service) -> Proxy {
+/// A proxy with origin; `repository` is added to the repository's table (pins, say).
+fn proxy_with_origin(cache: &Path, up: &Upstream, origin: &Service, repository: &str) -> Proxy {
     let config = format!(
-        "[[repository]]\nname = \"files\"\nprefix = \"/\"\nupstream = \"{}\"\n[repository.freshness]\nimmutable = [\"*.bin\"]\n[origin]\nurl = \"http://{}/\"\n[fleet]\nsecret = \"{FLEET_SECRET}\"\n",
+        "[[repository]]\nname = \"files\"\nprefix = \"/\"\nupstream = \"{}\"\n{repository}\n[repository.freshness]\nimmutable = [\"*.bin\"]\n[origin]\nurl = \"http://{}/\"\n[fleet]\nsecret = \"{FLEET_SECRET}\"\n",
         up.url(),
         origin.addr
     );
@@ -101,26 +102,39 @@ fn proxy_with_origin(cache: &Path, up: &Upstream, origin: &Service) -> Proxy {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_copy_on_origin_is_passed_over_reported_and_replaced() {
+    let root = tempfile::tempdir().unwrap();
+    let (origin, _) = origin_with_secret(root.path());
+    wrong_copy_on(&origin, root.path()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_copy_on_an_s3_origin_is_replaced_too() {
+    let root = tempfile::tempdir().unwrap();
+    let moto = services::moto(root.path());
+    let origin = services::origin_on_s3(root.path(), &moto, "hangar-faults", &format!("fleet_secret = \"{FLEET_SECRET}\""), "");
+    wrong_copy_on(&origin, root.path()).await;
+}
+
+async fn wrong_copy_on(origin: &Service, root: &Path) {
     let up = Upstream::start().await;
     let real = pattern(7, 300_000);
     up.route("/tool.bin", Route::ok(real.clone()));
-    let root = tempfile::tempdir().unwrap();
-    let (origin, _) = origin_with_secret(root.path());
     // Other bytes published on origin under the artefact's path (origin's PUT checks only
     // that a body matches its own declared digest).
     let wrong = b"not the tool".to_vec();
-    assert_eq!(put(&origin, "/objects/files/tool.bin", &wrong, &[]).await.0, 201);
+    assert_eq!(put(origin, "/objects/files/tool.bin", &wrong, &[]).await.0, 201);
     let wrong_sha = sha256_hex(&wrong);
     // A replacement nobody signed is refused, and changes nothing.
-    let (status, text) = put(&origin, "/objects/files/tool.bin", &real, &[("X-Hangar-Replaces", &wrong_sha)]).await;
+    let real_sha = sha256_hex(&real);
+    let (status, text) = put(origin, "/objects/files/tool.bin", &real, &[("X-Hangar-Replaces", &wrong_sha), ("X-Hangar-Sha256", &real_sha)]).await;
     assert_eq!(status, 403, "{text}");
     assert_eq!(get(origin.addr, "/objects/files/tool.bin").await.body, wrong);
 
-    let proxy = proxy_with_origin(&root.path().join("cache"), &up, &origin);
-    // The pin says what the bytes must be; origin names other bytes: the upstream's are served,
-    // on the first request, whole.
+    // The operator's pin says what the bytes must be; origin names other bytes: the upstream's
+    // are served, on the first request, whole.
     let pin = sha256_hex(&real);
-    let r = get(proxy.addr, &format!("/tool.bin?sha256={pin}")).await;
+    let proxy = proxy_with_origin(&root.join("cache"), &up, origin, &format!("[repository.pins]\n\"/tool.bin\" = \"sha256:{pin}\""));
+    let r = get(proxy.addr, "/tool.bin").await;
     assert_eq!((r.status, r.truncated, r.body == real), (200, false, true), "{}", String::from_utf8_lossy(&r.body[..r.body.len().min(200)]));
     assert_eq!(proxy.metric("hangar_origin_fetches_total", &[("result", "corrupt")]).await, 1.0);
     assert_eq!(up.hits("/tool.bin"), 1);
@@ -144,7 +158,7 @@ async fn a_rotten_blob_on_origin_is_never_served_whole_and_is_repaired() {
     let rotten = pattern(10, real.len() as u64);
     std::fs::write(&blob, &rotten).unwrap();
 
-    let proxy = proxy_with_origin(&root.path().join("cache"), &up, &origin);
+    let proxy = proxy_with_origin(&root.path().join("cache"), &up, &origin, "");
     // Nothing says what the bytes must be but origin's own sha256: the body is checked against
     // it, and the transfer fails rather than deliver rotten bytes whole.
     let r = get(proxy.addr, "/tool.bin").await;
@@ -171,4 +185,41 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
         }
     }
     out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clients_own_pin_never_condemns_origins_copy() {
+    let up = Upstream::start().await;
+    let real = pattern(11, 100_000);
+    up.route("/tool.bin", Route::ok(real.clone()));
+    let root = tempfile::tempdir().unwrap();
+    let (origin, _) = origin_with_secret(root.path());
+    let sha = sha256_hex(&real);
+    assert_eq!(put(&origin, "/objects/files/tool.bin", &real, &[("X-Hangar-Sha256", &sha)]).await.0, 201);
+    let proxy = proxy_with_origin(&root.path().join("cache"), &up, &origin, "");
+    // A client pins other bytes: not origin's copy, and not the upstream's either.
+    let r = get(proxy.addr, &format!("/tool.bin?sha256={}", sha256_hex(b"other"))).await;
+    assert!(r.status != 200 || r.truncated, "bytes that do not match the pin were served");
+    assert_eq!(proxy.metric("hangar_origin_fetches_total", &[("result", "other_digest")]).await, 1.0);
+    assert_eq!(proxy.metric("hangar_origin_fetches_total", &[("result", "corrupt")]).await, 0.0);
+    // Origin's copy is still trusted, and still the one served.
+    let r = get(proxy.addr, "/tool.bin").await;
+    assert_eq!((r.status, r.body == real), (200, true));
+    assert_eq!(proxy.metric("hangar_origin_fetches_total", &[("result", "hit")]).await, 1.0);
+    assert_eq!(proxy.metric("hangar_origin_uploads_total", &[("result", "replaced")]).await, 0.0);
+    assert_eq!(get(origin.addr, "/objects/files/tool.bin").await.header("x-hangar-sha256"), Some(sha.as_str()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_cannot_say_what_its_bytes_were_verified_against() {
+    let up = Upstream::start().await;
+    let claimed = sha256_hex(b"what a pinned client wants");
+    up.route("/tool.tgz", Route::ok(b"something else".to_vec()).header("X-Hangar-Digest", &format!("sha256:{claimed}")));
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = Proxy::builder(dir.path()).upstream("/", &up.url()).start();
+    assert_eq!(get(proxy.addr, "/tool.tgz").await.status, 200);
+    let r = get(proxy.addr, "/tool.tgz").await;
+    assert_eq!((r.cache(), r.header("x-hangar-digest")), ("hit", None), "the upstream's internal header is neither stored nor passed on");
+    let r = get(proxy.addr, &format!("/tool.tgz?sha256={claimed}")).await;
+    assert!(r.status != 200 || r.truncated, "a copy never verified against the pin was served for it: {} {}", r.status, r.cache());
 }

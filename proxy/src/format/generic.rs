@@ -86,6 +86,7 @@ impl Format for Generic {
             }
         }
         let mut resolved = Resolved::passthrough(with_query(&rel, query.as_deref()), PathClass::Http);
+        resolved.digest_asked = pinned.is_none() && asked.is_some();
         resolved.digest = pinned.or(asked);
         Ok(resolved)
     }

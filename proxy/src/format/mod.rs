@@ -92,6 +92,10 @@ pub struct Resolved {
     pub rewrite: bool,
     /// The digest the body must have, when the request itself carries it.
     pub digest: Option<Digest>,
+    /// [`Resolved::digest`] is only the client's wish (generic's `?sha256=`), not something
+    /// the registry, a content address or the operator vouches for: a copy with another digest
+    /// is not what this client wants, but it is not shown to be wrong.
+    pub digest_asked: bool,
     /// The digest is listed in this document (a path below the repository prefix), which
     /// the proxy reads through itself when it does not know the digest yet.
     pub digest_from: Option<String>,
@@ -177,6 +181,7 @@ impl Resolved {
             representation: None,
             rewrite: false,
             digest: None,
+            digest_asked: false,
             digest_from: None,
             digest_required: true,
             store: true,

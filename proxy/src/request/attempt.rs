@@ -176,7 +176,8 @@ impl Attempt {
     }
 
     /// The request's upstream error, if it had one (`dns`, `connect`, `timeout`, `reset`,
-    /// `breaker_open`, `token`, `rate_limited`, `redirect_refused`, `expired`, `other`).
+    /// `breaker_open`, `token`, `rate_limited`, `redirect_refused`, `expired`, `integrity`,
+    /// `other`).
     pub fn error(&self) -> Option<&'static str> {
         self.error
     }
@@ -184,6 +185,11 @@ impl Attempt {
     /// What went wrong with the upstream, in words, when more can be said than a status.
     pub fn failure(&self) -> Option<&str> {
         self.failure.as_deref()
+    }
+
+    /// Say what went wrong, for the client's error response.
+    pub fn explain(&mut self, why: String) {
+        self.failure = Some(why);
     }
 
     /// The request ended: a ticket still held is settled by how it ended (an upstream error,
@@ -298,6 +304,13 @@ impl HangarProxy {
         let target = attempt.target.as_ref().ok_or_else(|| Error::explain(ErrorType::InternalError, "no target"))?;
         let addr = match self.resolver.resolve(&target.url.host, target.url.port).await {
             Ok(addr) => addr,
+            // A peer or origin whose name does not resolve is skipped, as one that refuses.
+            Err(e) if attempt.hop != Hop::Upstream => {
+                tracing::warn!(host = %target.url.host, error = %e, "cannot resolve a fleet peer or origin; trying the next hop");
+                let hop = attempt.hop;
+                self.count_hop_failure(hop, &repo.name);
+                return Err(ctx.attempt.step(Step::NextHop));
+            }
             Err(e) => {
                 if let Some(ticket) = attempt.ticket.take() {
                     ticket.failed();

@@ -94,10 +94,13 @@ impl HangarProxy {
             *body = None;
             if ctx.attempt.at_origin() {
                 tracing::warn!(repository = %repo, expected = %expected, got = %got, "origin's copy does not match its digest; not cached, and the next request fetches it from the upstream");
-                self.origin_copy_corrupt(ctx);
+                self.origin_copy_corrupt(ctx, true);
                 return Err(Error::explain(ErrorType::HTTPStatus(502), "origin's copy does not match its digest; retry to get the upstream's").into_up());
             }
             tracing::warn!(repository = %repo, expected = %expected, got = %got, "upstream body does not match its published digest; not cached");
+            let why = format!("its body is {got}, not the {expected} the request pins or the registry publishes; nothing was cached");
+            ctx.attempt.fail("integrity");
+            ctx.attempt.explain(why);
             return Err(Error::explain(ErrorType::HTTPStatus(502), "upstream body does not match its published digest").into_up());
         }
         self.metrics.verified.with_label_values(&[repo]).inc();

@@ -121,6 +121,16 @@ impl HangarProxy {
         // Whether a stale copy may stand in is worth parsing only for a stale copy.
         let forbidden = !is_fresh && crate::freshness::forbids_stale(repo.freshness.cache_control(meta.headers()).0.as_ref());
         ctx.cache.found_unservable_stale = forbidden;
+        // A request that names a digest (`?sha256=`, a pin, a digest in the URL) is served only
+        // a copy verified against that digest; any other is fetched again, in full, and verified
+        // (offline, that is a 504: the copy at hand is not the one asked for).
+        if let Some(expected) = ctx.body.expected.as_ref() {
+            let stored = meta.headers().get(DIGEST_HEADER).and_then(|v| v.to_str().ok());
+            if stored != Some(expected.to_string().as_str()) {
+                ctx.cache.refetch = true;
+                return Some(ForcedFreshness::ForceExpired);
+            }
+        }
         // Offline, or the proxy reading its own cache back: whatever is cached is served,
         // however old, and nothing is fetched or refreshed.
         if self.offline.is_offline(&repo.name) || ctx.caller.loopback {
@@ -129,15 +139,6 @@ impl HangarProxy {
             }
             ctx.cache.served_stale = true;
             return Some(ForcedFreshness::ForceFresh);
-        }
-        // A request that names a digest (`?sha256=`, a pin, a digest in the URL) is served only
-        // a copy verified against that digest; any other is fetched again, in full, and verified.
-        if let Some(expected) = ctx.body.expected.as_ref() {
-            let stored = meta.headers().get(DIGEST_HEADER).and_then(|v| v.to_str().ok());
-            if stored != Some(expected.to_string().as_str()) {
-                ctx.cache.refetch = true;
-                return Some(ForcedFreshness::ForceExpired);
-            }
         }
         // A body that said when it expires is not used past then, not even stale.
         if route.states_expiry && repo.has_expired(&route.resolved.key_path) {
@@ -221,6 +222,7 @@ impl HangarProxy {
         }
         let (repo, class) = (repo.clone(), route.class);
         let merged;
+        let revalidated = ctx.cache.not_modified.is_some();
         let resp = match ctx.cache.not_modified.take() {
             Some(not_modified) => {
                 merged = merge_not_modified(resp, &not_modified);
@@ -230,11 +232,13 @@ impl HangarProxy {
         };
         let mut decision = repo.freshness.decide(class, resp, authorization);
         // What the body is verified against is kept with it, so a later request naming a
-        // digest knows what it would be served.
-        if let (RespCacheable::Cacheable(meta), Some(expected)) = (&mut decision, ctx.body.expected.as_ref()) {
+        // digest knows what it would be served. Only a body this request hashes (a 304 keeps
+        // what the stored copy was verified against).
+        if let (RespCacheable::Cacheable(meta), Some(expected), false) = (&mut decision, ctx.body.expected.as_ref(), revalidated) {
             let _ = meta.response_header_mut().insert_header(DIGEST_HEADER, expected.to_string());
         }
-        if decision.is_cacheable() {
+        // (A 304 writes only headers.)
+        if decision.is_cacheable() && !revalidated {
             let len = resp.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok());
             if !self.storage.disk().has_room(len) && !self.make_room(len) {
                 self.metrics.cache_skipped.with_label_values(&[&repo.name, "disk_full"]).inc();
@@ -249,7 +253,7 @@ impl HangarProxy {
     /// so without this a full disk would stop admitting anything new.
     fn make_room(&self, len: Option<u64>) -> bool {
         let Some(len) = len else { return false };
-        let evicted = self.eviction.make_room(len);
+        let evicted = self.eviction.make_room(len, self.storage.disk().shortfall(len));
         if evicted.is_empty() {
             return false;
         }

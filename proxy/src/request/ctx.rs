@@ -76,6 +76,8 @@ pub struct Document {
 pub struct BodyWork {
     /// The digest the body must have; hashed while it streams.
     pub expected: Option<Digest>,
+    /// `expected` is only the client's wish (see `Resolved::digest_asked`).
+    pub expected_asked: bool,
     pub hasher: Option<Hasher>,
     /// The digest could not be learned: serve the artefact, but do not cache it.
     pub unverified: bool,

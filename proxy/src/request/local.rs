@@ -47,7 +47,13 @@ pub async fn respond(session: &mut Session, ctx: &mut RequestCtx, reply: Reply) 
     ctx.local = Some(CacheResult::Bypass);
     match reply {
         Reply::Error { status, message, allow } => {
-            let path = session.req_header().uri.path().to_string();
+            // The path helps say which request failed; a path the reply refuses for its length
+            // is not worth repeating whole.
+            let path = session.req_header().uri.path();
+            let path = match path.char_indices().nth(256) {
+                Some((cut, _)) => format!("{}...", &path[..cut]),
+                None => path.to_string(),
+            };
             let body = json_error(status, &message, &path);
             let mut resp = ResponseHeader::build(status, Some(4))?;
             resp.insert_header(header::CONTENT_TYPE, "application/json")?;

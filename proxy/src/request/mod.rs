@@ -74,8 +74,8 @@ pub struct HangarProxy {
     pub client: Arc<Client>,
     /// Who hears how each request ended.
     pub sinks: Sinks,
-    /// `connections.keepalive_timeout`, whole seconds (pingora's own per-read limit between
-    /// requests is raised to it, so the longer of the two never cuts first).
+    /// `connections.keepalive_timeout`, whole seconds, rounded up. (A connection's *first*
+    /// request is also subject to pingora's fixed 60 s per read.)
     pub keepalive_secs: u64,
 }
 
@@ -134,7 +134,12 @@ impl ProxyHttp for HangarProxy {
         // one that arrives together with the final response of a cache miss).
         session.downstream_session.set_ignore_info_resp(true);
         crate::connections::headers_read(session);
-        session.set_keepalive(Some(self.keepalive_secs));
+        // Pingora's own limit on the wait for the next request (it times out each read) goes
+        // a second past ours, so ours closes idle connections (and counts them). Only while
+        // pingora keeps the connection at all: not when shutting down, not for HTTP/1.0.
+        if session.downstream_session.get_keepalive().is_some() {
+            session.set_keepalive(Some(self.keepalive_secs + 1));
+        }
         Ok(())
     }
 
@@ -214,6 +219,14 @@ impl ProxyHttp for HangarProxy {
             resp.remove_header(name);
         }
         self.on_response(session, resp, ctx).await?;
+        // Internal headers mean something only from Hangar's own parts: an upstream (or
+        // origin, once read) must not be able to say what a copy was verified against.
+        if !ctx.attempt.at_peer() {
+            let internal: Vec<http::HeaderName> = resp.headers.keys().filter(|n| n.as_str().starts_with(hangar_core::wire::INTERNAL_PREFIX)).cloned().collect();
+            for name in &internal {
+                resp.remove_header(name);
+            }
+        }
         match resp.status {
             http::StatusCode::NOT_MODIFIED => ctx.cache.not_modified = Some(Box::new(resp.clone())),
             http::StatusCode::OK => self.prepare_body(resp, ctx)?,
@@ -271,6 +284,11 @@ impl ProxyHttp for HangarProxy {
         let req = session.req_header();
         self.invalidate_after_unsafe(&req.method, resp.status.as_u16(), ctx);
         let whole_hit = session.cache.phase() == CachePhase::Hit && resp.status == http::StatusCode::OK && req.method == http::Method::GET && !req.headers.contains_key(header::RANGE);
+        // What a copy was verified against is a fact only once it was: on a fill in progress
+        // the body is still being checked (and a HEAD's never will be, in this request).
+        if session.cache.phase() != CachePhase::Hit {
+            resp.remove_header(hangar_core::wire::DIGEST_HEADER);
+        }
         if whole_hit {
             self.read_cached_listing(ctx);
         }

@@ -10,6 +10,8 @@
 //!
 //! Either way the copy is counted (`hangar_origin_fetches_total{result="corrupt"}`) and
 //! distrusted ([`crate::origin::OriginClient::distrust`]) until a verified one replaces it.
+//! A digest that is only the client's wish (generic's `?sha256=`) shows nothing wrong with
+//! origin's copy: the request goes on to the upstream and origin's copy stays as it is.
 
 use hangar_core::wire::SHA256_HEADER;
 use hangar_core::Digest;
@@ -17,6 +19,7 @@ use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 
 use super::ctx::RequestCtx;
+use crate::origin::Distrust;
 use super::HangarProxy;
 use super::attempt::Step;
 
@@ -33,9 +36,15 @@ impl HangarProxy {
         }
         let Some(claimed) = ctx.attempt.origin_sha256().and_then(Digest::sha256_hex) else { return Ok(()) };
         match ctx.body.expected.as_ref() {
+            // The client's own `?sha256=` vouches for nothing: origin's copy is not the one it
+            // asks for, so this request goes on, and origin's copy stays trusted.
+            Some(expected @ Digest::Sha256(_)) if *expected != claimed && ctx.body.expected_asked => {
+                self.metrics.origin_fetches.with_label_values(&[ctx.repo_name(), "other_digest"]).inc();
+                Err(ctx.attempt.step(Step::NextHop))
+            }
             Some(expected @ Digest::Sha256(_)) if *expected != claimed => {
                 tracing::warn!(repository = %ctx.repo_name(), expected = %expected, origin = %claimed, "origin holds another artefact under this path; fetching it from the upstream");
-                self.origin_copy_corrupt(ctx);
+                self.origin_copy_corrupt(ctx, false);
                 Err(ctx.attempt.step(Step::NextHop))
             }
             // A digest of another algorithm is checked as the body streams.
@@ -48,11 +57,12 @@ impl HangarProxy {
     }
 
     /// Origin's copy is not what it must be: count it, and stop trusting origin with it.
-    pub(super) fn origin_copy_corrupt(&self, ctx: &RequestCtx) {
+    /// `rotten`: its body failed the check as it streamed (see [`Distrust::rotten`]).
+    pub(super) fn origin_copy_corrupt(&self, ctx: &RequestCtx, rotten: bool) {
         let (Some(origin), Some((repo, route))) = (self.origin.as_ref(), ctx.routed()) else { return };
         self.metrics.origin_fetches.with_label_values(&[&repo.name, "corrupt"]).inc();
         if let Some(claimed) = ctx.attempt.origin_sha256() {
-            origin.distrust(&repo.name, &route.resolved.key_path, claimed);
+            origin.distrust(&repo.name, &route.resolved.key_path, Distrust { sha256: claimed.to_string(), rotten });
         }
     }
 }

@@ -70,6 +70,7 @@ impl HangarProxy {
             ctx.body.expiry_head = Some(Vec::new());
         }
         ctx.body.expected = resolved.digest.clone();
+        ctx.body.expected_asked = resolved.digest_asked;
         if let Some(scope) = resolved.auth_scope.as_deref() {
             ctx.attempt.preauthorize(repo.auth.preauthorization(scope));
         }

@@ -316,6 +316,13 @@ impl DiskTier {
         }
     }
 
+    /// Bytes that must be freed for a fill of `len` more bytes to fit beside what other fills
+    /// hold and `min_free`; 0 when it fits (or the OS cannot say).
+    pub fn shortfall(&self, len: u64) -> u64 {
+        let Some(free) = free_bytes(&self.tmp) else { return 0 };
+        (self.reserved.load(Ordering::Acquire) + len + self.min_free).saturating_sub(free)
+    }
+
     /// Give back bytes reserved for a fill (written, or no longer needed).
     pub fn release(&self, len: u64) {
         let _ = self.reserved.fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| Some(held.saturating_sub(len)));

@@ -256,15 +256,16 @@ impl DiskEviction {
         inner.evict_to_limit()
     }
 
-    /// Choose entries to remove so that a fill of `bytes` fits on a filesystem with no room
-    /// left (pingora evicts only after a fill, so a full disk would otherwise admit nothing
-    /// new). Nothing for a fill larger than the whole budget. The caller purges what returns.
-    pub fn make_room(&self, bytes: u64) -> Vec<CacheEntryKey> {
+    /// Choose entries to remove so that a fill of `len` bytes, `shortfall` of which the
+    /// filesystem lacks, fits (pingora evicts only after a fill, so a full disk would otherwise
+    /// admit nothing new). Nothing for a fill larger than the whole budget. The caller purges
+    /// what returns.
+    pub fn make_room(&self, len: u64, shortfall: u64) -> Vec<CacheEntryKey> {
         let mut inner = self.inner.lock();
-        if bytes as usize > inner.limit {
+        if len as usize > inner.limit || shortfall == 0 {
             return Vec::new();
         }
-        inner.evict_bytes(bytes as usize)
+        inner.evict_bytes(shortfall as usize)
     }
 
     pub async fn persist(&self) {

@@ -56,9 +56,17 @@ impl HandleMiss for TieredMissHandler {
             }
         }
         if !self.spilled {
-            if let Err(e) = self.write.append(self.written, &data) {
-                self.storage.disk.note_write_error(&e);
-                self.spill("the cache filesystem refused the write");
+            match self.write.append(self.written, &data) {
+                // Written bytes are the filesystem's to count now, no longer the reservation's.
+                Ok(()) => {
+                    let written = (data.len() as u64).min(self.reserved);
+                    self.storage.disk.release(written);
+                    self.reserved -= written;
+                }
+                Err(e) => {
+                    self.storage.disk.note_write_error(&e);
+                    self.spill("the cache filesystem refused the write");
+                }
             }
         }
         if self.spilled {

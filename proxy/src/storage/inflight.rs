@@ -124,17 +124,21 @@ impl InflightWrite {
         let _ = std::fs::remove_file(&self.tmp_path);
     }
 
-    /// Wait until every reader has read at least `offset` bytes (or [`READER_PATIENCE`] has
-    /// passed without one moving: a reader that stalls that long is left behind, and fails).
-    /// A spilled fill calls this before moving its window past what a reader still needs.
+    /// Wait until every reader has read at least `offset` bytes, for at most
+    /// [`READER_PATIENCE`] in all: readers still behind then are left behind (no longer waited
+    /// for; they fail if they need bytes the window has moved past), so a reader trickling
+    /// a byte at a time cannot pace the fill, and with it every other client. A spilled fill
+    /// calls this before moving its window past what a reader still needs.
     pub async fn wait_for_readers(&self, offset: u64) {
+        let deadline = tokio::time::Instant::now() + READER_PATIENCE;
         loop {
             let notified = self.read_progress.notified();
             let slowest = self.readers.lock().values().copied().min();
             if slowest.is_none_or(|r| r >= offset) {
                 return;
             }
-            if tokio::time::timeout(READER_PATIENCE, notified).await.is_err() {
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                self.readers.lock().retain(|_, read| *read >= offset);
                 return;
             }
         }
