@@ -153,6 +153,23 @@ pub async fn http(addr: SocketAddr, method: &str, target: &str, headers: &[(&str
     Ok(Streaming { status, headers, content_length, sock, buffered: buf[head_end + 4..].to_vec(), received: 0 })
 }
 
+/// `PUT target` with `body` and extra headers, on its own connection; the response's status
+/// and its whole text (head and body).
+pub async fn put(addr: SocketAddr, target: &str, body: &[u8], headers: &[(&str, &str)]) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    let mut head = format!("PUT {target} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n", body.len());
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).await.expect("write head");
+    s.write_all(body).await.expect("write body");
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).await.expect("read response");
+    let text = String::from_utf8_lossy(&resp).to_string();
+    (text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0), text)
+}
+
 /// GET `target` and read the whole body.
 pub async fn get(addr: SocketAddr, target: &str) -> Response {
     http(addr, "GET", target, &[]).await.expect("request").collect().await

@@ -17,7 +17,7 @@ pub mod tls;
 pub mod tmpfs;
 pub mod upstream;
 
-pub use client::{get, http, Response};
+pub use client::{get, http, put, Response};
 pub use proxy::{Proxy, ProxyBuilder};
 pub use tmpfs::Tmpfs;
 pub use upstream::{Body, Route, Upstream};

@@ -66,19 +66,7 @@ async fn the_host_header_neither_splits_nor_bypasses_the_cache() {
 
 /// PUT `body` to origin with `headers`; returns (status, response text).
 async fn put(origin: &Service, path: &str, body: &[u8], headers: &[(&str, &str)]) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(origin.addr).await.unwrap();
-    let mut head = format!("PUT {path} HTTP/1.1\r\nHost: origin\r\nContent-Length: {}\r\nConnection: close\r\n", body.len());
-    for (k, v) in headers {
-        head.push_str(&format!("{k}: {v}\r\n"));
-    }
-    head.push_str("\r\n");
-    s.write_all(head.as_bytes()).await.unwrap();
-    s.write_all(body).await.unwrap();
-    let mut resp = Vec::new();
-    s.read_to_end(&mut resp).await.unwrap();
-    let text = String::from_utf8_lossy(&resp).to_string();
-    (text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0), text)
+    hangar_e2e::put(origin.addr, path, body, headers).await
 }
 
 /// hangar-origin on a directory under `root`, trusting the fleet's secret for repairs.

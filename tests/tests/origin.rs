@@ -14,22 +14,10 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-/// PUT `body` to origin; returns (status, response body).
+/// PUT `body` to origin, with its declared sha256 if given; returns (status, response text).
 async fn put(origin: &Service, path: &str, body: &[u8], sha256: Option<&str>) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(origin.addr).await.unwrap();
-    let mut head = format!("PUT {path} HTTP/1.1\r\nHost: origin\r\nContent-Length: {}\r\nConnection: close\r\n", body.len());
-    if let Some(d) = sha256 {
-        head.push_str(&format!("X-Hangar-Sha256: {d}\r\n"));
-    }
-    head.push_str("\r\n");
-    s.write_all(head.as_bytes()).await.unwrap();
-    s.write_all(body).await.unwrap();
-    let mut resp = Vec::new();
-    s.read_to_end(&mut resp).await.unwrap();
-    let text = String::from_utf8_lossy(&resp).to_string();
-    let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    (status, text)
+    let headers: Vec<(&str, &str)> = sha256.map(|d| ("X-Hangar-Sha256", d)).into_iter().collect();
+    hangar_e2e::put(origin.addr, path, body, &headers).await
 }
 
 async fn publish_rules(origin: &Service) {
