@@ -75,10 +75,6 @@ impl<A> Guarded<A> {
 #[async_trait]
 impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
     async fn process_new(self: &Arc<Self>, mut stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
-        // A stream handed back for reuse is already guarded (and holds its permit).
-        if (*stream).as_any().is::<GuardedStream>() {
-            return self.inner.process_new(stream, shutdown).await;
-        }
         let Ok(permit) = self.permits.clone().try_acquire_owned() else {
             self.metrics.refused.inc();
             refuse(&mut stream, self.limits.max_clients).await;

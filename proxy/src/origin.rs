@@ -75,7 +75,7 @@ pub struct OriginClient {
     queue: mpsc::Sender<UploadJob>,
     receiver: Mutex<Option<mpsc::Receiver<UploadJob>>>,
     results: IntCounterVec,
-    distrusted: std::sync::Mutex<Distrusted>,
+    distrusted: parking_lot::Mutex<Distrusted>,
 }
 
 impl OriginClient {
@@ -88,7 +88,7 @@ impl OriginClient {
     /// Origin's copy of `key_path` failed verification: stop asking origin for it, and have
     /// the next verified upstream copy replace it.
     pub fn distrust(&self, repository: &str, key_path: &str, copy: Distrust) {
-        let mut d = self.distrusted.lock().expect("distrusted lock");
+        let mut d = self.distrusted.lock();
         let key = (repository.to_string(), key_path.to_string());
         if d.map.insert(key.clone(), copy).is_none() {
             d.order.push_back(key);
@@ -102,13 +102,13 @@ impl OriginClient {
 
     /// Origin's copy of `key_path`, if this proxy found it corrupt.
     pub fn distrusted(&self, repository: &str, key_path: &str) -> Option<Distrust> {
-        let d = self.distrusted.lock().expect("distrusted lock");
+        let d = self.distrusted.lock();
         d.map.get(&(repository.to_string(), key_path.to_string())).cloned()
     }
 
     /// Origin holds a good copy again.
     fn trust(&self, repository: &str, key_path: &str) {
-        let mut d = self.distrusted.lock().expect("distrusted lock");
+        let mut d = self.distrusted.lock();
         let key = (repository.to_string(), key_path.to_string());
         if d.map.remove(&key).is_some() {
             d.order.retain(|k| k != &key);

@@ -27,6 +27,21 @@ pub fn pattern_byte(seed: u8, i: u64) -> u8 {
     ((i.wrapping_mul(31).wrapping_add(i >> 13) as u8) ^ seed).wrapping_add((i % 251) as u8)
 }
 
+/// Every file below `dir`, recursively (an absent directory has none).
+pub fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(files_under(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+/// A body of `len` bytes of [`pattern_byte`].
 pub fn pattern(seed: u8, len: u64) -> Vec<u8> {
     (0..len).map(|i| pattern_byte(seed, i)).collect()
 }

@@ -142,7 +142,7 @@ async fn a_rotten_blob_on_origin_is_never_served_whole_and_is_repaired() {
     let sha = sha256_hex(&real);
     assert_eq!(put(&origin, "/objects/files/tool.bin", &real, &[("X-Hangar-Sha256", &sha)]).await.0, 201);
     // The stored blob rots: same length, other bytes, same name.
-    let blob = walk(&store.join("blobs")).into_iter().find(|p| p.to_string_lossy().contains(&sha)).expect("the blob is named by its digest");
+    let blob = hangar_e2e::files_under(&store.join("blobs")).into_iter().find(|p| p.to_string_lossy().contains(&sha)).expect("the blob is named by its digest");
     let rotten = pattern(10, real.len() as u64);
     std::fs::write(&blob, &rotten).unwrap();
 
@@ -162,18 +162,6 @@ async fn a_rotten_blob_on_origin_is_never_served_whole_and_is_repaired() {
     assert_eq!(std::fs::read(&blob).unwrap(), real, "the blob holds its digest's bytes again");
 }
 
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            out.extend(walk(&path));
-        } else {
-            out.push(path);
-        }
-    }
-    out
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_clients_own_pin_never_condemns_origins_copy() {

@@ -1,8 +1,6 @@
 //! hangar-origin on its own: content-addressed, never overwritten, verified on write, large
 //! objects in multipart uploads, and presigned redirects, on a local directory and on S3 (moto).
 
-use std::path::Path;
-
 use hangar_e2e::services::{self, Service};
 use hangar_e2e::{get, http, pattern, Proxy, Route, Upstream};
 use sha2::Digest as _;
@@ -43,21 +41,10 @@ async fn local_store_publishes_once_and_verifies_digests() {
     let origin = services::origin_on_dir(root.path());
     let dir = root.path().join("origin");
     publish_rules(&origin).await;
-    let blobs = walk(&dir.join("store/blobs"));
+    let blobs = hangar_e2e::files_under(&dir.join("store/blobs"));
     assert_eq!(blobs.len(), 1, "content-addressed: one blob for one content: {blobs:?}");
 }
 
-fn walk(dir: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        if e.file_type().unwrap().is_dir() {
-            out.extend(walk(&e.path()));
-        } else {
-            out.push(e.path().display().to_string());
-        }
-    }
-    out
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_store_publishes_once_verifies_and_uploads_large_objects_in_parts() {
