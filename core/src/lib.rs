@@ -26,6 +26,6 @@ pub use class::{PathClass, PathPattern};
 pub use digest::{Digest, Hasher};
 pub use event::{CacheResult, DownloadEvent, Tier};
 pub use format::FormatKind;
-pub use path::{PathError, RequestPath};
+pub use path::{remove_dot_segments, DotSegments, PathError, RequestPath};
 pub use units::{ByteSize, HumanDuration};
 pub use url::{UpstreamUrl, UrlError};

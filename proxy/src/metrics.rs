@@ -58,6 +58,12 @@ pub struct Metrics {
     pub metadata_writes: IntCounterVec,
     /// Client connections: open, refused at the cap, closed for idling or slow headers.
     pub connections: crate::connections::ConnectionMetrics,
+    /// Cached artefacts fetched again because their index now lists another digest (rebuilt
+    /// upstream under the same name).
+    pub relisted: IntCounterVec,
+    /// Absolute links in rewritten documents left pointing past the proxy (to a host that is
+    /// none of the repository's upstreams): downloads that bypass the cache.
+    pub links_bypassing: IntCounterVec,
 }
 
 impl Metrics {
@@ -110,6 +116,8 @@ impl Metrics {
             refused: IntCounter::new("client_connections_refused_total", "Client connections answered 503 at connections.max_clients").expect("valid metric"),
             closed: counter_vec("client_connections_closed_total", "Client connections closed by a limit: idle (keepalive_timeout), header_timeout", &["reason"]),
         };
+        let relisted = counter_vec("relisted_total", "Cached artefacts fetched again because their index lists another digest", &["repository"]);
+        let links_bypassing = counter_vec("links_bypassing_total", "Links in rewritten documents left pointing at a host that is not an upstream of the repository", &["repository"]);
         registry.register(Box::new(connections.open.clone())).expect("unique metric");
         registry.register(Box::new(connections.refused.clone())).expect("unique metric");
         Metrics {
@@ -138,6 +146,8 @@ impl Metrics {
             fleet_members,
             hop_proofs_rejected,
             metadata_writes,
+            relisted,
+            links_bypassing,
             connections,
         }
     }

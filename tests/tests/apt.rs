@@ -237,3 +237,58 @@ async fn indexes_by_name_follow_the_in_release_and_pool_files_are_verified_again
     assert_eq!((r.status, r.body == packages2), (200, true));
     assert_eq!(up.hits("/dists/t/main/binary-amd64/Packages.xz"), 0);
 }
+
+/// A flat repository (`deb [trusted=yes] URI ./`): `Release` and `Packages` at the root,
+/// listing `deb` as `all/./probe_1.0_all.deb`, as some third-party repositories do.
+fn flat_repository(up: &Upstream, deb: &[u8]) {
+    let packages = format!(
+        "Package: probe\nVersion: 1.0\nArchitecture: all\nMaintainer: t <t@example.com>\nFilename: all/./probe_1.0_all.deb\nSize: {}\nSHA256: {}\nDescription: probe\n\n",
+        deb.len(),
+        sha256_hex(deb)
+    );
+    let date = httpdate::fmt_http_date(std::time::SystemTime::now()).replace("GMT", "UTC");
+    let release = format!("Origin: Test\nLabel: Test\nDate: {date}\nSHA256:\n {} {} Packages\n", sha256_hex(packages.as_bytes()), packages.len());
+    up.route("/flat/Release", Route::ok(release.into_bytes()).without("Cache-Control"));
+    up.route("/flat/Packages", Route::ok(packages.into_bytes()).without("Cache-Control"));
+    up.route("/flat/all/probe_1.0_all.deb", Route::ok(deb.to_vec()));
+}
+
+/// A real `.deb` named probe, 1.0, whose description says `text` (so rebuilding it changes
+/// its size and digest, not its name).
+fn probe_deb(dir: &Path, text: &str) -> Vec<u8> {
+    let root = dir.join(format!("probe-{}", text.len()));
+    std::fs::create_dir_all(root.join("DEBIAN")).unwrap();
+    std::fs::write(root.join("DEBIAN/control"), format!("Package: probe\nVersion: 1.0\nArchitecture: all\nMaintainer: t <t@example.com>\nDescription: {text}\n")).unwrap();
+    let out = dir.join(format!("probe-{}.deb", text.len()));
+    run(Command::new("dpkg-deb").args(["--build", "--root-owner-group"]).arg(&root).arg(&out));
+    std::fs::read(out).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flat_repository_with_dot_segments_and_a_package_rebuilt_under_its_name_work_with_apt_get() {
+    let up = Upstream::start().await;
+    let scratch = tempfile::tempdir().unwrap();
+    let first = probe_deb(scratch.path(), "first build");
+    flat_repository(&up, &first);
+    let config = format!("[[repository]]\nname = \"flat\"\nprefix = \"/flat/\"\nformat = \"apt\"\nupstream = \"{}/flat/\"\n[repository.freshness]\nmetadata_ttl = \"0s\"\nstale_while_revalidate = \"0s\"\n", up.url());
+    let proxy = Proxy::builder(&scratch.path().join("cache")).config(&config).start();
+    let root = scratch.path().join("apt");
+    let conf = apt_config(&root, &proxy, "./");
+    std::fs::write(root.join("sources.list"), format!("deb [trusted=yes] http://{}/flat/ ./\n", proxy.addr)).unwrap();
+
+    run(&mut apt_get(&conf, &root, &["update"]));
+    run(&mut apt_get(&conf, &root, &["download", "probe"]));
+    assert_eq!(std::fs::read(root.join("probe_1.0_all.deb")).unwrap(), first, "apt-get asked for all/./probe_1.0_all.deb and got it");
+    assert_eq!(proxy.metric("hangar_verified_total", &[("repository", "flat")]).await, 1.0, "verified against the flat Packages index");
+
+    // The repository rebuilds the package under the same name and updates its indexes.
+    let second = probe_deb(scratch.path(), "second build, with a longer description");
+    assert_ne!(first.len(), second.len());
+    flat_repository(&up, &second);
+    std::fs::remove_file(root.join("probe_1.0_all.deb")).unwrap();
+    run(&mut apt_get(&conf, &root, &["update"]));
+    run(&mut apt_get(&conf, &root, &["download", "probe"]));
+    assert_eq!(std::fs::read(root.join("probe_1.0_all.deb")).unwrap(), second, "not the cached first build: {}", proxy.stderr());
+    assert_eq!(proxy.metric("hangar_relisted_total", &[("repository", "flat")]).await, 1.0);
+    assert_eq!(up.hits("/flat/all/probe_1.0_all.deb"), 2);
+}

@@ -28,6 +28,12 @@ async fn bad_requests_get_clear_errors_and_never_escape_the_repository() {
         assert_eq!(r.header("content-type"), Some("application/json"), "{evil}");
     }
     assert_eq!(up.hits("/secret"), 0, "no request escaped the repository's upstream path");
+    // RFC 3986 5.2.4: dot segments that stay inside the repository are resolved, not refused.
+    for fine in ["/files/./ok.txt", "/./files/ok.txt", "/files/x/../ok.txt", "/files/%2e/x/%2E%2e/ok.txt"] {
+        let r = get(proxy.addr, fine).await;
+        assert_eq!((r.status, r.body.as_slice()), (200, &b"fine"[..]), "{fine}");
+    }
+    assert_eq!(up.hits("/repo/ok.txt"), 1, "one cache key for every spelling");
 
     let unknown = get(proxy.addr, "/nowhere/x").await;
     assert_eq!(unknown.status, 404);

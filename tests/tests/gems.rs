@@ -27,18 +27,24 @@ fn build_gem(src: &Path, name: &str, deps: &[(&str, &str)]) -> std::path::PathBu
 /// A gem source in `repo`: two gems, `gem generate_index`'s legacy index, and a compact index
 /// (`versions`, `names`, `info/<name>`) whose checksums are `checksum_of`'s.
 fn make_source(root: &Path, tamper: bool) -> std::path::PathBuf {
+    make_source_of(root, &[("hgdep", &[]), ("hgdemo", &[("hgdep", "~> 1.0")])], tamper.then_some("hgdep"))
+}
+
+/// A source of `gems` (name, dependencies), each at 1.0.0; `tamper` flips a byte of one gem
+/// after its checksum was listed.
+fn make_source_of(root: &Path, gems: &[(&str, &[(&str, &str)])], tamper: Option<&str>) -> std::path::PathBuf {
     let repo = root.join("repo");
     std::fs::create_dir_all(repo.join("gems")).unwrap();
-    let dep = build_gem(&root.join("src"), "hgdep", &[]);
-    let app = build_gem(&root.join("src"), "hgdemo", &[("hgdep", "~> 1.0")]);
-    for g in [&dep, &app] {
-        std::fs::copy(g, repo.join("gems").join(g.file_name().unwrap())).unwrap();
+    for (name, deps) in gems {
+        let g = build_gem(&root.join("src"), name, deps);
+        std::fs::copy(&g, repo.join("gems").join(g.file_name().unwrap())).unwrap();
     }
     run(Command::new("gem").args(["generate_index", "--directory"]).arg(&repo));
+    let deps: Vec<String> = gems.iter().map(|(n, d)| format!("\"{n}\": \"{}\"", d.iter().map(|(a, b)| format!("{a}:{b}")).collect::<Vec<_>>().join(","))).collect();
     let script = r#"
-import hashlib, os, sys
+import hashlib, json, os, sys
 repo = sys.argv[1]
-deps = {"hgdep": "", "hgdemo": "hgdep:~> 1.0"}
+deps = json.loads(sys.argv[2])
 os.makedirs(os.path.join(repo, "info"), exist_ok=True)
 lines = []
 for name, d in deps.items():
@@ -47,11 +53,11 @@ for name, d in deps.items():
     open(os.path.join(repo, "info", name), "w").write(info)
     lines.append("%s 1.0.0 %s" % (name, hashlib.md5(info.encode()).hexdigest()))
 open(os.path.join(repo, "versions"), "w").write("created_at: 2026-01-01T00:00:00Z\n---\n" + "\n".join(lines) + "\n")
-open(os.path.join(repo, "names"), "w").write("---\nhgdemo\nhgdep\n")
+open(os.path.join(repo, "names"), "w").write("---\n" + "".join(n + "\n" for n in sorted(deps)))
 "#;
-    run(Command::new("python3").arg("-c").arg(script).arg(&repo));
-    if tamper {
-        let path = repo.join("gems/hgdep-1.0.0.gem");
+    run(Command::new("python3").arg("-c").arg(script).arg(&repo).arg(format!("{{{}}}", deps.join(","))));
+    if let Some(name) = tamper {
+        let path = repo.join(format!("gems/{name}-1.0.0.gem"));
         let mut bytes = std::fs::read(&path).unwrap();
         let n = bytes.len();
         bytes[n - 20] ^= 0xff;
@@ -120,6 +126,54 @@ async fn a_gem_that_does_not_match_its_compact_index_checksum_fails_and_is_not_c
     assert!(proxy.metric("hangar_integrity_failures_total", &[]).await >= 1.0);
     let r = http(proxy.addr, "GET", "/gems/gems/hgdep-1.0.0.gem", &[]).await.unwrap().collect().await;
     assert!(r.truncated || r.status != 200, "still refused: the tampered gem was never cached");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gem_whose_name_ends_in_digits_is_checked_against_its_own_info_file() {
+    // `rfc-822-1.0.0.gem` is rfc-822 at 1.0.0, not rfc at 822: its checksum is in info/rfc-822.
+    let root = tempfile::tempdir().unwrap();
+    let repo = make_source_of(root.path(), &[("rfc-822", &[])], Some("rfc-822"));
+    let upstream = services::file_server(&repo);
+    let proxy = Proxy::builder(&root.path().join("cache")).config(&config(upstream.addr)).start();
+    let source = format!("http://{}/gems/", proxy.addr);
+    let mut install = Command::new("gem");
+    install.env("HOME", root.path()).args(["install", "--clear-sources", "--no-document", "--source", &source, "--install-dir"]).arg(root.path().join("g")).arg("rfc-822");
+    run_failing(&mut install);
+    for _ in 0..2 {
+        let r = http(proxy.addr, "GET", "/gems/gems/rfc-822-1.0.0.gem", &[]).await.unwrap().collect().await;
+        assert!(r.truncated || r.status != 200, "a gem that does not match info/rfc-822 is never delivered whole, nor cached: {}", proxy.stderr());
+    }
+    assert!(proxy.metric("hangar_integrity_failures_total", &[("repository", "rubygems")]).await >= 2.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gem_pushed_again_under_its_name_is_fetched_again_once_its_info_file_changes() {
+    let root = tempfile::tempdir().unwrap();
+    let repo = make_source_of(root.path(), &[("hgdep", &[])], None);
+    let upstream = services::file_server(&repo);
+    let config = format!("{}[repository.freshness]\nmetadata_ttl = \"0s\"\nstale_while_revalidate = \"0s\"\n", config(upstream.addr));
+    let proxy = Proxy::builder(&root.path().join("cache")).config(&config).start();
+    let addr = proxy.addr;
+    let get = |path: &'static str| async move { http(addr, "GET", path, &[]).await.unwrap().collect().await };
+    let first = std::fs::read(repo.join("gems/hgdep-1.0.0.gem")).unwrap();
+    assert_eq!(get("/gems/info/hgdep").await.status, 200);
+    let r = get("/gems/gems/hgdep-1.0.0.gem").await;
+    assert_eq!((r.status, r.body == first, r.cache()), (200, true, "miss"));
+    assert_eq!(get("/gems/gems/hgdep-1.0.0.gem").await.cache(), "hit");
+
+    // The gem is rebuilt (other bytes, same name) and its info file lists the new checksum.
+    let rebuilt = [first.as_slice(), b"\0"].concat();
+    std::fs::write(repo.join("gems/hgdep-1.0.0.gem"), &rebuilt).unwrap();
+    use sha2::Digest as _;
+    std::fs::write(repo.join("info/hgdep"), format!("---\n1.0.0 |checksum:{:x}\n", sha2::Sha256::digest(&rebuilt))).unwrap();
+    // (Within the second the first was written in, Last-Modified would not tell them apart.)
+    run(Command::new("touch").args(["-d", "+1 minute"]).arg(repo.join("info/hgdep")));
+    let info = get("/gems/info/hgdep").await;
+    assert_eq!((info.status, info.cache()), (200, "expired"), "the new info file, fetched in full");
+    let r = get("/gems/gems/hgdep-1.0.0.gem").await;
+    assert_eq!((r.status, r.body == rebuilt), (200, true), "the cached copy is not what the index lists now: {}", proxy.stderr());
+    assert_eq!(get("/gems/gems/hgdep-1.0.0.gem").await.cache(), "hit");
+    assert_eq!(proxy.metric("hangar_relisted_total", &[("repository", "rubygems")]).await, 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -284,3 +284,51 @@ async fn a_tarball_asked_for_before_its_packument_is_verified_through_the_cache(
     assert_eq!(proxy.metric("hangar_integrity_failures_total", &[("repository", "npm")]).await, 1.0);
     assert_ne!(http(proxy.addr, "GET", "/npm/forged/-/forged-1.0.0.tgz", &[]).await.unwrap().collect().await.cache(), "hit");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_error_page_sent_as_a_packument_is_never_stored_and_the_last_good_copy_stands_in() {
+    let scratch = tempfile::tempdir().unwrap();
+    let tgz = make_tgz(scratch.path(), "flaky");
+    let up = Upstream::start().await;
+    let registry = format!("{}/", up.url());
+    let error_page = Route::ok(b"<!DOCTYPE html><html><body>502 Bad Gateway (corporate proxy)</body></html>".to_vec()).header("Content-Type", "text/html");
+    up.route("/flaky", error_page.clone());
+    up.route("/flaky/-/flaky-1.0.0.tgz", Route::ok(tgz.clone()));
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!("{}[repository.freshness]\nmetadata_ttl = \"0s\"\nstale_while_revalidate = \"0s\"\n", config(&registry));
+    let proxy = Proxy::builder(&dir.path().join("cache")).config(&config).start();
+    let proxied = format!("http://{}/npm/", proxy.addr);
+    let project = |name: &str| {
+        let d = scratch.path().join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("package.json"), r#"{"name":"t","version":"1.0.0","dependencies":{"flaky":"1.0.0"}}"#).unwrap();
+        d
+    };
+
+    // The upstream's error page is not a packument: 502 saying why, and nothing stored.
+    for _ in 0..2 {
+        let r = http(proxy.addr, "GET", "/npm/flaky", &[]).await.unwrap().collect().await;
+        assert_eq!(r.status, 502);
+        assert!(String::from_utf8_lossy(&r.body).contains("HTML page"), "{}", String::from_utf8_lossy(&r.body));
+    }
+    assert_eq!(up.hits("/flaky"), 2, "never served from cache");
+    run_failing(&mut npm(scratch.path(), &project("a"), &proxied, &["install", "--fetch-retries=0"]));
+    // A JSON type with an HTML body is cut off at its first bytes, and not stored either.
+    up.route("/flaky", error_page.clone().header("Content-Type", "application/json"));
+    let r = http(proxy.addr, "GET", "/npm/flaky", &[]).await.unwrap().collect().await;
+    assert!(r.status != 200 || r.truncated, "an HTML body under a JSON type is not delivered as a packument");
+    assert!(proxy.metric("hangar_upstream_errors_total", &[("repository", "npm"), ("kind", "unreadable_document")]).await >= 3.0);
+
+    // The upstream recovers: npm installs, and the packument is cached.
+    up.route("/flaky", Route::ok(packument(&registry, "flaky", &tgz).into_bytes()).header("Content-Type", "application/json").without("Cache-Control"));
+    run(&mut npm(scratch.path(), &project("b"), &proxied, &["install"]));
+    assert!(scratch.path().join("b/node_modules/flaky/package.json").exists());
+
+    // It fails again: the last good copy is served, stale, and npm still installs.
+    up.route("/flaky", error_page);
+    let r = http(proxy.addr, "GET", "/npm/flaky", &[]).await.unwrap().collect().await;
+    assert_eq!((r.status, r.cache()), (200, "stale"), "{}", String::from_utf8_lossy(&r.body));
+    assert!(String::from_utf8_lossy(&r.body).contains("\"versions\""));
+    run(&mut npm(scratch.path(), &project("c"), &proxied, &["install", "--prefer-online"]));
+    assert!(scratch.path().join("c/node_modules/flaky/package.json").exists());
+}

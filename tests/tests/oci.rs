@@ -289,6 +289,16 @@ async fn blobs_answer_head_and_range_and_a_wrong_blob_is_never_cached() {
     }
     assert_eq!(registry.hits(&format!("/v2/team/app/blobs/{forged}")), 2, "and never cached");
     assert_eq!(proxy.metric("hangar_integrity_failures_total", &[("repository", "reg")]).await, 2.0);
+    // Asked for by sha512, a registry may still name the blob by its sha256: the client
+    // gets the digest it asked for, and that the body was verified against (miss and hit).
+    let b512 = { use sha2::Digest as _; format!("sha512:{:x}", sha2::Sha512::digest(&blob)) };
+    registry.route(&format!("/v2/team/app/blobs/{b512}"), Route::ok(blob.clone()).header("Docker-Content-Digest", &b));
+    for expected_cache in ["miss", "hit"] {
+        let r = fetch(&proxy, "GET", &format!("/v2/team/app/blobs/{b512}"), &[]).await;
+        assert_eq!((r.status, r.body == blob, r.cache()), (200, true, expected_cache));
+        assert_eq!(r.header("docker-content-digest"), Some(b512.as_str()), "{expected_cache}");
+    }
+    assert_eq!(fetch(&proxy, "HEAD", &path, &[]).await.header("docker-content-digest"), Some(b.as_str()));
     assert_eq!(fetch(&proxy, "GET", "/v2/team/app/blobs/latest", &[]).await.status, 404);
     assert_eq!(fetch(&proxy, "GET", "/v2/Team/app/manifests/v1", &[]).await.status, 400);
 }

@@ -42,8 +42,16 @@ fn is_index(name: &str) -> bool {
     ["Packages", "Sources", "Translation-", "Contents-", "Components-", "Commands-"].iter().any(|p| name.starts_with(p))
 }
 
+/// A Packages index: below `binary-<arch>/` (by name or by hash), or anywhere in a flat
+/// repository (`deb http://host/path ./` reads `Packages` next to `Release`).
 fn is_packages_listing(path: &str) -> bool {
-    path.contains("/binary-") && (path.contains("/by-hash/SHA256/") || path.rsplit('/').next().is_some_and(|n| n.starts_with("Packages")))
+    let by_name = path.rsplit('/').next().is_some_and(|n| n.starts_with("Packages"));
+    by_name || (path.contains("/binary-") && path.contains("/by-hash/SHA256/"))
+}
+
+/// A package file: everything below `pool/`, and the `.deb`s of flat repositories.
+fn is_package_file(path: &str) -> bool {
+    path.starts_with("pool/") || [".deb", ".udeb", ".ddeb"].iter().any(|ext| path.ends_with(ext))
 }
 
 /// A writer that refuses to grow past a limit (a decompression bomb is an error, not an OOM).
@@ -109,8 +117,12 @@ fn package_digests(text: &str) -> Vec<(String, Digest)> {
     for paragraph in text.split("\n\n") {
         let field = |name: &str| paragraph.lines().find_map(|l| l.strip_prefix(name)).map(str::trim);
         if let (Some(file), Some(d)) = (field("Filename:"), field("SHA256:").and_then(Digest::sha256_hex)) {
-            if file.starts_with("pool/") && !file.contains("..") {
-                out.push((file.to_string(), d));
+            // Keyed as the proxy keys the request apt makes for it: flat repositories list
+            // `all/./x.deb`, which apt asks for as written and the proxy resolves (RFC 3986).
+            let key = hangar_core::remove_dot_segments(file, hangar_core::DotSegments::All);
+            match key {
+                Ok(key) if is_package_file(&key) => out.push((key.into_owned(), d)),
+                _ => {}
             }
         }
     }
@@ -132,7 +144,7 @@ impl Format for Apt {
             if let Some(hex) = hash.strip_prefix("SHA256/") {
                 resolved.digest = Some(Digest::sha256_hex(hex).ok_or(FormatError::NotFound("malformed by-hash name"))?);
             }
-        } else if rel.starts_with("pool/") {
+        } else if is_package_file(&rel) {
             // apt escapes `+` (`hostname_3.23%2bnmu1_amd64.deb`); the Packages index does not,
             // and other clients may not: the key is the name unescaped.
             resolved.key_path = with_query(&percent_encoding::percent_decode_str(&rel).decode_utf8_lossy(), path.query);
@@ -160,6 +172,18 @@ impl Format for Apt {
         let text = String::from_utf8_lossy(head);
         let line = text.lines().find_map(|l| l.strip_prefix("Valid-Until:"))?;
         httpdate::parse_http_date(&line.trim().replace("UTC", "GMT")).ok()
+    }
+
+    /// InRelease is clearsigned, Release.gpg a detached signature, Release a paragraph of
+    /// fields; indexes by name are compressed or paragraphs too.
+    fn check_document(&self, resolved: &Resolved, content_type: Option<&str>, head: Option<&[u8]>) -> Result<(), String> {
+        let path = resolved.key_path.split('?').next().unwrap_or("");
+        match path.rsplit('/').next() {
+            Some("InRelease") => super::document_like(content_type, head, "clearsigned InRelease", &["-----BEGIN PGP SIGNED MESSAGE-----"]),
+            Some("Release.gpg") => super::document_like(content_type, head, "Release signature", &["-----BEGIN PGP SIGNATURE-----"]),
+            Some(_) if path.starts_with("dists/") => super::document_like(content_type, head, "Release file or index", &[]),
+            _ => Ok(()),
+        }
     }
 
     fn digests_in(&self, document_path: &str, body: &[u8]) -> Result<Vec<(String, Digest)>, FormatError> {
@@ -212,7 +236,7 @@ mod tests {
         assert_eq!(found.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(), ["dists/bookworm/main/binary-amd64/Packages.xz", "dists/bookworm/main/i18n/Translation-en"]);
         assert!(Apt.digests_in("dists/bookworm/InRelease", release.replace("Acquire-By-Hash: yes\n", "").as_bytes()).unwrap().is_empty());
 
-        let packages = format!("Package: a\nFilename: pool/main/a/a_1_all.deb\nSHA256: {SHA}\n\nPackage: b\nFilename: ../etc/passwd\nSHA256: {SHA}\n");
+        let packages = format!("Package: a\nFilename: pool/main/a/a_1_all.deb\nSHA256: {SHA}\n\nPackage: b\nFilename: ../etc/passwd\nSHA256: {SHA}\n\nPackage: c\nFilename: ../c.deb\nSHA256: {SHA}\n");
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         gz.write_all(packages.as_bytes()).unwrap();
         let mut xz = Vec::new();
@@ -222,5 +246,9 @@ mod tests {
             assert_eq!(found, vec![("pool/main/a/a_1_all.deb".to_string(), Digest::sha256_hex(SHA).unwrap())]);
         }
         assert!(Apt.digests_in("dists/x/main/binary-amd64/Packages.xz", &[0xFD, b'7', b'z', b'X', b'Z', 0, 1, 2]).is_err());
+        // A flat repository: `Packages` beside `Release`, files listed with `./`.
+        let flat = format!("Package: probe\nFilename: all/./probe_1.0_all.deb\nSHA256: {SHA}\n");
+        assert_eq!(Apt.digests_in("Packages", flat.as_bytes()).unwrap(), vec![("all/probe_1.0_all.deb".to_string(), Digest::sha256_hex(SHA).unwrap())]);
+        assert!(resolve("Packages.gz").lists_digests && resolve("all/probe_1.0_all.deb").learned_digest);
     }
 }

@@ -102,6 +102,11 @@ impl Format for Cargo {
         Ok(Resolved::passthrough(with_query(&rel, path.query), PathClass::Metadata))
     }
 
+    /// `config.json` and index files (one JSON object per line) start with `{`.
+    fn check_document(&self, _resolved: &Resolved, content_type: Option<&str>, head: Option<&[u8]>) -> Result<(), String> {
+        super::document_like(content_type, head, "sparse index file (JSON lines)", &["{"])
+    }
+
     fn rewrite(&self, _resolved: &Resolved, body: Bytes, env: &RewriteEnv<'_>) -> Result<Rewritten, FormatError> {
         let bad = |e: serde_json::Error| FormatError::BadDocument { what: "config.json", reason: e.to_string() };
         let mut doc: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&body).map_err(bad)?;

@@ -14,11 +14,23 @@ use super::{with_query, Format, FormatError, FormatKind, Resolved};
 
 pub struct Gems;
 
-/// `rails-7.1.0.gem` -> `rails`; `aws-sdk-s3-1.0.0-java.gem` -> `aws-sdk-s3`: the name ends
-/// before the first `-` that starts a version (a digit).
+/// The name in a gem's file name, `<name>-<version>[-<platform>].gem`: `rails-7.1.0.gem` ->
+/// `rails`, `aws-sdk-s3-1.0.0-java.gem` -> `aws-sdk-s3`, `rfc-822-0.4.1.gem` -> `rfc-822`.
+///
+/// Names may end in `-<digits>` and platforms contain `-`, so the split is the first `-` after
+/// which a version (RubyGems' `[0-9]+(\.[0-9a-zA-Z]+)*`) runs to the end or to a platform
+/// (which starts with a letter: `java`, `x86_64-linux`, `universal-darwin-22`).
 fn gem_name(file: &str) -> Option<&str> {
     let stem = file.strip_suffix(".gem")?;
-    stem.char_indices().find(|&(i, c)| c == '-' && stem[i + 1..].starts_with(|d: char| d.is_ascii_digit())).map(|(i, _)| &stem[..i])
+    stem.match_indices('-').map(|(i, _)| i).find(|&i| {
+        let rest = &stem[i + 1..];
+        let end = rest.find('-').unwrap_or(rest.len());
+        let (version, platform) = (&rest[..end], &rest[end..]);
+        let mut parts = version.split('.');
+        let numeric = parts.next().is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+        let valid = numeric && parts.all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric()));
+        valid && (platform.is_empty() || platform[1..].starts_with(|c: char| c.is_ascii_alphabetic() || c == '_'))
+    }).map(|i| &stem[..i])
 }
 
 impl Format for Gems {
@@ -32,12 +44,31 @@ impl Format for Gems {
             let mut resolved = Resolved::passthrough(with_query(&rel, path.query), PathClass::Immutable);
             if let Some(name) = gem_name(file).filter(|_| !file.contains('/')) {
                 resolved.digest_from = Some(format!("info/{name}"));
+                // A source without a compact index publishes no digest: its gems are cached
+                // unverified. One whose info file does not list the gem gets it served only.
                 resolved.digest_required = false;
             }
             return Ok(resolved);
         }
         let class = if rel.starts_with("quick/") { PathClass::Immutable } else { PathClass::Metadata };
-        Ok(Resolved::passthrough(with_query(&rel, path.query), class))
+        let mut resolved = Resolved::passthrough(with_query(&rel, path.query), class);
+        // Each info file is read as it passes, so a gem rebuilt under its name (a new
+        // `checksum:`) is not served from the cache once the new info file has been.
+        resolved.lists_digests = path.query.is_none() && rel.starts_with("info/") && !rel[5..].contains('/');
+        Ok(resolved)
+    }
+
+    /// The compact index: `versions` opens with `created_at:` (or `---`), `names` and
+    /// `info/<name>` with `---`; the legacy indexes are gzip/Marshal, not checked.
+    fn check_document(&self, resolved: &Resolved, content_type: Option<&str>, head: Option<&[u8]>) -> Result<(), String> {
+        let path = resolved.key_path.split('?').next().unwrap_or("");
+        let starts: &[&str] = match path {
+            "versions" => &["created_at:", "---"],
+            "names" => &["---"],
+            p if p.starts_with("info/") => &["---"],
+            _ => return Ok(()),
+        };
+        super::document_like(content_type, head, "compact index file", starts)
     }
 
     /// `info/<name>`: `---`, then one line per version: `1.0.0[-platform] deps|checksum:<hex>,...`.
@@ -75,6 +106,11 @@ mod tests {
             assert_eq!(resolve(p).class, PathClass::Metadata, "{p}");
         }
         assert_eq!(resolve("quick/Marshal.4.8/rails-7.1.0.gemspec.rz").class, PathClass::Immutable);
+        for (file, name) in [("rfc-822-0.4.1.gem", "rfc-822"), ("rails-7.1.0.gem", "rails"), ("ffi-1.15.5-universal-darwin-22.gem", "ffi"), ("nokogiri-1.16.0-x86_64-linux.gem", "nokogiri"), ("a-b-2-3.0.pre1.gem", "a-b-2"), ("x-1.0.0.rc.1.gem", "x")] {
+            assert_eq!(gem_name(file), Some(name), "{file}");
+        }
+        assert_eq!(gem_name("noversion.gem"), None);
+        assert!(resolve("info/rails").lists_digests && !resolve("versions").lists_digests);
         let info = format!("---\n1.0.0 |checksum:{SHA}\n1.1.0-java rack:>= 2.0|checksum:{SHA},ruby:>= 2.7\n");
         let d = Gems.digests_in("info/x", info.as_bytes()).unwrap();
         assert_eq!(d.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(), ["gems/x-1.0.0.gem", "gems/x-1.1.0-java.gem"]);

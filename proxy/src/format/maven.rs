@@ -48,6 +48,18 @@ impl Format for Maven {
         Ok(resolved)
     }
 
+    /// `maven-metadata.xml` is XML; its checksum files are hex.
+    fn check_document(&self, resolved: &Resolved, content_type: Option<&str>, head: Option<&[u8]>) -> Result<(), String> {
+        let path = resolved.key_path.split('?').next().unwrap_or("");
+        if path.ends_with("maven-metadata.xml") {
+            return super::document_like(content_type, head, "maven-metadata.xml", &["<"]);
+        }
+        if path.contains("maven-metadata.xml.") {
+            return super::document_like(content_type, head, "checksum file", &[]);
+        }
+        Ok(())
+    }
+
     /// `<artefact>.sha1` holds the artefact's SHA-1 as its first word (some tools add the
     /// file name after it).
     fn digests_in(&self, document_path: &str, body: &[u8]) -> Result<Vec<(String, Digest)>, FormatError> {

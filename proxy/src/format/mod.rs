@@ -117,6 +117,10 @@ pub struct Resolved {
     pub lists_digests: bool,
     /// Verify the body against a digest learned from a listing, when one has been learned.
     pub learned_digest: bool,
+    /// The response header in which the registry names the body's digest (a registry's
+    /// `Docker-Content-Digest`): set to [`Resolved::digest`], the digest asked for and verified,
+    /// whatever algorithm the upstream chose to name it by.
+    pub digest_header: Option<&'static str>,
     /// The token scope the upstream's challenge will name (a registry's
     /// `repository:<name>:pull`), so a cached token goes with the first request instead of
     /// after a 401.
@@ -190,6 +194,7 @@ impl Resolved {
             pointer: None,
             lists_digests: false,
             learned_digest: false,
+            digest_header: None,
             auth_scope: None,
         }
     }
@@ -327,10 +332,51 @@ pub trait Format: Send + Sync {
         Vec::new()
     }
 
+    /// Whether a 200 for `resolved` can be the document the format must parse: called with
+    /// the response's `Content-Type` before the body (`head` is `None`), then with the first
+    /// bytes of the body ([`DOCUMENT_HEAD_BYTES`], or all of a shorter one). A proxy's HTML
+    /// error page sent as `200` must not be stored as a packument, an index or a manifest:
+    /// refused before the body, the client gets a 502 (or the last good copy, stale) saying
+    /// why; after, the transfer is cut and nothing is stored. `Err` says what is wrong.
+    fn check_document(&self, _resolved: &Resolved, _content_type: Option<&str>, _head: Option<&[u8]>) -> Result<(), String> {
+        Ok(())
+    }
+
     /// Read the digests a [`Resolved::digest_from`] or [`Resolved::lists_digests`] document
     /// lists, keyed by cache key path. May be called off the event loop for large documents.
     fn digests_in(&self, _document_path: &str, _body: &[u8]) -> Result<Vec<(String, Digest)>, FormatError> {
         Ok(Vec::new())
+    }
+}
+
+/// How much of a document's body [`Format::check_document`] is shown.
+pub const DOCUMENT_HEAD_BYTES: usize = 64;
+
+/// The checks most formats' documents share: not an HTML page (unless `html_ok`), and a body
+/// that starts as its syntax must (`starts`: one of these after whitespace and a BOM; empty
+/// accepts any). What [`Format::check_document`] implementations are built from.
+pub(crate) fn document_like(content_type: Option<&str>, head: Option<&[u8]>, what: &str, starts: &[&str]) -> Result<(), String> {
+    match head {
+        None => {
+            let essence = content_type.unwrap_or("").split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+            if essence == "text/html" || essence == "application/xhtml+xml" {
+                return Err(format!("upstream answered 200 with an HTML page (Content-Type {essence}), not a {what}: not stored"));
+            }
+            Ok(())
+        }
+        Some(head) => {
+            let head = head.strip_prefix(b"\xEF\xBB\xBF".as_slice()).unwrap_or(head);
+            let text = head.iter().position(|b| !b.is_ascii_whitespace()).map_or(&head[..0], |i| &head[i..]);
+            let lower = String::from_utf8_lossy(text).to_ascii_lowercase();
+            if lower.starts_with("<!doctype html") || lower.starts_with("<html") {
+                return Err(format!("upstream answered 200 with an HTML page, not a {what}: not stored"));
+            }
+            if !starts.is_empty() && !text.is_empty() && !starts.iter().any(|s| lower.starts_with(&s.to_ascii_lowercase())) {
+                let shown: String = String::from_utf8_lossy(&text[..text.len().min(24)]).chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+                return Err(format!("upstream's body does not start as a {what} does (it starts '{shown}'): not stored"));
+            }
+            Ok(())
+        }
     }
 }
 

@@ -212,8 +212,16 @@ impl Format for Npm {
             }
         }
         out.extend_from_slice(&body[last..]);
-        let digests = self.digests_in(&resolved.key_path, &body).unwrap_or_default();
+        // A document that is not JSON is not a packument, whatever its status said.
+        let digests = self.digests_in(&resolved.key_path, &body)?;
         Ok(Rewritten { body: Bytes::from(out), digests })
+    }
+
+    fn check_document(&self, resolved: &Resolved, content_type: Option<&str>, head: Option<&[u8]>) -> Result<(), String> {
+        if resolved.rewrite {
+            super::document_like(content_type, head, "packument (JSON)", &["{"])?;
+        }
+        Ok(())
     }
 
     fn document_accept(&self) -> &'static str {

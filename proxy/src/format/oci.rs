@@ -75,6 +75,14 @@ impl Format for Oci {
         FormatKind::Oci
     }
 
+    /// Manifests by tag, tag lists and referrers are JSON objects.
+    fn check_document(&self, resolved: &Resolved, content_type: Option<&str>, head: Option<&[u8]>) -> Result<(), String> {
+        if resolved.local.is_some() {
+            return Ok(());
+        }
+        super::document_like(content_type, head, "registry JSON document", &["{"])
+    }
+
     /// A proxy restarted (even killed) during a registry outage still serves its tags.
     fn journals_pointers(&self) -> bool {
         true
@@ -115,6 +123,8 @@ impl Format for Oci {
             ("manifests" | "blobs", Some(d)) => {
                 let mut r = Resolved::passthrough(path_of(&d.to_string()), PathClass::Immutable);
                 r.digest = Some(d);
+                // A registry asked by sha512 may still name the canonical sha256.
+                r.digest_header = Some("docker-content-digest");
                 r
             }
             ("manifests", None) if valid_tag(reference) => {
@@ -155,6 +165,7 @@ mod tests {
         assert!(resolve("").local.is_some());
         let by_digest = resolve(&format!("library/alpine/manifests/{SHA}"));
         assert_eq!((by_digest.class, by_digest.digest.is_some(), by_digest.vary_accept, by_digest.pointer.is_some()), (PathClass::Immutable, true, false, false));
+        assert_eq!(by_digest.digest_header, Some("docker-content-digest"));
         let by_tag = resolve("library/alpine/manifests/3.20");
         assert_eq!((by_tag.class, by_tag.vary_accept), (PathClass::Metadata, true));
         assert_eq!(by_tag.pointer.unwrap().target_for(&Digest::parse(SHA).unwrap()), format!("library/alpine/manifests/{SHA}"));

@@ -10,6 +10,7 @@
 use std::sync::Arc;
 
 use hangar_core::wire::{HopKind, HOP_HEADER, INTERNAL_PREFIX};
+use hangar_core::{remove_dot_segments, DotSegments};
 use http::Method;
 use pingora::proxy::Session;
 
@@ -41,13 +42,18 @@ impl HangarProxy {
         }
         ctx.caller = self.caller(session);
         let req = session.req_header();
-        let (repo, rest) = self.router.route(req.uri.path(), req.uri.query()).map_err(|e| Reply::error(404, e.to_string()))?;
+        // RFC 3986 5.2.4: `.` goes before routing (it cannot change the repository); `..`
+        // is resolved below the repository's prefix and never climbs above it.
+        let refused = |e: hangar_core::PathError| Reply::error(400, format!("{e}: a '..' may not leave the repository"));
+        let path = remove_dot_segments(req.uri.path(), DotSegments::Current).map_err(refused)?;
+        let (repo, rest) = self.router.route(&path, req.uri.query()).map_err(|e| Reply::error(404, e.to_string()))?;
+        let rest = remove_dot_segments(rest, DotSegments::All).map_err(refused)?;
         ctx.repo = Some(repo.clone());
-        if !repo.allows(&req.method, rest) {
-            let allow = STANDARD_METHODS.iter().filter(|m| repo.allows(m, rest)).map(Method::as_str).collect::<Vec<_>>().join(", ");
+        if !repo.allows(&req.method, &rest) {
+            let allow = STANDARD_METHODS.iter().filter(|m| repo.allows(m, &rest)).map(Method::as_str).collect::<Vec<_>>().join(", ");
             return Err(Reply::Error { status: 405, message: "method not allowed".into(), allow: Some(allow) });
         }
-        Ok((repo.clone(), rest.to_string()))
+        Ok((repo.clone(), rest.into_owned()))
     }
 
     /// Who sent the request: a hop proof that verifies makes it a peer's or the proxy's own;

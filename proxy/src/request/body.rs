@@ -18,7 +18,7 @@ use super::ctx::Document;
 use super::{HangarProxy, RequestCtx};
 use crate::client::Request;
 use crate::config::TimeoutConfig;
-use crate::format::RewriteEnv;
+use crate::format::{RewriteEnv, DOCUMENT_HEAD_BYTES};
 use crate::repository::Repository;
 
 /// How long a read of a listing through the proxy itself may take; it runs while a client waits.
@@ -56,6 +56,7 @@ impl HangarProxy {
     pub(super) fn upstream_body(&self, body: &mut Option<Bytes>, end_of_stream: bool, ctx: &mut RequestCtx) -> Result<()> {
         // (A 304 has no body: the body served is then the cached one.)
         ctx.body.from_upstream |= body.is_some();
+        self.check_head(body.as_ref(), end_of_stream, ctx)?;
         self.check_expiry(body.as_ref(), end_of_stream, ctx)?;
         self.verify_chunk(body, end_of_stream, ctx)?;
         self.collect_listing(body.as_ref(), end_of_stream, ctx);
@@ -125,6 +126,36 @@ impl HangarProxy {
         Ok(())
     }
 
+    /// Show the format the first bytes of a document it must parse: one that is not (an
+    /// error page sent as 200) is cut off before it can be stored.
+    fn check_head(&self, body: Option<&Bytes>, end_of_stream: bool, ctx: &mut RequestCtx) -> Result<()> {
+        let Some(head) = ctx.body.document_head.as_mut() else { return Ok(()) };
+        if let Some(b) = body {
+            let take = b.len().min(DOCUMENT_HEAD_BYTES.saturating_sub(head.len()));
+            head.extend_from_slice(&b[..take]);
+        }
+        if head.len() < DOCUMENT_HEAD_BYTES && !end_of_stream {
+            return Ok(());
+        }
+        let head = ctx.body.document_head.take().expect("head present");
+        let Some((repo, route)) = ctx.routed() else { return Ok(()) };
+        if let Err(why) = repo.format.check_document(&route.resolved, None, Some(&head)) {
+            let repo = repo.name.clone();
+            self.refuse_document(&repo, why, ctx);
+            return Err(Error::explain(ErrorType::HTTPStatus(502), "upstream document is not one its format can read").into_up());
+        }
+        Ok(())
+    }
+
+    /// Count and say why an upstream's document is refused.
+    fn refuse_document(&self, repo: &str, why: String, ctx: &mut RequestCtx) {
+        let path = ctx.route.as_ref().map_or("", |r| r.resolved.key_path.as_str());
+        tracing::warn!(repository = %repo, path, "{why}");
+        self.metrics.upstream_errors.with_label_values(&[repo, "unreadable_document"]).inc();
+        ctx.attempt.fail("unreadable_document");
+        ctx.attempt.explain(why);
+    }
+
     /// Read the expiry a body states about itself from its first bytes; refuse to cache or
     /// deliver it once that has passed (the transfer is cut before the rest of the body).
     fn check_expiry(&self, body: Option<&Bytes>, end_of_stream: bool, ctx: &mut RequestCtx) -> Result<()> {
@@ -157,6 +188,21 @@ impl HangarProxy {
         let at_peer = ctx.attempt.at_peer();
         let encoding = resp.headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()).map(|v| v.trim().to_ascii_lowercase());
         let encoded = encoding.as_deref().is_some_and(|e| e != "identity");
+        // Documents the format parses: one that cannot be (an error page sent as 200) is
+        // refused before its body, or cut off at its first bytes; never stored.
+        if resolved.class == hangar_core::PathClass::Metadata && !at_peer {
+            let content_type = resp.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+            let repo = ctx.repo.clone().expect("routed");
+            if let Err(why) = repo.format.check_document(resolved, content_type, None) {
+                self.refuse_document(&repo.name, why.clone(), ctx);
+                return Err(Error::explain(ErrorType::HTTPStatus(502), why).into_up());
+            }
+            if !encoded {
+                ctx.body.document_head = Some(Vec::with_capacity(DOCUMENT_HEAD_BYTES));
+            }
+        }
+        let Some(route) = ctx.route.as_ref() else { return Ok(()) };
+        let resolved = &route.resolved;
         if let Some(expected) = ctx.body.expected.as_ref() {
             if encoded {
                 return Err(Error::explain(ErrorType::HTTPStatus(502), "upstream sent an artefact with a content coding; cannot verify it").into_up());
@@ -267,8 +313,9 @@ impl HangarProxy {
     }
 
     /// Read `document` (a path below the repository prefix) through this proxy (so from cache
-    /// when it can) and remember the artefact digests it lists. Failures leave them unknown.
-    async fn learn_digests(&self, repo: &Repository, document: &str) {
+    /// when it can) and remember the artefact digests it lists; whether it could be read.
+    /// Failures leave them unknown.
+    async fn learn_digests(&self, repo: &Repository, document: &str) -> bool {
         let target = format!("{}{}", repo.prefix, document);
         let url = hangar_core::UpstreamUrl::http(self.listen_addr);
         let headers = [(header::ACCEPT, repo.format.document_accept().to_string()), (header::ACCEPT_ENCODING, "identity".to_string())];
@@ -282,21 +329,29 @@ impl HangarProxy {
         };
         match read {
             Ok(body) => match repo.format.digests_in(document, &body) {
-                Ok(found) => repo.digests.insert_all(found),
+                Ok(found) => {
+                    repo.digests.insert_all(found);
+                    return true;
+                }
                 Err(e) => tracing::warn!(repository = %repo.name, document, error = %e, "cannot read digests"),
             },
             Err(e) => tracing::warn!(repository = %repo.name, document, error = %e, "cannot fetch the document that lists this artefact's digest"),
         }
+        false
     }
 
     /// The digest `document` lists for the artefact at `key`: known already, or learned by
     /// reading the document now.
-    pub(super) async fn listed_digest(&self, repo: &Repository, key: &str, document: &str) -> Option<hangar_core::Digest> {
+    pub(super) async fn listed_digest(&self, repo: &Repository, key: &str, document: &str) -> Listed {
         if let Some(d) = repo.digests.get(key) {
-            return Some(d);
+            return Listed::Digest(d);
         }
-        self.learn_digests(repo, document).await;
-        repo.digests.get(key)
+        let read = self.learn_digests(repo, document).await;
+        match repo.digests.get(key) {
+            Some(d) => Listed::Digest(d),
+            None if read => Listed::Unlisted,
+            None => Listed::Unread,
+        }
     }
 
     /// An artefact about to be fetched must be verified: find its digest now (on a hit it is
@@ -309,9 +364,16 @@ impl HangarProxy {
         let (repo, resolved) = (repo.clone(), &route.resolved);
         let (key, digest_from, required, learned) = (resolved.key_path.clone(), resolved.digest_from.clone(), resolved.digest_required, resolved.learned_digest);
         if let Some(document) = digest_from {
-            let expected = self.listed_digest(&repo, &key, &document).await;
-            ctx.body.unverified = expected.is_none() && required;
-            ctx.body.expected = expected;
+            match self.listed_digest(&repo, &key, &document).await {
+                Listed::Digest(d) => ctx.body.expected = Some(d),
+                // The format publishes digests and this one is missing: whatever comes is
+                // not known to be right, so it is passed on but not kept.
+                Listed::Unlisted => {
+                    tracing::warn!(repository = %repo.name, artefact = %key, document = %document, "the document that lists this artefact's digest does not list it: served, not cached");
+                    ctx.body.unverified = true;
+                }
+                Listed::Unread => ctx.body.unverified = required,
+            }
         } else if learned {
             if repo.digests.get(&key).is_none() {
                 repo.digests.settle(LISTING_SETTLE).await;
@@ -329,4 +391,13 @@ impl HangarProxy {
             }
         }
     }
+}
+
+/// What a listing says of one artefact's digest.
+pub(super) enum Listed {
+    Digest(hangar_core::Digest),
+    /// The listing was read and does not name the artefact.
+    Unlisted,
+    /// The listing could not be fetched or read (the registry may publish none).
+    Unread,
 }

@@ -89,6 +89,8 @@ pub struct BodyWork {
     pub from_upstream: bool,
     /// The first bytes of a body that states its expiry, until the expiry is found.
     pub expiry_head: Option<Vec<u8>>,
+    /// The first bytes of a document, until the format has seen enough of them.
+    pub document_head: Option<Vec<u8>>,
     /// A rewritten document on its way to a client: the placeholder becomes its origin.
     pub rebase: Option<super::rebase::Rebase>,
 }
@@ -102,6 +104,7 @@ impl BodyWork {
         self.listing = None;
         self.from_upstream = false;
         self.expiry_head = states_expiry.then(Vec::new);
+        self.document_head = None;
     }
 }
 

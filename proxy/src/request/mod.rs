@@ -171,6 +171,13 @@ impl ProxyHttp for HangarProxy {
     }
 
     async fn cache_hit_filter(&self, _session: &mut Session, meta: &CacheMeta, _hit: &mut HitHandler, is_fresh: bool, ctx: &mut RequestCtx) -> Result<Option<ForcedFreshness>> {
+        // A listing that has just passed may still be being read: what it lists decides
+        // whether a cached artefact is still the one listed.
+        if let Some((repo, route)) = ctx.routed() {
+            if route.resolved.learned_digest || route.resolved.digest_from.is_some() {
+                repo.digests.settle(std::time::Duration::from_secs(10)).await;
+            }
+        }
         Ok(self.judge_hit(meta, is_fresh, ctx))
     }
 
@@ -291,6 +298,11 @@ impl ProxyHttp for HangarProxy {
         }
         if whole_hit {
             self.read_cached_listing(ctx);
+        }
+        if let Some((name, digest)) = ctx.route.as_ref().and_then(|r| Some((r.resolved.digest_header?, r.resolved.digest.as_ref()?))) {
+            if resp.status == http::StatusCode::OK {
+                resp.insert_header(name, digest.to_string())?;
+            }
         }
         if ctx.body.rebase.is_some() {
             // Rebasing changes the length: the body goes chunked.

@@ -115,11 +115,11 @@ impl HangarProxy {
         // A listing that has just passed may still be being read.
         repo.digests.settle(std::time::Duration::from_secs(10)).await;
         match self.listed_digest(repo, &resolved.key_path, document).await {
-            Some(d) => {
+            super::body::Listed::Digest(d) => {
                 count("listed");
                 Followed::To(d)
             }
-            None => {
+            super::body::Listed::Unlisted | super::body::Listed::Unread => {
                 count("unresolved");
                 Followed::Unresolved
             }
