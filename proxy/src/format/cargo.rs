@@ -111,7 +111,7 @@ impl Format for Cargo {
         let bad = |e: serde_json::Error| FormatError::BadDocument { what: "config.json", reason: e.to_string() };
         let mut doc: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&body).map_err(bad)?;
         doc.insert("dl".into(), format!("{}dl/{{crate}}/{{version}}/{{sha256-checksum}}", env.proxy_base).into());
-        Ok(Rewritten { body: Bytes::from(serde_json::to_vec(&doc).map_err(bad)?), digests: Vec::new() })
+        Ok(Rewritten { body: Bytes::from(serde_json::to_vec(&doc).map_err(bad)?), digests: Vec::new(), bypassing: Vec::new() })
     }
 }
 

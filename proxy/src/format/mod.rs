@@ -220,6 +220,10 @@ pub struct RewriteEnv<'a> {
 pub struct Rewritten {
     pub body: Bytes,
     pub digests: Vec<(String, Digest)>,
+    /// Absolute artefact links left pointing past the proxy: to a host that is none of the
+    /// repository's upstreams, which the proxy will not fetch from (it would be an open
+    /// proxy). Clients download those around the cache; the proxy counts and logs them.
+    pub bypassing: Vec<String>,
 }
 
 /// Why a format cannot serve a request, or cannot be built from a repository's config.
@@ -308,7 +312,7 @@ pub trait Format: Send + Sync {
     /// Rewrite a document's links to lead through the proxy. Called with the whole body of a
     /// 200 response whose [`Resolved::rewrite`] was set.
     fn rewrite(&self, _resolved: &Resolved, body: Bytes, _env: &RewriteEnv<'_>) -> Result<Rewritten, FormatError> {
-        Ok(Rewritten { body, digests: Vec::new() })
+        Ok(Rewritten { body, digests: Vec::new(), bypassing: Vec::new() })
     }
 
     /// The `Accept` header for reading a [`Resolved::digest_from`] document.

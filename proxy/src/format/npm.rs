@@ -135,6 +135,45 @@ fn tarball_values(doc: &[u8]) -> Vec<(usize, usize)> {
     found
 }
 
+/// The segment below `<package>/-/` that marks a tarball link in another layout than the
+/// registry's usual `<package>/-/<file>.tgz`: `<package>/-/~/<token>`.
+const LINK_MARK: &str = "~";
+
+/// How the proxy serves a `dist.tarball` of `pkg` that points at `rest` below the registry
+/// (`@acme/widget/-/widget-1.0.0.tgz`, or a GitHub-Packages style
+/// `download/@acme/widget/1.0.0/<sha1>`): the same path when it is the usual layout, else
+/// `<package>/-/~/<token>`, the token being `rest` in unpadded base64url. The token names a
+/// path on the configured registry only, never a host, and what it fetches is verified
+/// against the packument's `dist.integrity` like any tarball.
+fn served_path(pkg: &PackageName, rest: &str) -> String {
+    if let Ok((p, segments)) = split_package(rest) {
+        if let (true, ["-", file]) = (p.canonical == pkg.canonical, segments.as_slice()) {
+            if !file.is_empty() && *file != LINK_MARK && !file.contains(['?', '#']) {
+                return format!("{}/-/{file}", pkg.canonical);
+            }
+        }
+    }
+    use base64::Engine;
+    format!("{}/-/{LINK_MARK}/{}", pkg.canonical, base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rest))
+}
+
+/// The registry path a `<package>/-/~/<token>` link stands for, checked like any request path.
+fn linked_path(token: &str) -> Result<String, FormatError> {
+    use base64::Engine;
+    let bad = || FormatError::NotFound("not a tarball link this proxy wrote");
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token).map_err(|_| bad())?;
+    let path = String::from_utf8(raw).map_err(|_| bad())?;
+    let (rel, query) = match path.split_once('?') {
+        Some((r, q)) => (r, Some(q)),
+        None => (path.as_str(), None),
+    };
+    let rel = RequestPath { relative: rel, query }.checked_relative(false)?;
+    if rel.starts_with('/') || rel.contains("//") {
+        return Err(bad());
+    }
+    Ok(with_query(&rel, query))
+}
+
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
@@ -181,6 +220,10 @@ impl Format for Npm {
                 rewrite: true,
                 ..Resolved::new(UpstreamChoice::Primary, with_query(&pkg.encoded, path.query), with_query(&pkg.canonical, path.query), PathClass::Metadata)
             }),
+            ["-", mark, token] if *mark == LINK_MARK => Ok(Resolved {
+                digest_from: Some(pkg.encoded.clone()),
+                ..Resolved::new(UpstreamChoice::Primary, linked_path(token)?, format!("{}/-/{LINK_MARK}/{token}", pkg.canonical), PathClass::Immutable)
+            }),
             ["-", file] if !file.is_empty() => {
                 let file = RequestPath { relative: file, query: None }.checked_relative(false)?;
                 let key = format!("{}/-/{file}", pkg.canonical);
@@ -200,21 +243,32 @@ impl Format for Npm {
         }
     }
 
+    /// Every `dist.tarball` on the registry leads through the proxy (see [`served_path`]);
+    /// one on another host is left as it is and reported as bypassing the cache.
     fn rewrite(&self, resolved: &Resolved, body: Bytes, env: &RewriteEnv<'_>) -> Result<Rewritten, FormatError> {
+        // A document that is not JSON is not a packument, whatever its status said.
+        let digests = self.digests_in(&resolved.key_path, &body)?;
+        let (pkg, _) = split_package(resolved.key_path.split('?').next().unwrap_or(""))?;
         let values = tarball_values(&body);
         let mut out = Vec::with_capacity(body.len() + values.len() * env.proxy_base.len());
+        let mut bypassing = Vec::new();
         let mut last = 0;
         for (start, end) in values {
-            if body[start..end].starts_with(self.registry.as_bytes()) {
-                out.extend_from_slice(&body[last..start]);
-                out.extend_from_slice(env.proxy_base.as_bytes());
-                last = start + self.registry.len();
+            let value = std::str::from_utf8(&body[start..end]).unwrap_or("");
+            match value.strip_prefix(self.registry.as_str()) {
+                // (JSON escapes in a URL are rare enough to be passed over, not decoded.)
+                Some(rest) if !rest.contains('\\') => {
+                    out.extend_from_slice(&body[last..start]);
+                    out.extend_from_slice(env.proxy_base.as_bytes());
+                    out.extend_from_slice(served_path(&pkg, rest).as_bytes());
+                    last = end;
+                }
+                _ if value.starts_with("http://") || value.starts_with("https://") || value.starts_with("//") => bypassing.push(value.to_string()),
+                _ => {}
             }
         }
         out.extend_from_slice(&body[last..]);
-        // A document that is not JSON is not a packument, whatever its status said.
-        let digests = self.digests_in(&resolved.key_path, &body)?;
-        Ok(Rewritten { body: Bytes::from(out), digests })
+        Ok(Rewritten { body: Bytes::from(out), digests, bypassing })
     }
 
     fn check_document(&self, resolved: &Resolved, content_type: Option<&str>, head: Option<&[u8]>) -> Result<(), String> {
@@ -237,8 +291,11 @@ impl Format for Npm {
             .into_values()
             .filter_map(|v| {
                 let dist = v.dist?;
-                let file = dist.tarball.as_deref()?.rsplit('/').next()?.split(['?', '#']).next()?.to_string();
-                let key = format!("{}/-/{file}", pkg.canonical);
+                let tarball = dist.tarball.as_deref()?;
+                let key = match tarball.strip_prefix(self.registry.as_str()) {
+                    Some(rest) => served_path(&pkg, rest),
+                    None => format!("{}/-/{}", pkg.canonical, tarball.rsplit('/').next()?.split(['?', '#']).next()?),
+                };
                 let digest = dist
                     .integrity
                     .as_deref()
@@ -319,6 +376,31 @@ mod tests {
         assert_eq!(strip(before), strip(after), "only tarball URLs differ");
         let d = out.digests.iter().find(|(k, _)| k == "is-number/-/is-number-7.0.0.tgz").expect("digest learned");
         assert!(matches!(d.1, Digest::Sha512(_)));
+    }
+
+    #[test]
+    fn tarballs_in_other_layouts_lead_through_the_proxy_to_where_they_came_from() {
+        let n = npm();
+        let doc = r#"{"name":"@acme/widget","versions":{"1.0.0":{"dist":{"tarball":"https://registry.test/download/@acme/widget/1.0.0/0123abcd","integrity":"sha1-AAAAAAAAAAAAAAAAAAAAAAAAAAA="}},"2.0.0":{"dist":{"tarball":"https://cdn.other.test/widget-2.0.0.tgz","shasum":"a9993e364706816aba3e25717850c26c9cd0d89d"}}}}"#;
+        let r = resolve(&n, "@acme/widget", "").unwrap();
+        let out = n.rewrite(&r, Bytes::from(doc), &RewriteEnv { proxy_base: "http://hangar.test/npm/" }).unwrap();
+        let after: serde_json::Value = serde_json::from_slice(&out.body).unwrap();
+        let link = after["versions"]["1.0.0"]["dist"]["tarball"].as_str().unwrap().to_string();
+        let path = link.strip_prefix("http://hangar.test/npm/").expect("through the proxy");
+        // The link is one the proxy serves: to the upstream path it came from, verified
+        // against the integrity the packument lists under the same key.
+        let t = resolve(&n, path, "").unwrap();
+        assert_eq!((t.upstream_path.as_str(), t.class, t.digest_from.as_deref()), ("download/@acme/widget/1.0.0/0123abcd", PathClass::Immutable, Some("@acme%2fwidget")));
+        assert!(out.digests.iter().any(|(k, _)| *k == t.key_path), "{:?} lists {}", out.digests, t.key_path);
+        assert_eq!(after["versions"]["2.0.0"]["dist"]["tarball"], "https://cdn.other.test/widget-2.0.0.tgz");
+        assert_eq!(out.bypassing, ["https://cdn.other.test/widget-2.0.0.tgz"]);
+        // Tokens name paths on the registry, checked as any request path is.
+        use base64::Engine;
+        let token = |p: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(p);
+        for evil in ["../../etc/passwd", "//evil.test/x", "a/%2e%2e/b"] {
+            assert!(resolve(&n, &format!("x/-/~/{}", token(evil)), "").is_err(), "{evil}");
+        }
+        assert!(n.rewrite(&r, Bytes::from_static(b"<html>502</html>"), &RewriteEnv { proxy_base: "http://hangar.test/npm/" }).is_err(), "not JSON, not a packument");
     }
 
     #[test]

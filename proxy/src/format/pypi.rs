@@ -79,53 +79,50 @@ impl Pypi {
         self.index.join(&resolved.upstream_path).unwrap_or_else(|_| self.index.clone())
     }
 
-    /// Rewrite every `href` of an HTML page; nothing else is touched.
-    fn rewrite_html(&self, page: &Url, body: &[u8], base: &str) -> Vec<u8> {
+    /// Rewrite the `href` of every anchor of an HTML page, read as HTML is (any quoting or
+    /// none, any case, character references decoded before the link is resolved and written
+    /// back escaped); nothing else is touched. Absolute links to hosts that are no upstream
+    /// of the repository are left and reported in `bypassing`.
+    fn rewrite_html(&self, page: &Url, body: &[u8], base: &str, bypassing: &mut Vec<String>) -> Result<Vec<u8>, FormatError> {
         let mut out = Vec::with_capacity(body.len() + body.len() / 8);
-        let mut rest = body;
-        while let Some(at) = find_href(rest) {
-            let (before, after) = rest.split_at(at);
-            out.extend_from_slice(before);
-            // after = `href=` then a quote.
-            let quote = after[5];
-            let value_start = 6;
-            let Some(len) = after[value_start..].iter().position(|&b| b == quote) else {
-                rest = after;
-                break;
-            };
-            let raw = &after[value_start..value_start + len];
-            out.extend_from_slice(&after[..value_start]);
-            match std::str::from_utf8(raw).ok().map(|v| v.replace("&amp;", "&")).and_then(|v| self.map_link(page, &v, base, None)) {
-                Some(mapped) => out.extend_from_slice(mapped.replace('&', "&amp;").as_bytes()),
-                None => out.extend_from_slice(raw),
+        let handler = lol_html::element!("a[href]", |el| {
+            let Some(raw) = el.get_attribute("href") else { return Ok(()) };
+            let href = htmlize::unescape_attribute(raw.as_str());
+            match self.map_link(page, &href, base, None) {
+                Some(mapped) => el.set_attribute("href", &htmlize::escape_attribute(mapped))?,
+                None => {
+                    if page.join(&href).is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host_str() != page.host_str()) {
+                        bypassing.push(href.into_owned());
+                    }
+                }
             }
-            out.push(quote);
-            rest = &after[value_start + len + 1..];
-        }
-        out.extend_from_slice(rest);
-        out
+            Ok(())
+        });
+        let settings = lol_html::Settings::new().append_element_content_handler(handler);
+        let mut rewriter = lol_html::HtmlRewriter::new(settings, |chunk: &[u8]| out.extend_from_slice(chunk));
+        let bad = |e: lol_html::errors::RewritingError| FormatError::BadDocument { what: "HTML index page", reason: e.to_string() };
+        rewriter.write(body).map_err(bad)?;
+        rewriter.end().map_err(bad)?;
+        Ok(out)
     }
 
-    fn rewrite_json(&self, page: &Url, body: &[u8], base: &str) -> Result<Vec<u8>, FormatError> {
+    fn rewrite_json(&self, page: &Url, body: &[u8], base: &str, bypassing: &mut Vec<String>) -> Result<Vec<u8>, FormatError> {
         let bad = |e: serde_json::Error| FormatError::BadDocument { what: "JSON index page", reason: e.to_string() };
         let mut doc: serde_json::Value = serde_json::from_slice(body).map_err(bad)?;
         if let Some(files) = doc.get_mut("files").and_then(|f| f.as_array_mut()) {
             for file in files {
                 let sha = file.pointer("/hashes/sha256").and_then(|h| h.as_str()).map(str::to_string);
                 if let Some(url) = file.get_mut("url") {
-                    if let Some(mapped) = url.as_str().and_then(|u| self.map_link(page, u, base, sha.as_deref())) {
-                        *url = serde_json::Value::String(mapped);
+                    match url.as_str().map(|u| (u, self.map_link(page, u, base, sha.as_deref()))) {
+                        Some((_, Some(mapped))) => *url = serde_json::Value::String(mapped),
+                        Some((u, None)) if page.join(u).is_ok_and(|j| j.host_str() != page.host_str()) => bypassing.push(u.to_string()),
+                        _ => {}
                     }
                 }
             }
         }
         serde_json::to_vec(&doc).map_err(bad)
     }
-}
-
-/// Offset of the next `href=` followed by a quote, case-insensitively.
-fn find_href(s: &[u8]) -> Option<usize> {
-    s.windows(6).position(|w| w[..5].eq_ignore_ascii_case(b"href=") && (w[5] == b'"' || w[5] == b'\''))
 }
 
 impl Format for Pypi {
@@ -177,8 +174,9 @@ impl Format for Pypi {
         let page = self.page_url(resolved);
         // By what the upstream sent, not what was asked for: an index may ignore `Accept`.
         let json = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
-        let body = if json { self.rewrite_json(&page, &body, env.proxy_base)? } else { self.rewrite_html(&page, &body, env.proxy_base) };
-        Ok(Rewritten { body: Bytes::from(body), digests: Vec::new() })
+        let mut bypassing = Vec::new();
+        let body = if json { self.rewrite_json(&page, &body, env.proxy_base, &mut bypassing)? } else { self.rewrite_html(&page, &body, env.proxy_base, &mut bypassing)? };
+        Ok(Rewritten { body: Bytes::from(body), digests: Vec::new(), bypassing })
     }
 }
 
@@ -224,6 +222,25 @@ mod tests {
         assert!(html.contains("data-yanked=\"broken build\""));
         assert!(!html.contains("https://files.test"), "no link leads around the proxy");
         assert!(html.contains("href=\"https://elsewhere.test/x.tar.gz\""), "links to other hosts are left alone");
+    }
+
+    #[test]
+    fn html_is_read_as_html_in_every_legal_spelling() {
+        let p = pypi();
+        let r = resolved(&p, "simple/six/", "");
+        let sha = "a".repeat(64);
+        let page = format!(
+            "<!DOCTYPE html><html><body>\n<A HREF=\"https://files.test/p/six-1.tar.gz#sha256={sha}\">one</A>\n<a href = 'https://files.test/p/six-2.tar.gz#sha256={sha}' data-requires-python=\"&gt;=3.8\">two</a>\n<a href=https://files.test/p/six-3.tar.gz#sha256={sha}>three</a>\n<a href=\"https://files.test/p/six-4.tar.gz?a=1&amp;b=2#sha256={sha}\">four</a>\n<a href=\"https&#58;//files.test/p/six-5.tar.gz#sha256={sha}\">five</a>\n<a href=\"https://elsewhere.test/six-6.tar.gz\">six</a>\n</body></html>"
+        );
+        let out = p.rewrite(&r, Bytes::from(page), &RewriteEnv { proxy_base: "http://hangar.test/pypi/" }).unwrap();
+        let text = String::from_utf8(out.body.to_vec()).unwrap();
+        for n in 1..=3 {
+            assert!(text.contains(&format!("http://hangar.test/pypi/files/sha256/{sha}/p/six-{n}.tar.gz#sha256={sha}")), "link {n}: {text}");
+        }
+        assert!(text.contains(&format!("http://hangar.test/pypi/files/sha256/{sha}/p/six-4.tar.gz?a=1&amp;b=2#sha256={sha}")), "& stays one character, written escaped: {text}");
+        assert!(text.contains(&format!("http://hangar.test/pypi/files/sha256/{sha}/p/six-5.tar.gz")), "character references are decoded before the link is read: {text}");
+        assert!(text.contains("data-requires-python=\"&gt;=3.8\""), "other attributes untouched: {text}");
+        assert_eq!(out.bypassing, ["https://elsewhere.test/six-6.tar.gz"], "a host that is no upstream is reported");
     }
 
     #[test]

@@ -268,6 +268,10 @@ impl HangarProxy {
         if !rewritten.digests.is_empty() {
             repo.digests.insert_all(rewritten.digests);
         }
+        if let Some(first) = rewritten.bypassing.first() {
+            self.metrics.links_bypassing.with_label_values(&[&repo.name]).inc_by(rewritten.bypassing.len() as u64);
+            tracing::warn!(repository = %repo.name, document = %route.resolved.key_path, links = rewritten.bypassing.len(), first = %first, "links to a host that is no upstream of this repository are left as they are: clients download those around the cache (set files_upstream to that host to cache them)");
+        }
         Ok(rewritten.body)
     }
 
