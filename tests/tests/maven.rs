@@ -85,6 +85,18 @@ async fn artefacts_are_verified_against_the_upstreams_sha1_and_metadata_refreshe
     let r = get(proxy.addr, "/maven/debian/g/a/1.0/a-1.0.jar").await;
     assert_eq!((r.status, r.cache(), r.body == jar), (200, "miss", true), "nothing bad was cached");
     assert_eq!(get(proxy.addr, "/maven/debian/g/a/1.0/a-1.0.jar").await.cache(), "hit");
+    // Decided for Maven: a release is immutable (Central refuses a redeploy), so a jar and
+    // its .sha1 republished upstream do not replace the cached pair, which stays consistent:
+    // the .sha1 served names the jar served. (Contrast apt and gems, whose indexes are
+    // metadata: a rebuilt file whose index lists another digest is fetched again.)
+    assert_eq!(get(proxy.addr, "/maven/debian/g/a/1.0/a-1.0.jar.sha1").await.status, 200);
+    let rebuilt = b"PK rebuilt under the same version".to_vec();
+    up.route("/g/a/1.0/a-1.0.jar", Route::ok(rebuilt.clone()));
+    up.route("/g/a/1.0/a-1.0.jar.sha1", Route::ok(sha1_hex(&rebuilt).into_bytes()));
+    let (jar_now, sum_now) = (get(proxy.addr, "/maven/debian/g/a/1.0/a-1.0.jar").await, get(proxy.addr, "/maven/debian/g/a/1.0/a-1.0.jar.sha1").await);
+    assert_eq!((jar_now.cache(), sum_now.cache()), ("hit", "hit"));
+    assert!(String::from_utf8_lossy(&sum_now.body).starts_with(&sha1_hex(&jar_now.body)), "the pair served agrees");
+    assert_eq!(jar_now.body, jar);
     // No checksum upstream: cached anyway.
     get(proxy.addr, "/maven/debian/g/a/1.0/a-1.0.pom").await;
     assert_eq!(get(proxy.addr, "/maven/debian/g/a/1.0/a-1.0.pom").await.cache(), "hit");
