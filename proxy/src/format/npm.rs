@@ -254,17 +254,17 @@ impl Format for Npm {
         let mut bypassing = Vec::new();
         let mut last = 0;
         for (start, end) in values {
-            let value = std::str::from_utf8(&body[start..end]).unwrap_or("");
+            // The string as JSON reads it (`https:\/\/...` is legal), written back the same way.
+            let Ok(value) = serde_json::from_slice::<String>(&body[start - 1..end + 1]) else { continue };
             match value.strip_prefix(self.registry.as_str()) {
-                // (JSON escapes in a URL are rare enough to be passed over, not decoded.)
-                Some(rest) if !rest.contains('\\') => {
+                Some(rest) => {
+                    let link = serde_json::to_string(&format!("{}{}", env.proxy_base, served_path(&pkg, rest))).expect("a string serializes");
                     out.extend_from_slice(&body[last..start]);
-                    out.extend_from_slice(env.proxy_base.as_bytes());
-                    out.extend_from_slice(served_path(&pkg, rest).as_bytes());
+                    out.extend_from_slice(&link.as_bytes()[1..link.len() - 1]);
                     last = end;
                 }
-                _ if value.starts_with("http://") || value.starts_with("https://") || value.starts_with("//") => bypassing.push(value.to_string()),
-                _ => {}
+                None if value.starts_with("http://") || value.starts_with("https://") || value.starts_with("//") => bypassing.push(value),
+                None => {}
             }
         }
         out.extend_from_slice(&body[last..]);
@@ -400,6 +400,11 @@ mod tests {
         for evil in ["../../etc/passwd", "//evil.test/x", "a/%2e%2e/b"] {
             assert!(resolve(&n, &format!("x/-/~/{}", token(evil)), "").is_err(), "{evil}");
         }
+        // JSON may escape a URL's slashes; it is the same URL.
+        let escaped = r#"{"name":"@acme/widget","versions":{"1.0.0":{"dist":{"tarball":"https:\/\/registry.test\/@acme\/widget\/-\/widget-1.0.0.tgz"}}}}"#;
+        let out = n.rewrite(&r, Bytes::from(escaped), &RewriteEnv { proxy_base: "http://hangar.test/npm/" }).unwrap();
+        let after: serde_json::Value = serde_json::from_slice(&out.body).unwrap();
+        assert_eq!(after["versions"]["1.0.0"]["dist"]["tarball"], "http://hangar.test/npm/@acme/widget/-/widget-1.0.0.tgz");
         assert!(n.rewrite(&r, Bytes::from_static(b"<html>502</html>"), &RewriteEnv { proxy_base: "http://hangar.test/npm/" }).is_err(), "not JSON, not a packument");
     }
 
