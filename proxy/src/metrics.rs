@@ -58,6 +58,8 @@ pub struct Metrics {
     pub metadata_writes: IntCounterVec,
     /// Client connections: open, refused at the cap, closed for idling or slow headers.
     pub connections: crate::connections::ConnectionMetrics,
+    /// Responses cut short because the client went away (logged at debug, not as errors).
+    pub client_disconnects: IntCounter,
 }
 
 impl Metrics {
@@ -112,6 +114,8 @@ impl Metrics {
         };
         registry.register(Box::new(connections.open.clone())).expect("unique metric");
         registry.register(Box::new(connections.refused.clone())).expect("unique metric");
+        let client_disconnects = IntCounter::new("client_disconnects_total", "Responses cut short because the client disconnected").expect("valid metric");
+        registry.register(Box::new(client_disconnects.clone())).expect("unique metric");
         Metrics {
             registry,
             requests,
@@ -139,6 +143,7 @@ impl Metrics {
             hop_proofs_rejected,
             metadata_writes,
             connections,
+            client_disconnects,
         }
     }
 

@@ -45,6 +45,7 @@ impl HangarProxy {
             bytes_served: session.body_bytes_sent() as u64,
             bytes_fetched: session.upstream_body_bytes_received() as u64,
             upstream_time: ctx.attempt.upstream_time(),
+            upstream_status: ctx.upstream_status,
             upstream_error: ctx.attempt.error(),
             background: ctx.caller.background,
             failed: error.is_some(),
