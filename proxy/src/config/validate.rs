@@ -60,6 +60,8 @@ impl Config {
         let mut namespaces = HashSet::new();
         for (i, repo) in self.repositories.iter().enumerate() {
             let key = |field: &str| format!("repository[{i}].{field}");
+            // Errors about a repository name it, not only its index.
+            let invalid = |key: String, message: String| ConfigError::Invalid { file: file.to_string(), key, message: format!("{message} (repository '{}')", repo.name) };
             if !valid_repository_name(&repo.name) {
                 return Err(invalid(key("name"), format!("'{}' must be 1 to 64 letters, digits, '-', '_' and '.'", repo.name)));
             }
