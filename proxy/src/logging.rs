@@ -27,9 +27,10 @@ pub enum LogFormat {
 }
 
 /// Pingora messages that are routine, not faults: a pooled upstream connection the upstream
-/// had closed (the request simply opens another), and a cache-meta compression dictionary
-/// Hangar does not use. Shown only when the filter asks for debug.
-const ROUTINE: [&str; 2] = ["failed to acquire reusable stream", "no header compression dictionary"];
+/// had closed (the request simply opens another), a cache-meta compression dictionary Hangar
+/// does not use, and a client that went away mid-body (counted in
+/// `hangar_client_disconnects_total` instead). Shown only when the filter asks for debug.
+const ROUTINE: [&str; 4] = ["failed to acquire reusable stream", "no header compression dictionary", "Downstream Error ignored during caching", "Fail to serve cache: Downstream"];
 
 /// Install the global subscriber on stderr: `filter` in tracing's `RUST_LOG` syntax (the
 /// `RUST_LOG` variable wins when set), the access log at info unless the filter names

@@ -258,15 +258,10 @@ impl ProxyHttp for HangarProxy {
         self.on_connect_failure(ctx, e)
     }
 
-    /// A client that goes away mid-response is no fault of the proxy's: debug, and counted
-    /// (`hangar_client_disconnects_total`), never an ERROR line.
+    /// A client that goes away mid-response is no fault of the proxy's: never an ERROR line
+    /// (the `logging` phase counts it, in `hangar_client_disconnects_total`).
     fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, error: &Error) -> bool {
-        let gone = error.esource() == &ErrorSource::Downstream && matches!(error.etype(), ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed);
-        if gone {
-            tracing::debug!(error = %error, "client disconnected");
-            self.metrics.client_disconnects.inc();
-        }
-        gone
+        outcome::client_went_away(error)
     }
 
     /// A step of the attempt (a redirect followed, a challenge answered, the next hop) is how
