@@ -110,6 +110,10 @@ fn check_config_lists_repositories_and_fails_as_startup_would() {
     assert!(ok, "{stderr}");
     assert!(stderr.contains("warning: repository 'p'") && stderr.contains("/simple/"), "{stderr}");
 
+    // Errors about a repository name it, whatever the check.
+    let (ok, _, stderr) = check_config("[[repository]]\nname = \"mine\"\nprefix = \"x/\"\nupstream = \"http://127.0.0.1:9/\"\n", &[]);
+    assert!(!ok && stderr.contains("repository[0].prefix") && stderr.contains("(repository 'mine')"), "{stderr}");
+
     // An empty config is valid, and warned of.
     let (ok, _, stderr) = check_config("", &[]);
     assert!(ok && stderr.contains("no repository is enabled"), "{stderr}");
@@ -241,4 +245,27 @@ async fn the_client_listener_serves_tls_with_the_configured_certificate() {
     assert!(!ok && stderr.contains("tls_cert") && stderr.contains("nope.pem"), "{stderr}");
     let (ok, _, stderr) = check_config(&format!("tls_cert = \"{}\"\n", cert.display()), &[]);
     assert!(!ok && stderr.contains("tls_key: required"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_disconnects_mid_body_is_counted_not_logged_as_an_error() {
+    let up = Upstream::start().await;
+    up.route("/big", Route::pattern(3, 32 << 20));
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = Proxy::builder(dir.path()).upstream("/", &up.url()).start();
+    let mut resp = hangar_e2e::http(proxy.addr, "GET", "/big", &[]).await.expect("response head");
+    assert_eq!(resp.status, 200);
+    resp.chunk().await.expect("read").expect("first bytes");
+    drop(resp);
+    proxy.wait_for_metric("hangar_client_disconnects_total", &[], 1.0).await;
+    // And from cache: the stored copy, cut short by its client.
+    let fill_done = log_line(&proxy, |l| l.contains("access") && l.contains("cache=miss")).await;
+    assert!(fill_done.contains("path=/big"), "{fill_done}");
+    assert_eq!(get(proxy.addr, "/big").await.cache(), "hit");
+    let mut resp = hangar_e2e::http(proxy.addr, "GET", "/big", &[]).await.expect("response head");
+    resp.chunk().await.expect("read").expect("first bytes");
+    drop(resp);
+    proxy.wait_for_metric("hangar_client_disconnects_total", &[], 2.0).await;
+    let stderr = proxy.stderr();
+    assert!(!stderr.lines().any(|l| l.contains("ERROR") || l.contains("Downstream")), "a client going away is no error: {stderr}");
 }
