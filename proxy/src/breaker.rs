@@ -190,6 +190,14 @@ impl Breaker {
         tracing::warn!(repository = %self.name, reason = why, cooldown = ?self.cooldown, "upstream failing; circuit breaker open");
     }
 
+    /// When the cool-down of an open breaker ends (`None`: closed).
+    pub fn open_until(&self) -> Option<SystemTime> {
+        match self.open_until.load(Ordering::Acquire) {
+            0 => None,
+            ms => Some(UNIX_EPOCH + Duration::from_millis(ms)),
+        }
+    }
+
     /// [`CLOSED`], [`OPEN`] or [`HALF_OPEN`], as of now (no request needed to move on).
     pub fn state(&self) -> i64 {
         let until = self.open_until.load(Ordering::Acquire);

@@ -8,13 +8,14 @@
 //! # }
 //! ```
 //!
-//! [`ProxyBuilder::new`] runs every check a config can be put to without touching the disk or
-//! the network (the config's own validation, then each repository's format); `check-config`
-//! runs exactly that. [`ProxyBuilder::run`] opens the cache, binds the listeners and serves
-//! until SIGTERM (graceful) or SIGINT (fast).
+//! [`ProxyBuilder::new`] runs every check a config can be put to without binding or touching the
+//! network (the config's own validation, each repository's format, the TLS listener's
+//! certificate and key); `check-config` runs exactly that. [`ProxyBuilder::run`] binds the
+//! listeners (an address in use fails at once), opens the cache and serves until SIGTERM
+//! (graceful) or SIGINT (fast).
 
 use std::collections::HashMap;
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,9 +31,11 @@ use pingora::services::listening::Service;
 
 use crate::connections::{ConnectionLimits, Guarded};
 
+use crate::access_log::AccessLog;
 use crate::admin::AdminApp;
 use crate::client::Client;
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, DisabledRepository};
+use crate::listeners::{ListenError, PreBound};
 use crate::fleet::{Alone, Fleet, FleetParts, Member, Membership, StaticMembers};
 use crate::metadata::{MemoryMetadata, Metadata, MetadataSink, MetadataWriter, RedisMetadata};
 use crate::metrics::{Metrics, MetricsSink, RepoMetrics};
@@ -40,6 +43,7 @@ use crate::offline::OfflineSwitch;
 use crate::origin::{OriginClient, OriginHandOff, Uploader};
 use crate::outcome::{OutcomeSink, Sinks};
 use crate::pointers::PointerIndex;
+use crate::reachability::UpstreamCheck;
 use crate::repository::Repository;
 use crate::request::HangarProxy;
 use crate::router::Router;
@@ -59,9 +63,9 @@ pub enum StartError {
     /// The cache directory cannot be created, read or written.
     #[error("opening cache directory {dir}: {source}")]
     Cache { dir: String, source: Box<dyn std::error::Error + Send + Sync> },
-    /// A listener cannot be bound.
-    #[error("listen address {addr}: {source}")]
-    Listen { addr: String, source: std::io::Error },
+    /// A listener cannot be bound (the address is in use, or not this host's).
+    #[error(transparent)]
+    Listen(#[from] ListenError),
     /// The fleet cannot be joined as configured.
     #[error("{0}")]
     Fleet(String),
@@ -77,19 +81,47 @@ pub struct ProxyBuilder {
     source: String,
     membership: Option<Arc<dyn Membership>>,
     sinks: Vec<Arc<dyn OutcomeSink>>,
+    /// Repositories the config names but the environment left out.
+    disabled: Vec<DisabledRepository>,
+    /// `repository 'name': ...` lines about valid but doubtful settings.
+    warnings: Vec<String>,
 }
 
 impl ProxyBuilder {
     /// Check `config` (named `source` in errors) as startup would, without touching the disk
     /// or the network.
+    /// A repository's error names it (`repository[0].files_upstream: repository 'pypi'
+    /// (format pypi): ...`), as startup would.
     pub fn new(config: Config, source: &str) -> Result<Self, ConfigError> {
         config.validate(source)?;
         config.validate_identity(source)?;
         let metrics = Metrics::new();
+        let mut warnings = Vec::new();
         for (i, cfg) in config.repositories.iter().enumerate() {
-            Repository::from_config(cfg, &metrics, None).map_err(|e| ConfigError::Invalid { file: source.to_string(), key: format!("repository[{i}].{}", e.key), message: e.message })?;
+            let repo = Repository::from_config(cfg, &metrics, None)
+                .map_err(|e| ConfigError::Invalid { file: source.to_string(), key: format!("repository[{i}].{}", e.key), message: format!("repository '{}' (format {}): {}", cfg.name, cfg.format, e.message) })?;
+            warnings.extend(repo.format.config_warnings().into_iter().map(|w| format!("repository '{}': {w}", cfg.name)));
         }
-        Ok(ProxyBuilder { config, source: source.to_string(), membership: None, sinks: Vec::new() })
+        if let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) {
+            crate::listeners::check_tls(cert, key).map_err(|e| match e {
+                ListenError::Tls { key, path, message } => ConfigError::Invalid { file: source.to_string(), key: key.to_string(), message: format!("'{path}': {message}") },
+                other => ConfigError::Invalid { file: source.to_string(), key: "tls_cert".into(), message: other.to_string() },
+            })?;
+        }
+        Ok(ProxyBuilder { config, source: source.to_string(), membership: None, sinks: Vec::new(), disabled: Vec::new(), warnings })
+    }
+
+    /// Tell clients of the repositories in `disabled` why they are off (a 404 naming the
+    /// variable that would enable it) instead of that nothing is mounted there.
+    pub fn disabled(mut self, disabled: Vec<DisabledRepository>) -> Self {
+        self.disabled = disabled;
+        self
+    }
+
+    /// Doubtful but valid settings found by [`ProxyBuilder::new`], one line each; `run` logs
+    /// them as warnings.
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
     }
 
     /// The config this proxy will run.
@@ -116,6 +148,19 @@ impl ProxyBuilder {
     /// accept connections.
     pub fn run(self) -> Result<(), StartError> {
         let config = &self.config;
+        // First, so that a port in use fails before anything else is opened or started.
+        let listen = crate::listeners::bind(&config.listen, config.listen_reuseport)?;
+        let admin_listen = crate::listeners::bind(&config.admin_listen, config.listen_reuseport)?;
+        // With TLS on the client listener, the proxy's own reads through its cache (listings,
+        // origin uploads) use a plain listener on loopback that only this host can reach.
+        let internal = match config.tls_cert {
+            Some(_) => Some(crate::listeners::bind(if listen.addr.is_ipv6() { "[::1]:0" } else { "127.0.0.1:0" }, false)?),
+            None => None,
+        };
+        let own_addr = internal.as_ref().map_or(listen.addr, |i| i.addr);
+        for warning in &self.warnings {
+            tracing::warn!("{warning}");
+        }
         let metrics = Arc::new(Metrics::new());
         let opts = StorageOptions {
             memory_bytes: config.cache.memory_bytes.0,
@@ -162,13 +207,17 @@ impl ProxyBuilder {
             repos.push(repo);
         }
         let repo_count = repos.len();
+        if repo_count == 0 {
+            tracing::warn!("no repository is enabled: every request will be answered 404");
+        }
         let repo_metrics: HashMap<String, RepoMetrics> = repos.iter().map(|r| (r.name.clone(), r.metrics.clone())).collect();
-        let router = Arc::new(Router::new(repos));
+        let upstreams = UpstreamCheck {
+            targets: repos.iter().filter(|r| !config.offline && !config.repositories.iter().any(|c| c.name == r.name && c.offline)).flat_map(|r| std::iter::once(r.upstream.clone()).chain(r.files.clone()).map(|u| (r.name.clone(), u))).collect(),
+            resolver: Arc::new(Resolver::from_system()),
+        };
+        let router = Arc::new(Router::new(repos).with_disabled(self.disabled.clone()));
         let offline = Arc::new(OfflineSwitch::new(config.offline, config.repositories.iter().map(|r| (r.name.clone(), r.offline))));
         let lock: &'static CacheKeyLockImpl = Box::leak(CacheLock::new_boxed(config.cache.lock_timeout.0));
-
-        let listen = reserve(&config.listen)?;
-        let admin_listen = reserve(&config.admin_listen)?;
 
         let conf = ServerConf {
             threads: config.threads,
@@ -188,6 +237,9 @@ impl ProxyBuilder {
         let (writer, write_task) = MetadataWriter::spawn(store.clone(), config.fleet.write_queue, metrics.metadata_writes.clone());
         let mut sinks = Sinks::default();
         sinks.push(Arc::new(MetricsSink::new(metrics.clone(), repo_metrics)));
+        if config.access_log {
+            sinks.push(Arc::new(AccessLog));
+        }
         sinks.push(Arc::new(MetadataSink::new(writer, &fleet.me().addr, fleet.region(), fleet.is_shared())));
         let origin = config.origin.as_ref().map(|o| {
             let url = UpstreamUrl::parse(&o.url).expect("validated");
@@ -208,15 +260,16 @@ impl ProxyBuilder {
             client: client.clone(),
             metrics: metrics.clone(),
             offline: offline.clone(),
-            listen_addr: listen.addr,
+            listen_addr: own_addr,
             origin: origin.clone(),
             fleet: fleet.clone(),
             sinks,
             keepalive_secs: config.connections.keepalive_timeout.0.as_secs_f64().ceil() as u64,
         };
+        // (The sockets are bound already, SO_REUSEPORT as configured; these options are the
+        // ones pingora applies to each accepted connection.)
         let socket_opts = || {
             let mut o = TcpSocketOptions::default();
-            o.so_reuseport = Some(true);
             o.tcp_snd_buf = (config.send_buffer_bytes.0 > 0).then_some(config.send_buffer_bytes.0 as usize);
             o
         };
@@ -232,20 +285,34 @@ impl ProxyBuilder {
         let mut app = pingora::proxy::HttpProxy::new(proxy, server.configuration.clone());
         app.handle_init_modules();
         let mut proxy_service = Service::new("hangar-proxy".to_string(), Guarded::new(app, limits, metrics.connections.clone()));
-        proxy_service.add_tcp_with_settings(&listen.addr.to_string(), socket_opts());
+        match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => {
+                let tls = pingora::listeners::tls::TlsSettings::intermediate(cert, key).map_err(|e| ListenError::Tls { key: "tls_cert", path: cert.clone(), message: e.to_string() })?;
+                proxy_service.add_tls_with_settings(&listen.key(), Some(socket_opts()), tls);
+            }
+            _ => proxy_service.add_tcp_with_settings(&listen.key(), socket_opts()),
+        }
         let mut admin_service = Service::new("hangar-admin".to_string(), AdminApp { metrics, storage, eviction, repositories: repo_count, offline, router, metadata: store });
-        admin_service.add_tcp_with_settings(&admin_listen.addr.to_string(), socket_opts());
-        server.add_service(proxy_service);
-        server.add_service(admin_service);
+        admin_service.add_tcp_with_settings(&admin_listen.key(), socket_opts());
+        let (proxy_addr, admin_addr, scheme) = (listen.addr, admin_listen.addr, if config.tls_cert.is_some() { "https" } else { "http" });
+        if let Some(internal) = &internal {
+            proxy_service.add_tcp_with_settings(&internal.key(), socket_opts());
+        }
+        server.add_service(PreBound::new(proxy_service, std::iter::once(listen).chain(internal).collect()));
+        server.add_service(PreBound::new(admin_service, vec![admin_listen]));
+        server.add_service(background_service("upstream-check", upstreams));
         server.add_service(background_service("eviction-saver", EvictionSaver { eviction }));
         server.add_service(background_service("fleet", FleetService { fleet: fleet.clone(), writer: parking_lot::Mutex::new(Some(Box::pin(write_task))) }));
         if let (Some(origin), Some(settings)) = (origin, &config.origin) {
             tracing::info!(url = %settings.url, "regional origin enabled");
-            let uploader = Uploader { client, listen: listen.addr, fleet };
+            let uploader = Uploader { client, listen: own_addr, fleet };
             server.add_service(background_service("origin-uploader", OriginUploader { origin, uploader: parking_lot::Mutex::new(Some(uploader)), workers: settings.upload_workers }));
         }
 
-        announce_when_ready(listen, admin_listen);
+        // Both sockets listen (connections queue until pingora accepts them): a line scripts
+        // and tests can wait for, and parse the ports from.
+        println!("hangar-proxy ready: listen={proxy_addr} admin={admin_addr}");
+        tracing::info!(listen = %proxy_addr, admin = %admin_addr, scheme, "hangar-proxy ready");
         server.run(pingora::server::RunArgs::default());
         // Every service has stopped: save the eviction order so the next start resumes it.
         tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(StartError::Runtime)?.block_on(eviction.persist());
@@ -357,46 +424,4 @@ impl BackgroundService for OriginUploader {
             _ = shutdown.changed() => {}
         }
     }
-}
-
-/// A listen address with port 0 gets a real port reserved here (bound with SO_REUSEPORT but
-/// never listening, so it takes no connections) before pingora binds the same port.
-struct Reservation {
-    addr: SocketAddr,
-    _socket: Option<socket2::Socket>,
-}
-
-fn reserve(addr: &str) -> Result<Reservation, StartError> {
-    let failed = |source| StartError::Listen { addr: addr.to_string(), source };
-    let parsed: SocketAddr = addr.parse().map_err(|_| failed(std::io::Error::new(std::io::ErrorKind::InvalidInput, "not an IP:port address")))?;
-    if parsed.port() != 0 {
-        return Ok(Reservation { addr: parsed, _socket: None });
-    }
-    let socket = socket2::Socket::new(socket2::Domain::for_address(parsed), socket2::Type::STREAM, None).map_err(failed)?;
-    socket.set_reuse_address(true).map_err(failed)?;
-    socket.set_reuse_port(true).map_err(failed)?;
-    socket.bind(&parsed.into()).map_err(failed)?;
-    let bound = socket.local_addr().map_err(failed)?.as_socket().ok_or_else(|| failed(std::io::Error::other("reserved socket has no inet address")))?;
-    Ok(Reservation { addr: bound, _socket: Some(socket) })
-}
-
-/// Announce the real addresses once both accept connections; then release the reservations.
-fn announce_when_ready(listen: Reservation, admin: Reservation) {
-    let (proxy_addr, admin_addr) = (listen.addr, admin.addr);
-    std::thread::spawn(move || {
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        for addr in [proxy_addr, admin_addr] {
-            while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-                if std::time::Instant::now() > deadline {
-                    tracing::error!(%addr, "listener did not come up");
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        }
-        drop((listen, admin));
-        // A line scripts and tests can wait for (and parse the ports from).
-        println!("hangar-proxy ready: listen={proxy_addr} admin={admin_addr}");
-        tracing::info!(listen = %proxy_addr, admin = %admin_addr, "hangar-proxy ready");
-    });
 }

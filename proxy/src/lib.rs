@@ -11,6 +11,7 @@
 //! (the memory and disk tiers), `upstream` and `client` (where misses go), `fleet`, `metadata`
 //! and `origin` (the region), `outcome` and `metrics` (what is reported), `admin`, `connections` (what one client may hold).
 
+mod access_log;
 mod admin;
 mod breaker;
 mod builder;
@@ -23,12 +24,15 @@ mod fleet;
 mod format;
 mod freshness;
 mod http_date;
+mod listeners;
+pub mod logging;
 mod metadata;
 mod metrics;
 mod offline;
 mod origin;
 mod outcome;
 mod pointers;
+mod reachability;
 mod repository;
 mod request;
 mod router;
@@ -37,6 +41,7 @@ mod upstream;
 mod upstream_auth;
 
 pub use builder::{ProxyBuilder, StartError};
-pub use config::{Config, ConfigError, LoadedConfig, RepositoryConfig};
+pub use listeners::ListenError;
+pub use config::{Config, ConfigError, DisabledRepository, LoadedConfig, RepositoryConfig};
 pub use fleet::{Member, Membership, MembershipError};
 pub use outcome::{Outcome, OutcomeSink};

@@ -4,10 +4,11 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use hangar_core::FormatKind;
 use hangar_proxy::config::normalize_prefix;
-use hangar_proxy::{Config, ProxyBuilder, RepositoryConfig};
+use hangar_proxy::logging::LogFormat;
+use hangar_proxy::{Config, DisabledRepository, ProxyBuilder, RepositoryConfig};
 
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
@@ -35,9 +36,22 @@ struct Cli {
     /// Worker threads.
     #[arg(long)]
     threads: Option<usize>,
-    /// Log filter (tracing's RUST_LOG syntax); RUST_LOG wins if set.
+    /// Log filter (tracing's RUST_LOG syntax); RUST_LOG wins if set. The access log (target
+    /// `access`) is on at any level unless the filter names it (`access=off`).
     #[arg(long, default_value = "info")]
     log: String,
+    /// How log lines are written: `plain` text or one `json` object per line.
+    #[arg(long, value_enum, default_value = "plain")]
+    log_format: Format,
+    /// No access log (one line per request; `access_log = false` in the config file).
+    #[arg(long)]
+    no_access_log: bool,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum Format {
+    Plain,
+    Json,
 }
 
 #[derive(Subcommand, Debug)]
@@ -69,6 +83,9 @@ fn apply_flags(cli: &Cli, mut config: Config) -> anyhow::Result<Config> {
     if let Some(v) = cli.threads {
         config.threads = v;
     }
+    if cli.no_access_log {
+        config.access_log = false;
+    }
     for spec in &cli.upstreams {
         let (prefix, url) = spec
             .split_once('=')
@@ -82,38 +99,70 @@ fn apply_flags(cli: &Cli, mut config: Config) -> anyhow::Result<Config> {
 }
 
 /// Read `path`, warning of each repository its environment leaves disabled.
-fn load(path: &std::path::Path) -> anyhow::Result<Config> {
+fn load(path: &std::path::Path) -> anyhow::Result<(Config, Vec<DisabledRepository>)> {
     let loaded = Config::load(path)?;
     for d in &loaded.disabled {
-        tracing::warn!(
-            "repository '{}' disabled: its upstream uses ${{{}}}, which is not set",
-            d.name,
-            d.variable
-        );
+        tracing::warn!("repository '{}' disabled: {}", d.name, d.why());
     }
-    Ok(loaded.config)
+    Ok((loaded.config, loaded.disabled))
+}
+
+/// A URL for printing: without credentials, should one carry them.
+fn shown(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if !u.username().is_empty() || u.password().is_some() => {
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            u.to_string()
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// `check-config FILE`: the same checks as startup, short of opening the cache and binding
+/// the listeners; then every repository with its format, prefix and upstream, or why it is
+/// disabled.
+fn check_config(file: &std::path::Path) -> anyhow::Result<()> {
+    let (config, disabled) = load(file)?;
+    let builder = ProxyBuilder::new(config, &file.display().to_string())?;
+    let config = builder.config();
+    println!("{}: ok ({} repositories enabled)", file.display(), config.repositories.len());
+    for r in &config.repositories {
+        let files = r.files_upstream.as_deref().map(|f| format!(" (files: {})", shown(f))).unwrap_or_default();
+        println!("  {:<12} {:<8} {:<18} -> {}{files}", r.name, r.format.to_string(), normalize_prefix(&r.prefix), shown(&r.upstream));
+    }
+    for d in &disabled {
+        println!("  {:<12} {:<8} {:<18} disabled: {}", d.name, d.format.to_string(), d.prefix, d.why());
+    }
+    for warning in builder.warnings() {
+        eprintln!("warning: {warning}");
+    }
+    if config.repositories.is_empty() {
+        eprintln!("warning: no repository is enabled: the proxy would answer every request 404");
+    }
+    Ok(())
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cli.log));
-    // Colours only for a terminal: a log file or journal gets plain text.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).init();
+    // Colours only when stderr is a terminal (see `logging::init`).
+    hangar_proxy::logging::init(&cli.log, match cli.log_format {
+        Format::Plain => LogFormat::Plain,
+        Format::Json => LogFormat::Json,
+    });
 
     let result = match &cli.command {
-        // The same checks as startup, short of opening the cache and binding the listeners.
-        Some(Command::CheckConfig { file }) => load(file).and_then(|c| Ok(ProxyBuilder::new(c, &file.display().to_string())?)).map(|b| {
-            println!("{}: ok ({} repositories enabled)", file.display(), b.config().repositories.len());
-        }),
+        Some(Command::CheckConfig { file }) => check_config(file),
         None => (|| {
-            let (config, source) = match &cli.config {
-                Some(path) => (load(path)?, path.display().to_string()),
-                None => (Config::default(), "defaults".to_string()),
+            let (config, disabled, source) = match &cli.config {
+                Some(path) => {
+                    let (config, disabled) = load(path)?;
+                    (config, disabled, path.display().to_string())
+                }
+                None => (Config::default(), Vec::new(), "defaults".to_string()),
             };
             let config = apply_flags(&cli, config)?;
-            Ok(ProxyBuilder::new(config, &source)?.run()?)
+            Ok(ProxyBuilder::new(config, &source)?.disabled(disabled).run()?)
         })(),
     };
     match result {

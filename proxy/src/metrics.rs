@@ -64,6 +64,8 @@ pub struct Metrics {
     /// Absolute links in rewritten documents left pointing past the proxy (to a host that is
     /// none of the repository's upstreams): downloads that bypass the cache.
     pub links_bypassing: IntCounterVec,
+    /// Responses cut short because the client went away (logged at debug, not as errors).
+    pub client_disconnects: IntCounter,
 }
 
 impl Metrics {
@@ -120,6 +122,8 @@ impl Metrics {
         let links_bypassing = counter_vec("links_bypassing_total", "Links in rewritten documents left pointing at a host that is not an upstream of the repository", &["repository"]);
         registry.register(Box::new(connections.open.clone())).expect("unique metric");
         registry.register(Box::new(connections.refused.clone())).expect("unique metric");
+        let client_disconnects = IntCounter::new("client_disconnects_total", "Responses cut short because the client disconnected").expect("valid metric");
+        registry.register(Box::new(client_disconnects.clone())).expect("unique metric");
         Metrics {
             registry,
             requests,
@@ -149,6 +153,7 @@ impl Metrics {
             relisted,
             links_bypassing,
             connections,
+            client_disconnects,
         }
     }
 

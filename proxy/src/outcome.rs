@@ -52,6 +52,9 @@ pub struct Outcome<'a> {
     pub bytes_fetched: u64,
     /// Time from sending the last upstream request to its response headers.
     pub upstream_time: Option<Duration>,
+    /// The status of the last response from the upstream (or a peer, or origin), when one
+    /// arrived.
+    pub upstream_status: Option<u16>,
     /// What went wrong with the upstream, once per request (`dns`, `connect`, `timeout`,
     /// `reset`, `breaker_open`, `token`, `rate_limited`, `redirect_refused`, `expired`, `integrity`,
     /// `other`).

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use crate::config::DisabledRepository;
 use crate::repository::Repository;
 
 /// The cache key of `key_path` (what the format resolved the request to, query included) in
@@ -30,6 +31,9 @@ pub enum NoRoute {
     Unmounted,
     #[error("registry '{0}' is not mirrored here")]
     UnknownNamespace(String),
+    /// The path is a disabled repository's: `why` says what would enable it.
+    #[error("repository '{name}' is disabled: {why}")]
+    Disabled { name: String, why: String },
 }
 
 /// The (percent-decoded) value of `name` in a query string.
@@ -41,15 +45,23 @@ pub fn query_param(query: Option<&str>, name: &str) -> Option<String> {
 #[derive(Default)]
 pub struct Router {
     repos: Vec<Arc<Repository>>,
+    /// Repositories the config names but the environment left out, longest prefix first.
+    disabled: Vec<DisabledRepository>,
 }
 
 impl Router {
     /// Route over `repos` (longest prefix first).
     pub fn new(mut repos: Vec<Repository>) -> Self {
         repos.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
-        Router {
-            repos: repos.into_iter().map(Arc::new).collect(),
-        }
+        Router { repos: repos.into_iter().map(Arc::new).collect(), disabled: Vec::new() }
+    }
+
+    /// Answer paths under each of `disabled`'s prefixes with why it is off (when no enabled
+    /// repository has a longer prefix there).
+    pub fn with_disabled(mut self, mut disabled: Vec<DisabledRepository>) -> Self {
+        disabled.sort_by_key(|d| std::cmp::Reverse(d.prefix.len()));
+        self.disabled = disabled;
+        self
     }
 
     /// Every repository, longest prefix first.
@@ -69,6 +81,19 @@ impl Router {
     /// another one's images. The root itself (the version check) is answered by the first
     /// registry repository when none is mounted there.
     pub fn route<'a>(&self, path: &'a str, query: Option<&str>) -> Result<(&Arc<Repository>, &'a str), NoRoute> {
+        let routed = self.route_enabled(path, query);
+        let mounted = match &routed {
+            Ok((repo, _)) => repo.prefix.len(),
+            Err(_) => 0,
+        };
+        let under = |prefix: &str| path.starts_with(prefix) || path.len() + 1 == prefix.len() && prefix.starts_with(path);
+        match self.disabled.iter().find(|d| d.prefix.len() > mounted && under(&d.prefix)) {
+            Some(d) => Err(NoRoute::Disabled { name: d.name.clone(), why: d.why() }),
+            None => routed,
+        }
+    }
+
+    fn route_enabled<'a>(&self, path: &'a str, query: Option<&str>) -> Result<(&Arc<Repository>, &'a str), NoRoute> {
         if let Some(ns) = query_param(query, "ns") {
             for repo in &self.repos {
                 let Some(root) = repo.format.registry_root() else { continue };
@@ -125,6 +150,11 @@ mod tests {
         assert_eq!(name("/other"), Some(("root".into(), "other".into())));
         let none = Router::new(vec![repo("rel", "/releases/")]);
         assert_eq!(none.route("/other", None).err(), Some(NoRoute::Unmounted));
+        let off = DisabledRepository { name: "pypi".into(), prefix: "/pypi/".into(), format: Default::default(), variable: "HANGAR_PYPI_UPSTREAM".into() };
+        let r = Router::new(vec![repo("root", "/")]).with_disabled(vec![off]);
+        let err = r.route("/pypi/simple/x/", None).err().unwrap().to_string();
+        assert!(err.contains("'pypi' is disabled") && err.contains("set HANGAR_PYPI_UPSTREAM"), "{err}");
+        assert_eq!(r.route("/other", None).ok().map(|(r, _)| r.name.clone()), Some("root".into()));
     }
 
     #[test]

@@ -50,6 +50,8 @@ async fn a_failing_upstream_opens_the_breaker_and_the_gauge_shows_half_open_with
     assert_eq!(proxy.metric("hangar_upstream_breaker_trips_total", &[("repository", "r")]).await, 1.0, "4 failures across 4 paths");
     let r = get(proxy.addr, "/p5").await;
     assert_eq!(r.status, 503, "refused at once while open");
+    let body = String::from_utf8_lossy(&r.body);
+    assert!(body.contains("circuit breaker of repository 'r' is open until") && body.contains("GMT"), "the body says why and until when: {body}");
     assert_eq!(up.total(), 4, "the open breaker sent nothing upstream");
     // The cool-down ends with no request at all: the gauge says so on the next scrape.
     proxy.wait_for_metric_where("hangar_upstream_breaker_state", &[("repository", "r")], "2 (half-open)", |v| v == 2.0).await;

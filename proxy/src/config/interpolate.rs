@@ -2,7 +2,7 @@
 //! for each (a repository disabled, a fleet left in-process, credentials left anonymous, or an
 //! error naming the key).
 
-use super::{Config, ConfigError, Credentials, DisabledRepository, Secret};
+use super::{Config, ConfigError, Credentials, DisabledRepository, Secret, DISABLE_VARIABLE};
 
 /// Why a value could not be interpolated.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -107,14 +107,26 @@ pub(super) fn interpolate_config(config: &mut Config, file: &str, env: &dyn Fn(&
     }
 
     let mut disabled = Vec::new();
+    // HANGAR_DISABLE=a,b turns repositories off by name, whatever their upstreams say (a
+    // default such as `${VAR:-https://...}` cannot be unset from the environment).
+    let listed: Vec<String> = env(DISABLE_VARIABLE).unwrap_or_default().split(',').map(|n| n.trim().to_string()).filter(|n| !n.is_empty()).collect();
+    if let Some(unknown) = listed.iter().find(|n| !config.repositories.iter().any(|r| &r.name == *n)) {
+        let names: Vec<&str> = config.repositories.iter().map(|r| r.name.as_str()).collect();
+        return Err(invalid(DISABLE_VARIABLE, InterpolationError::Malformed(format!("'{unknown}' is not a repository here (the repositories are: {})", names.join(", ")))));
+    }
     let mut kept = Vec::with_capacity(config.repositories.len());
     for (i, mut repo) in std::mem::take(&mut config.repositories).into_iter().enumerate() {
         let key = |field: &str| format!("repository[{i}].{field}");
+        let off = |variable: String| DisabledRepository { name: repo.name.clone(), prefix: super::normalize_prefix(&repo.prefix), format: repo.format, variable };
+        if listed.contains(&repo.name) {
+            disabled.push(off(DISABLE_VARIABLE.to_string()));
+            continue;
+        }
         let upstreams = interpolate(&repo.upstream, env).and_then(|url| Ok((url, repo.files_upstream.as_deref().map(|f| interpolate(f, env)).transpose()?)));
         let (upstream, files) = match upstreams {
             Ok(found) => found,
             Err(InterpolationError::Unset(variable)) => {
-                disabled.push(DisabledRepository { name: repo.name.clone(), variable });
+                disabled.push(off(variable));
                 continue;
             }
             Err(e) => return Err(invalid(&key("upstream"), e)),

@@ -20,7 +20,7 @@ mod validate;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use hangar_core::{ByteSize, HumanDuration};
+use hangar_core::{ByteSize, FormatKind, HumanDuration};
 use serde::Deserialize;
 
 pub use cache::CacheConfig;
@@ -51,6 +51,18 @@ pub struct Config {
     pub listen: String,
     /// Address of the admin listener (`/metrics`, `/healthz`, `/readyz`, purges, offline).
     pub admin_listen: String,
+    /// PEM certificate chain for TLS on `listen` (with `tls_key`): clients then connect
+    /// with `https://`, and no separate TLS terminator is needed. Unset: plain HTTP.
+    pub tls_cert: Option<String>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of `tls_cert`.
+    pub tls_key: Option<String>,
+    /// Bind `listen` and `admin_listen` with SO_REUSEPORT, so several processes can share
+    /// a port and the kernel splits connections between them. Off by default: a second
+    /// proxy on a port in use is then an error instead of a silent split.
+    pub listen_reuseport: bool,
+    /// One log line per request (target `access`): repository, method, path, status,
+    /// cache result, bytes, upstream status and time, client address.
+    pub access_log: bool,
     /// Worker threads of the proxy service.
     pub threads: usize,
     /// SO_SNDBUF of client connections; 0 leaves the kernel's autotuning. A fixed, modest
@@ -78,6 +90,10 @@ impl Default for Config {
         Config {
             listen: "127.0.0.1:8080".into(),
             admin_listen: "127.0.0.1:9090".into(),
+            tls_cert: None,
+            tls_key: None,
+            listen_reuseport: false,
+            access_log: true,
             threads: 1,
             send_buffer_bytes: ByteSize(512 << 10),
             shutdown_grace: HumanDuration(Duration::from_secs(5)),
@@ -111,13 +127,34 @@ impl Default for ConnectionSettings {
     }
 }
 
-/// A repository left out because its upstream names an unset variable.
+/// The variable that disables repositories by name: `HANGAR_DISABLE=central,dockerhub`.
+pub const DISABLE_VARIABLE: &str = "HANGAR_DISABLE";
+
+/// A repository left out: its upstream names an unset variable, or [`DISABLE_VARIABLE`]
+/// lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DisabledRepository {
     /// The repository's name.
     pub name: String,
-    /// The variable its upstream names that is not set.
+    /// Its path prefix, normalised (`/pypi/`): requests below it are told why it is off.
+    pub prefix: String,
+    /// Its format, for listings.
+    pub format: FormatKind,
+    /// The variable to change to enable it: the unset one its upstream (or
+    /// `files_upstream`) names, or [`DISABLE_VARIABLE`].
     pub variable: String,
+}
+
+impl DisabledRepository {
+    /// Why it is off and how to turn it on, in words (`its upstream uses ${X}, which is not
+    /// set: set X to enable it`).
+    pub fn why(&self) -> String {
+        if self.variable == DISABLE_VARIABLE {
+            format!("{DISABLE_VARIABLE} lists it: remove it from {DISABLE_VARIABLE} to enable it")
+        } else {
+            format!("its upstream uses ${{{0}}}, which is not set: set {0} to enable it", self.variable)
+        }
+    }
 }
 
 /// A configuration after interpolation and validation, with what was disabled on the way.

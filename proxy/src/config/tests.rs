@@ -37,7 +37,19 @@ fn unset_upstream_disables_only_that_repository() {
     let loaded = Config::from_toml(text, "t.toml", &env).unwrap();
     assert_eq!(loaded.config.repositories.len(), 1);
     assert_eq!(loaded.config.repositories[0].upstream, "http://127.0.0.1:9");
-    assert_eq!(loaded.disabled, vec![DisabledRepository { name: "b".into(), variable: "MISSING_B".into() }]);
+    assert_eq!(loaded.disabled, vec![DisabledRepository { name: "b".into(), prefix: "/b/".into(), format: Default::default(), variable: "MISSING_B".into() }]);
+}
+
+#[test]
+fn hangar_disable_turns_off_repositories_with_defaults_and_refuses_unknown_names() {
+    let text = "[[repository]]\nname = \"a\"\nprefix = \"/a\"\nupstream = \"${NOPE:-https://a.test/}\"\n[[repository]]\nname = \"b\"\nprefix = \"/b/\"\nupstream = \"${UP}\"\n";
+    let with = |list: &'static str| move |name: &str| if name == "HANGAR_DISABLE" { Some(list.to_string()) } else { env(name) };
+    let loaded = Config::from_toml(text, "t.toml", &with(" a ,")).unwrap();
+    assert_eq!(loaded.config.repositories.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["b"]);
+    assert_eq!(loaded.disabled, vec![DisabledRepository { name: "a".into(), prefix: "/a/".into(), format: Default::default(), variable: "HANGAR_DISABLE".into() }]);
+    assert!(loaded.disabled[0].why().contains("remove it from HANGAR_DISABLE"));
+    let err = Config::from_toml(text, "t.toml", &with("a,typo")).unwrap_err().to_string();
+    assert!(err.contains("HANGAR_DISABLE") && err.contains("'typo'"), "{err}");
 }
 
 #[test]

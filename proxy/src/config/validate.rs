@@ -20,6 +20,14 @@ impl Config {
         for (key, addr) in [("listen", &self.listen), ("admin_listen", &self.admin_listen)] {
             addr.parse::<SocketAddr>().map_err(|_| invalid(key.into(), format!("'{addr}' is not an IP:port socket address")))?;
         }
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) => return Err(invalid("tls_key".into(), "required with tls_cert: the PEM private key of the listener's certificate".into())),
+            (None, Some(_)) => return Err(invalid("tls_cert".into(), "required with tls_key: the PEM certificate chain the listener presents".into())),
+            (Some(_), Some(_)) if self.fleet.is_shared() => {
+                return Err(invalid("tls_cert".into(), "not with a fleet: members reach each other at their listen address over plain HTTP (put a TLS terminator in front of a fleet)".into()));
+            }
+            _ => {}
+        }
         if self.threads == 0 {
             return Err(invalid("threads".into(), "must be at least 1".into()));
         }
@@ -52,6 +60,8 @@ impl Config {
         let mut namespaces = HashSet::new();
         for (i, repo) in self.repositories.iter().enumerate() {
             let key = |field: &str| format!("repository[{i}].{field}");
+            // Errors about a repository name it, not only its index.
+            let invalid = |key: String, message: String| ConfigError::Invalid { file: file.to_string(), key, message: format!("{message} (repository '{}')", repo.name) };
             if !valid_repository_name(&repo.name) {
                 return Err(invalid(key("name"), format!("'{}' must be 1 to 64 letters, digits, '-', '_' and '.'", repo.name)));
             }

@@ -274,6 +274,12 @@ pub trait Format: Send + Sync {
         None
     }
 
+    /// Things in the repository's config that are valid but probably not what was meant (a
+    /// PyPI index URL without `/simple/`), logged as warnings at startup and by check-config.
+    fn config_warnings(&self) -> Vec<String> {
+        Vec::new()
+    }
+
     /// Freshness of [`PathClass::Metadata`] paths when the repository sets no `metadata_ttl`.
     /// `None`: the upstream's headers decide, as for any other path.
     fn default_metadata_ttl(&self) -> Option<Duration> {

@@ -134,6 +134,13 @@ impl Format for Pypi {
         Some(self.files_upstream.clone())
     }
 
+    fn config_warnings(&self) -> Vec<String> {
+        match self.index.path().trim_end_matches('/').ends_with("/simple") {
+            true => Vec::new(),
+            false => vec![format!("upstream '{}' does not end in /simple/: a PyPI index (PEP 503) is served there, and pip asks the upstream for <upstream><project>/", self.index)],
+        }
+    }
+
     fn resolve(&self, path: &RequestPath<'_>, headers: &HeaderMap) -> Result<Resolved, FormatError> {
         let rel = path.checked_relative(false)?;
         if rel == "simple" || rel.starts_with("simple/") {

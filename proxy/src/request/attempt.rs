@@ -315,8 +315,9 @@ impl HangarProxy {
                 if let Some(ticket) = attempt.ticket.take() {
                     ticket.failed();
                 }
+                let why = format!("DNS failure for upstream host {}: {}", e.host, e.reason);
                 attempt.fail("dns");
-                attempt.failure = Some(e.to_string());
+                attempt.failure = Some(why);
                 let mut err = Error::explain(ErrorType::ConnectError, e.to_string());
                 err.set_retry(false);
                 return Err(err.into_up());

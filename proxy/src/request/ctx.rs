@@ -121,6 +121,8 @@ pub struct RequestCtx {
     pub body: BodyWork,
     /// The label of a response the proxy wrote itself.
     pub local: Option<CacheResult>,
+    /// The status of the last response head from upstream (or a peer, or origin).
+    pub upstream_status: Option<u16>,
 }
 
 impl RequestCtx {

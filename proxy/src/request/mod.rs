@@ -18,6 +18,7 @@ mod attempt;
 mod body;
 mod cache;
 mod ctx;
+mod explain;
 mod local;
 mod origin_copy;
 mod outcome;
@@ -219,6 +220,7 @@ impl ProxyHttp for HangarProxy {
             downstream.set_ignore_info_resp(true);
             return Ok(());
         }
+        ctx.upstream_status = Some(resp.status.as_u16());
         let hop_by_hop = ["keep-alive", "proxy-connection", "proxy-authenticate", "connection"];
         let mut names = Vec::new();
         strip_hop_by_hop(&resp.headers, &hop_by_hop, |n| names.push(n.clone()));
@@ -256,8 +258,17 @@ impl ProxyHttp for HangarProxy {
         self.on_error(session, e.more_context(format!("Peer: {peer}")), ctx)
     }
 
-    fn fail_to_connect(&self, _session: &mut Session, _peer: &HttpPeer, ctx: &mut RequestCtx, e: Box<Error>) -> Box<Error> {
+    fn fail_to_connect(&self, _session: &mut Session, peer: &HttpPeer, ctx: &mut RequestCtx, e: Box<Error>) -> Box<Error> {
+        if !ctx.attempt.at_peer() && !ctx.attempt.at_origin() {
+            ctx.attempt.explain(explain::connect_failure(peer, &e));
+        }
         self.on_connect_failure(ctx, e)
+    }
+
+    /// A client that goes away mid-response is no fault of the proxy's: never an ERROR line
+    /// (the `logging` phase counts it, in `hangar_client_disconnects_total`).
+    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, error: &Error) -> bool {
+        outcome::client_went_away(error)
     }
 
     /// A step of the attempt (a redirect followed, a challenge answered, the next hop) is how
@@ -342,8 +353,9 @@ impl ProxyHttp for HangarProxy {
         if code > 0 && session.response_written().is_none() {
             let message = match (code, ctx.attempt.failure()) {
                 (502, Some(why)) => format!("upstream failed: {why}"),
-                (502, None) => "upstream failed".to_string(),
-                (503, _) => "upstream unavailable (circuit breaker open)".to_string(),
+                (502, None) => format!("upstream failed: {}", explain::upstream_failure(e)),
+                (503, _) if ctx.attempt.error() == Some("breaker_open") => explain::breaker_open(ctx.repo_name(), ctx.repo.as_ref().and_then(|r| r.breaker.open_until())),
+                (503, _) => "upstream unavailable".to_string(),
                 (504, _) if unreached && had_copy => "upstream unreachable, and the cached copy may not be used without asking it (must-revalidate, no-cache or s-maxage)".to_string(),
                 (504, _) => "upstream timed out".to_string(),
                 _ => "request failed".to_string(),

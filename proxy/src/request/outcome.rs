@@ -11,6 +11,11 @@ use super::cache::stored;
 use super::{target_of, HangarProxy, RequestCtx};
 use crate::outcome::Outcome;
 
+/// The error says the client went away (reset, closed, a write that failed).
+pub(super) fn client_went_away(error: &Error) -> bool {
+    error.esource() == &pingora::ErrorSource::Downstream && matches!(error.etype(), pingora::ErrorType::WriteError | pingora::ErrorType::ReadError | pingora::ErrorType::ConnectionClosed)
+}
+
 impl HangarProxy {
     /// `logging`: tell the sinks how the request ended.
     pub(super) fn report(&self, session: &Session, error: Option<&Error>, ctx: &mut RequestCtx) {
@@ -21,6 +26,13 @@ impl HangarProxy {
         let status = response.map_or(0, |r| r.status.as_u16());
         let content_length = response.and_then(|r| r.headers.get(http::header::CONTENT_LENGTH)).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
         let result = self.result(session, ctx);
+        // Gone mid-body: an error that says so, or (a fill carries on for the cache without
+        // its client, and reports no error) fewer body bytes sent than the response declared.
+        let short = error.is_none() && req.method != http::Method::HEAD && matches!(status, 200 | 206) && content_length.is_some_and(|l: u64| (session.body_bytes_sent() as u64) < l);
+        if error.is_some_and(client_went_away) || short {
+            tracing::debug!(target = %target_of(req), sent = session.body_bytes_sent(), "client disconnected mid-response");
+            self.metrics.client_disconnects.inc();
+        }
         let phase = session.cache.phase();
         let source = match result {
             _ if ctx.local.is_some() => Source::Proxy,
@@ -45,6 +57,7 @@ impl HangarProxy {
             bytes_served: session.body_bytes_sent() as u64,
             bytes_fetched: session.upstream_body_bytes_received() as u64,
             upstream_time: ctx.attempt.upstream_time(),
+            upstream_status: ctx.upstream_status,
             upstream_error: ctx.attempt.error(),
             background: ctx.caller.background,
             failed: error.is_some(),

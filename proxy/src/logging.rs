@@ -1,0 +1,135 @@
+//! The process's log: plain text or one JSON object per line, colours only on a terminal, the
+//! access log (target [`ACCESS_TARGET`]) on whatever the level, and two of pingora's messages
+//! that mean nothing to an operator kept out at the default level.
+
+use std::fmt;
+
+use tracing::field::{Field, Visit};
+use tracing::{Event, Subscriber};
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::util::SubscriberInitExt;
+
+/// The target of access-log lines: `RUST_LOG=access=off` silences them.
+pub const ACCESS_TARGET: &str = "access";
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// tracing's human format: `TIME LEVEL target: message key=value ...`.
+    #[default]
+    Plain,
+    /// One JSON object per line: `time`, `level`, `target`, then every field (`message` too).
+    Json,
+}
+
+/// Pingora messages that are routine, not faults: a pooled upstream connection the upstream
+/// had closed (the request simply opens another), a cache-meta compression dictionary Hangar
+/// does not use, and a client that went away mid-body (counted in
+/// `hangar_client_disconnects_total` instead). Shown only when the filter asks for debug.
+const ROUTINE: [&str; 4] = ["failed to acquire reusable stream", "no header compression dictionary", "Downstream Error ignored during caching", "Fail to serve cache: Downstream"];
+
+/// Install the global subscriber on stderr: `filter` in tracing's `RUST_LOG` syntax (the
+/// `RUST_LOG` variable wins when set), the access log at info unless the filter names
+/// [`ACCESS_TARGET`] itself, ANSI colours only when stderr is a terminal.
+pub fn init(filter: &str, format: LogFormat) {
+    let wanted = std::env::var("RUST_LOG").ok().filter(|v| !v.is_empty()).unwrap_or_else(|| filter.to_string());
+    let directives = if wanted.contains(ACCESS_TARGET) { wanted.clone() } else { format!("{wanted},{ACCESS_TARGET}=info") };
+    let env_filter = tracing_subscriber::EnvFilter::try_new(&directives).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("info,{ACCESS_TARGET}=info")));
+    let verbose = wanted.contains("debug") || wanted.contains("trace");
+    // Colours only for a terminal: a log file or journal gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let quiet = QuietRoutine { verbose };
+    let registry = tracing_subscriber::registry().with(env_filter).with(quiet);
+    match format {
+        LogFormat::Plain => registry.with(tracing_subscriber::fmt::layer().with_ansi(ansi).with_writer(std::io::stderr)).init(),
+        LogFormat::Json => registry.with(tracing_subscriber::fmt::layer().with_ansi(false).event_format(Json).with_writer(std::io::stderr)).init(),
+    }
+}
+
+/// Drops the [`ROUTINE`] messages unless the filter asks for debug.
+struct QuietRoutine {
+    verbose: bool,
+}
+
+impl<S: Subscriber> Layer<S> for QuietRoutine {
+    fn event_enabled(&self, event: &Event<'_>, _ctx: Context<'_, S>) -> bool {
+        // (Levels order by verbosity: WARN and ERROR are below INFO; the routine ones are those.)
+        if self.verbose || *event.metadata().level() >= tracing::Level::INFO {
+            return true;
+        }
+        let mut message = Message(String::new());
+        event.record(&mut message);
+        !ROUTINE.iter().any(|r| message.0.starts_with(r))
+    }
+}
+
+/// The `message` field of an event.
+struct Message(String);
+
+impl Visit for Message {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "message" {
+            self.0 = value.to_string();
+        }
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        if field.name() == "message" {
+            self.0 = format!("{value:?}");
+        }
+    }
+}
+
+/// One JSON object per event.
+struct Json;
+
+/// An event's fields as JSON values.
+struct JsonFields(serde_json::Map<String, serde_json::Value>);
+
+impl Visit for JsonFields {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.0.insert(field.name().to_string(), value.into());
+    }
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.0.insert(field.name().to_string(), value.into());
+    }
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.0.insert(field.name().to_string(), value.into());
+    }
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.0.insert(field.name().to_string(), value.into());
+    }
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.0.insert(field.name().to_string(), value.into());
+    }
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.0.insert(field.name().to_string(), format!("{value:?}").into());
+    }
+}
+
+impl<S, N> FormatEvent<S, N> for Json
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(&self, _ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &Event<'_>) -> fmt::Result {
+        let mut time = String::new();
+        SystemTime.format_time(&mut Writer::new(&mut time))?;
+        let meta = event.metadata();
+        let mut fields = JsonFields(serde_json::Map::new());
+        fields.0.insert("time".into(), time.into());
+        fields.0.insert("level".into(), meta.level().as_str().into());
+        fields.0.insert("target".into(), meta.target().into());
+        event.record(&mut fields);
+        // Events forwarded from the `log` crate (pingora's) carry their real target as a field.
+        if let Some(target) = fields.0.remove("log.target") {
+            fields.0.insert("target".into(), target);
+        }
+        fields.0.retain(|k, _| !k.starts_with("log."));
+        writeln!(writer, "{}", serde_json::Value::Object(fields.0))
+    }
+}
