@@ -59,6 +59,20 @@ impl Digest {
         }
     }
 
+    /// Whether `text` is this digest as it displays (`sha1:<hex>`, `sha256:<hex>`, ...),
+    /// hex in either case, without allocating: what the request path compares a stored
+    /// copy's recorded digest with.
+    pub fn is_written_as(&self, text: &str) -> bool {
+        let (algorithm, bytes): (&str, &[u8]) = match self {
+            Digest::Sha1(d) => ("sha1", d),
+            Digest::Sha256(d) => ("sha256", d),
+            Digest::Sha512(d) => ("sha512", d),
+        };
+        let mut buf = [0u8; 64];
+        let out = &mut buf[..bytes.len()];
+        matches!(text.split_once(':'), Some((a, hex)) if a == algorithm && hex::decode_to_slice(hex, out).is_ok() && out == bytes)
+    }
+
     /// 40 hex digits, as Maven's `.sha1` files.
     pub fn sha1_hex(s: &str) -> Option<Self> {
         let mut d = [0u8; 20];
@@ -158,6 +172,17 @@ mod tests {
         assert_eq!(Some(h.finish()), Digest::from_sri(sri));
         assert!(Digest::from_sri("md5-abc").is_none());
         assert!(Digest::sha256_hex("xyz").is_none());
+    }
+
+    #[test]
+    fn a_digest_knows_its_written_form_in_every_algorithm() {
+        for d in [Digest::Sha1([7; 20]), Digest::Sha256([7; 32]), Digest::Sha512([7; 64])] {
+            assert!(d.is_written_as(&d.to_string()), "{d}");
+            assert!(d.is_written_as(&d.to_string().to_ascii_uppercase().replacen("SHA", "sha", 1)), "hex in either case");
+            assert!(!d.is_written_as(&d.to_string().replace("07", "08")));
+            assert!(!d.is_written_as(&d.to_string()[1..]) && !d.is_written_as("") && !d.is_written_as("sha256:07"));
+        }
+        assert!(!Digest::Sha1([7; 20]).is_written_as(&Digest::Sha256([7; 32]).to_string()));
     }
 
     #[test]

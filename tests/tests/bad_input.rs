@@ -8,7 +8,8 @@ async fn bad_requests_get_clear_errors_and_never_escape_the_repository() {
     up.route("/repo/ok.txt", Route::ok(b"fine".to_vec()));
     up.route("/secret", Route::ok(b"outside the repository".to_vec()));
     let dir = tempfile::tempdir().unwrap();
-    let proxy = Proxy::builder(dir.path()).upstream("/files/", &format!("{}/repo/", up.url())).start();
+    up.route("/other/private/secret", Route::ok(b"another repository's".to_vec()));
+    let proxy = Proxy::builder(dir.path()).upstream("/files/", &format!("{}/repo/", up.url())).upstream("/files/private/", &format!("{}/other/private/", up.url())).start();
 
     assert_eq!(get(proxy.addr, "/files/ok.txt").await.body, b"fine");
     for evil in [
@@ -22,12 +23,17 @@ async fn bad_requests_get_clear_errors_and_never_escape_the_repository() {
         "/files/a%00b",
         "/files/%zz",
         "/files/..%5csecret",
+        // A `..` that would land in another repository (here one nested in this one).
+        "/files/x/../private/secret",
+        "/files/private/../ok.txt",
     ] {
         let r = get(proxy.addr, evil).await;
         assert_eq!(r.status, 400, "{evil} -> {}", r.status);
         assert_eq!(r.header("content-type"), Some("application/json"), "{evil}");
     }
     assert_eq!(up.hits("/secret"), 0, "no request escaped the repository's upstream path");
+    assert_eq!(up.hits("/other/private/secret"), 0, "nor reached another repository");
+    assert_eq!(up.hits("/repo/private/secret"), 0, "nor a path another repository shadows");
     // RFC 3986 5.2.4: dot segments that stay inside the repository are resolved, not refused.
     for fine in ["/files/./ok.txt", "/./files/ok.txt", "/files/x/../ok.txt", "/files/%2e/x/%2E%2e/ok.txt"] {
         let r = get(proxy.addr, fine).await;

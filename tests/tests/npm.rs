@@ -305,6 +305,7 @@ async fn an_error_page_sent_as_a_packument_is_never_stored_and_the_last_good_cop
         d
     };
 
+    let unreadable = || proxy.metric("hangar_upstream_errors_total", &[("repository", "npm"), ("kind", "unreadable_document")]);
     // The upstream's error page is not a packument: 502 saying why, and nothing stored.
     for _ in 0..2 {
         let r = http(proxy.addr, "GET", "/npm/flaky", &[]).await.unwrap().collect().await;
@@ -312,12 +313,15 @@ async fn an_error_page_sent_as_a_packument_is_never_stored_and_the_last_good_cop
         assert!(String::from_utf8_lossy(&r.body).contains("HTML page"), "{}", String::from_utf8_lossy(&r.body));
     }
     assert_eq!(up.hits("/flaky"), 2, "never served from cache");
+    assert_eq!(unreadable().await, 2.0, "counted once per request");
     run_failing(&mut npm(scratch.path(), &project("a"), &proxied, &["install", "--fetch-retries=0"]));
     // A JSON type with an HTML body is cut off at its first bytes, and not stored either.
     up.route("/flaky", error_page.clone().header("Content-Type", "application/json"));
+    let before = unreadable().await;
     let r = http(proxy.addr, "GET", "/npm/flaky", &[]).await.unwrap().collect().await;
     assert!(r.status != 200 || r.truncated, "an HTML body under a JSON type is not delivered as a packument");
-    assert!(proxy.metric("hangar_upstream_errors_total", &[("repository", "npm"), ("kind", "unreadable_document")]).await >= 3.0);
+    assert_eq!(unreadable().await, before + 1.0, "refused for what its first bytes are: {}", proxy.stderr());
+    assert!(proxy.stderr().contains("not a packument (JSON)"), "the log says why");
 
     // The upstream recovers: npm installs, and the packument is cached.
     up.route("/flaky", Route::ok(packument(&registry, "flaky", &tgz).into_bytes()).header("Content-Type", "application/json").without("Cache-Control"));

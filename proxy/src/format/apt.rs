@@ -181,7 +181,7 @@ impl Format for Apt {
         match path.rsplit('/').next() {
             Some("InRelease") => super::document_like(content_type, head, "clearsigned InRelease", &["-----BEGIN PGP SIGNED MESSAGE-----"]),
             Some("Release.gpg") => super::document_like(content_type, head, "Release signature", &["-----BEGIN PGP SIGNATURE-----"]),
-            Some(_) if path.starts_with("dists/") => super::document_like(content_type, head, "Release file or index", &[]),
+            Some(name) if path.starts_with("dists/") || name == "Release" || is_index(name) => super::document_like(content_type, head, "Release file or index", &[]),
             _ => Ok(()),
         }
     }

@@ -103,7 +103,10 @@ impl Format for Cargo {
     }
 
     /// `config.json` and index files (one JSON object per line) start with `{`.
-    fn check_document(&self, _resolved: &Resolved, content_type: Option<&str>, head: Option<&[u8]>) -> Result<(), String> {
+    fn check_document(&self, resolved: &Resolved, content_type: Option<&str>, head: Option<&[u8]>) -> Result<(), String> {
+        if resolved.class != PathClass::Metadata {
+            return Ok(());
+        }
         super::document_like(content_type, head, "sparse index file (JSON lines)", &["{"])
     }
 

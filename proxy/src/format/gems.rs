@@ -18,8 +18,9 @@ pub struct Gems;
 /// `rails`, `aws-sdk-s3-1.0.0-java.gem` -> `aws-sdk-s3`, `rfc-822-0.4.1.gem` -> `rfc-822`.
 ///
 /// Names may end in `-<digits>` and platforms contain `-`, so the split is the first `-` after
-/// which a version (RubyGems' `[0-9]+(\.[0-9a-zA-Z]+)*`) runs to the end or to a platform
-/// (which starts with a letter: `java`, `x86_64-linux`, `universal-darwin-22`).
+/// which a version (RubyGems' `[0-9]+(\.[0-9a-zA-Z]+)*`) runs to the end or to a platform,
+/// which starts with a CPU or runtime RubyGems knows (`java`, `x86_64-linux`,
+/// `universal-darwin-22`): `foo-3-rails-1.0.gem` is `foo-3-rails`.
 fn gem_name(file: &str) -> Option<&str> {
     let stem = file.strip_suffix(".gem")?;
     stem.match_indices('-').map(|(i, _)| i).find(|&i| {
@@ -29,8 +30,19 @@ fn gem_name(file: &str) -> Option<&str> {
         let mut parts = version.split('.');
         let numeric = parts.next().is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
         let valid = numeric && parts.all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric()));
-        valid && (platform.is_empty() || platform[1..].starts_with(|c: char| c.is_ascii_alphabetic() || c == '_'))
+        valid && (platform.is_empty() || is_platform(&platform[1..]))
     }).map(|i| &stem[..i])
+}
+
+/// Whether `text` reads as a RubyGems platform (`Gem::Platform`): its first part is a CPU
+/// (`x86_64`, `arm64`, `universal`, ...) or one of the runtimes that stand alone (`java`).
+fn is_platform(text: &str) -> bool {
+    const FIRST: [&str; 22] = [
+        "x86", "x64", "i386", "i486", "i586", "i686", "arm", "aarch64", "universal", "java", "jruby", "dalvik", "mswin", "mingw", "powerpc", "ppc", "s390", "sparc",
+        "mips", "riscv", "loongarch", "wasm",
+    ];
+    let first = text.split('-').next().unwrap_or("");
+    FIRST.iter().any(|p| first.starts_with(p))
 }
 
 impl Format for Gems {
@@ -59,13 +71,20 @@ impl Format for Gems {
     }
 
     /// The compact index: `versions` opens with `created_at:` (or `---`), `names` and
-    /// `info/<name>` with `---`; the legacy indexes are gzip/Marshal, not checked.
+    /// `info/<name>` with `---`; the legacy `*specs.4.8.gz` indexes are gzip.
     fn check_document(&self, resolved: &Resolved, content_type: Option<&str>, head: Option<&[u8]>) -> Result<(), String> {
         let path = resolved.key_path.split('?').next().unwrap_or("");
         let starts: &[&str] = match path {
             "versions" => &["created_at:", "---"],
             "names" => &["---"],
             p if p.starts_with("info/") => &["---"],
+            p if p.ends_with("specs.4.8.gz") => {
+                super::document_like(content_type, None, "legacy index (gzip)", &[])?;
+                return match head {
+                    Some(h) if !h.is_empty() && !h.starts_with(&[0x1f, 0x8b]) => Err("upstream's legacy index is not gzip: not stored".into()),
+                    _ => Ok(()),
+                };
+            }
             _ => return Ok(()),
         };
         super::document_like(content_type, head, "compact index file", starts)
@@ -106,7 +125,7 @@ mod tests {
             assert_eq!(resolve(p).class, PathClass::Metadata, "{p}");
         }
         assert_eq!(resolve("quick/Marshal.4.8/rails-7.1.0.gemspec.rz").class, PathClass::Immutable);
-        for (file, name) in [("rfc-822-0.4.1.gem", "rfc-822"), ("rails-7.1.0.gem", "rails"), ("ffi-1.15.5-universal-darwin-22.gem", "ffi"), ("nokogiri-1.16.0-x86_64-linux.gem", "nokogiri"), ("a-b-2-3.0.pre1.gem", "a-b-2"), ("x-1.0.0.rc.1.gem", "x")] {
+        for (file, name) in [("rfc-822-0.4.1.gem", "rfc-822"), ("rails-7.1.0.gem", "rails"), ("ffi-1.15.5-universal-darwin-22.gem", "ffi"), ("nokogiri-1.16.0-x86_64-linux.gem", "nokogiri"), ("a-b-2-3.0.pre1.gem", "a-b-2"), ("x-1.0.0.rc.1.gem", "x"), ("foo-3-rails-1.0.gem", "foo-3-rails"), ("grpc-1.60.0-x64-mingw-ucrt.gem", "grpc"), ("libv8-node-18.19.0.0-aarch64-linux.gem", "libv8-node")] {
             assert_eq!(gem_name(file), Some(name), "{file}");
         }
         assert_eq!(gem_name("noversion.gem"), None);

@@ -48,14 +48,16 @@ impl Format for Maven {
         Ok(resolved)
     }
 
-    /// `maven-metadata.xml` is XML; its checksum files are hex.
+    /// `maven-metadata.xml` is XML; checksum files (of artefacts too: an error page stored
+    /// as a `.sha1` would stand for good) are hex.
     fn check_document(&self, resolved: &Resolved, content_type: Option<&str>, head: Option<&[u8]>) -> Result<(), String> {
         let path = resolved.key_path.split('?').next().unwrap_or("");
         if path.ends_with("maven-metadata.xml") {
             return super::document_like(content_type, head, "maven-metadata.xml", &["<"]);
         }
-        if path.contains("maven-metadata.xml.") {
-            return super::document_like(content_type, head, "checksum file", &[]);
+        if CHECKSUMS.iter().any(|c| path.ends_with(c)) {
+            const HEX: [&str; 16] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "a", "b", "c", "d", "e", "f"];
+            return super::document_like(content_type, head, "checksum file (hex)", &HEX);
         }
         Ok(())
     }

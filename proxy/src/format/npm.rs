@@ -167,6 +167,9 @@ fn linked_path(token: &str) -> Result<String, FormatError> {
         Some((r, q)) => (r, Some(q)),
         None => (path.as_str(), None),
     };
+    if query.is_some_and(|q| q.bytes().any(|b| b <= b' ' || b == 0x7f || b == b'#')) {
+        return Err(bad());
+    }
     let rel = RequestPath { relative: rel, query }.checked_relative(false)?;
     if rel.starts_with('/') || rel.contains("//") {
         return Err(bad());

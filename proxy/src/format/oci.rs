@@ -75,9 +75,10 @@ impl Format for Oci {
         FormatKind::Oci
     }
 
-    /// Manifests by tag, tag lists and referrers are JSON objects.
+    /// Manifests by tag, tag lists and referrers are JSON objects (by digest, they are
+    /// verified against it instead).
     fn check_document(&self, resolved: &Resolved, content_type: Option<&str>, head: Option<&[u8]>) -> Result<(), String> {
-        if resolved.local.is_some() {
+        if resolved.local.is_some() || resolved.class != PathClass::Metadata {
             return Ok(());
         }
         super::document_like(content_type, head, "registry JSON document", &["{"])

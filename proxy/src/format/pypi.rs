@@ -115,7 +115,7 @@ impl Pypi {
                 if let Some(url) = file.get_mut("url") {
                     match url.as_str().map(|u| (u, self.map_link(page, u, base, sha.as_deref()))) {
                         Some((_, Some(mapped))) => *url = serde_json::Value::String(mapped),
-                        Some((u, None)) if page.join(u).is_ok_and(|j| j.host_str() != page.host_str()) => bypassing.push(u.to_string()),
+                        Some((u, None)) if page.join(u).is_ok_and(|j| matches!(j.scheme(), "http" | "https") && j.host_str() != page.host_str()) => bypassing.push(u.to_string()),
                         _ => {}
                     }
                 }

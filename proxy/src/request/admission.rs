@@ -42,12 +42,22 @@ impl HangarProxy {
         }
         ctx.caller = self.caller(session);
         let req = session.req_header();
-        // RFC 3986 5.2.4: `.` goes before routing (it cannot change the repository); `..`
-        // is resolved below the repository's prefix and never climbs above it.
+        // RFC 3986 5.2.4: the path is routed with its dot segments removed; a `..` that
+        // would take it out of the repository its spelling names (to another repository, one
+        // nested in it or a disabled one) is refused, not followed.
         let refused = |e: hangar_core::PathError| Reply::error(400, format!("{e}: a '..' may not leave the repository"));
-        let path = remove_dot_segments(req.uri.path(), DotSegments::Current).map_err(refused)?;
-        let (repo, rest) = self.router.route(&path, req.uri.query()).map_err(|e| Reply::error(404, e.to_string()))?;
-        let rest = remove_dot_segments(rest, DotSegments::All).map_err(refused)?;
+        let path = remove_dot_segments(req.uri.path(), DotSegments::All).map_err(refused)?;
+        let routed = self.router.route(&path, req.uri.query());
+        if path.len() != req.uri.path().len() {
+            let spelled = remove_dot_segments(req.uri.path(), DotSegments::Current).map_err(refused)?;
+            let named = self.router.route(&spelled, req.uri.query()).ok().map(|(r, _)| r.name.as_str());
+            let landed = routed.as_ref().ok().map(|(r, _)| r.name.as_str());
+            if named.is_some() && named != landed {
+                return Err(refused(hangar_core::PathError::DotSegment("..".into())));
+            }
+        }
+        let (repo, rest) = routed.map_err(|e| Reply::error(404, e.to_string()))?;
+        let rest = std::borrow::Cow::Borrowed(rest);
         ctx.repo = Some(repo.clone());
         if !repo.allows(&req.method, &rest) {
             let allow = STANDARD_METHODS.iter().filter(|m| repo.allows(m, &rest)).map(Method::as_str).collect::<Vec<_>>().join(", ");

@@ -374,8 +374,8 @@ impl HangarProxy {
             if let Some(r) = route.resolved.representation {
                 req.insert_header(header::ACCEPT, r.accept)?;
             }
-            // Bytes that are rewritten or verified are asked for without a content coding.
-            if route.resolved.rewrite || ctx.body.expected.is_some() || route.resolved.digest_from.is_some() {
+            // Bytes that are rewritten, read or verified are asked for without a content coding.
+            if route.resolved.rewrite || route.resolved.lists_digests || ctx.body.expected.is_some() || route.resolved.digest_from.is_some() {
                 req.insert_header(header::ACCEPT_ENCODING, "identity")?;
             }
         }

@@ -151,7 +151,6 @@ impl HangarProxy {
     fn refuse_document(&self, repo: &str, why: String, ctx: &mut RequestCtx) {
         let path = ctx.route.as_ref().map_or("", |r| r.resolved.key_path.as_str());
         tracing::warn!(repository = %repo, path, "{why}");
-        self.metrics.upstream_errors.with_label_values(&[repo, "unreadable_document"]).inc();
         ctx.attempt.fail("unreadable_document");
         ctx.attempt.explain(why);
     }
@@ -188,9 +187,10 @@ impl HangarProxy {
         let at_peer = ctx.attempt.at_peer();
         let encoding = resp.headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()).map(|v| v.trim().to_ascii_lowercase());
         let encoded = encoding.as_deref().is_some_and(|e| e != "identity");
-        // Documents the format parses: one that cannot be (an error page sent as 200) is
-        // refused before its body, or cut off at its first bytes; never stored.
-        if resolved.class == hangar_core::PathClass::Metadata && !at_peer {
+        // Documents the format parses (indexes, checksum files): one that cannot be (an
+        // error page sent as 200) is refused before its body, or cut off at its first bytes;
+        // never stored.
+        if !at_peer {
             let content_type = resp.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
             let repo = ctx.repo.clone().expect("routed");
             if let Err(why) = repo.format.check_document(resolved, content_type, None) {

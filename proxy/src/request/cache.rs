@@ -130,21 +130,6 @@ impl HangarProxy {
                 ctx.cache.refetch = true;
                 return Some(ForcedFreshness::ForceExpired);
             }
-        } else if route.resolved.learned_digest || route.resolved.digest_from.is_some() {
-            // An artefact immutable by name that its index now lists with another digest was
-            // rebuilt upstream (an apt pool file republished, a gem pushed again): the copy
-            // at hand is stale, whatever its freshness says. Fetched again and verified
-            // against what the index lists now.
-            if let Some(listed) = repo.digests.get(&route.resolved.key_path) {
-                let stored = meta.headers().get(DIGEST_HEADER).and_then(|v| v.to_str().ok());
-                if stored != Some(listed.to_string().as_str()) {
-                    self.metrics.relisted.with_label_values(&[&repo.name]).inc();
-                    tracing::info!(repository = %repo.name, artefact = %route.resolved.key_path, stored = stored.unwrap_or("unverified"), listed = %listed, "the index lists another digest than the cached copy's: fetching it again");
-                    ctx.body.expected = Some(listed);
-                    ctx.cache.refetch = true;
-                    return Some(ForcedFreshness::ForceExpired);
-                }
-            }
         }
         // Offline, or the proxy reading its own cache back: whatever is cached is served,
         // however old, and nothing is fetched or refreshed.
@@ -154,6 +139,22 @@ impl HangarProxy {
             }
             ctx.cache.served_stale = true;
             return Some(ForcedFreshness::ForceFresh);
+        }
+        // An artefact immutable by name that its index now lists with another digest was
+        // rebuilt upstream (an apt pool file republished, a gem pushed again): the copy at
+        // hand is stale, whatever its freshness says. Fetched again and verified against
+        // what the index lists now. (Offline, the copy at hand is served, above.)
+        if ctx.body.expected.is_none() && (route.resolved.learned_digest || route.resolved.digest_from.is_some()) {
+            if let Some(listed) = repo.digests.get(&route.resolved.key_path) {
+                let stored = meta.headers().get(DIGEST_HEADER).and_then(|v| v.to_str().ok());
+                if !stored.is_some_and(|s| listed.is_written_as(s)) {
+                    self.metrics.relisted.with_label_values(&[&repo.name]).inc();
+                    tracing::info!(repository = %repo.name, artefact = %route.resolved.key_path, stored = stored.unwrap_or("unverified"), listed = %listed, "the index lists another digest than the cached copy's: fetching it again");
+                    ctx.body.expected = Some(listed);
+                    ctx.cache.refetch = true;
+                    return Some(ForcedFreshness::ForceExpired);
+                }
+            }
         }
         // A body that said when it expires is not used past then, not even stale.
         if route.states_expiry && repo.has_expired(&route.resolved.key_path) {

@@ -175,7 +175,7 @@ impl ProxyHttp for HangarProxy {
         // A listing that has just passed may still be being read: what it lists decides
         // whether a cached artefact is still the one listed.
         if let Some((repo, route)) = ctx.routed() {
-            if route.resolved.learned_digest || route.resolved.digest_from.is_some() {
+            if ctx.body.expected.is_none() && (route.resolved.learned_digest || route.resolved.digest_from.is_some()) {
                 repo.digests.settle(std::time::Duration::from_secs(10)).await;
             }
         }
@@ -311,7 +311,7 @@ impl ProxyHttp for HangarProxy {
             self.read_cached_listing(ctx);
         }
         if let Some((name, digest)) = ctx.route.as_ref().and_then(|r| Some((r.resolved.digest_header?, r.resolved.digest.as_ref()?))) {
-            if resp.status == http::StatusCode::OK {
+            if resp.status == http::StatusCode::OK || resp.status == http::StatusCode::PARTIAL_CONTENT {
                 resp.insert_header(name, digest.to_string())?;
             }
         }
