@@ -336,3 +336,53 @@ async fn an_error_page_sent_as_a_packument_is_never_stored_and_the_last_good_cop
     run(&mut npm(scratch.path(), &project("c"), &proxied, &["install", "--prefer-online"]));
     assert!(scratch.path().join("c/node_modules/flaky/package.json").exists());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tarballs_in_another_layout_are_installed_through_the_proxy_and_verified() {
+    // A GitHub-Packages style registry: `dist.tarball` is `<registry>/download/<name>/<version>/<sha1>`.
+    let scratch = tempfile::tempdir().unwrap();
+    let tgz = make_tgz(scratch.path(), "widget");
+    let up = Upstream::start().await;
+    let registry = format!("{}/", up.url());
+    let sha1: String = sha1::Sha1::digest(&tgz).iter().map(|b| format!("{b:02x}")).collect();
+    let download = format!("/download/widget/1.0.0/{sha1}");
+    let doc = packument(&registry, "widget", &tgz).replace(&format!("{registry}widget/-/widget-1.0.0.tgz"), &format!("{registry}{}", &download[1..]));
+    assert!(doc.contains(&download));
+    up.route("/widget", Route::ok(doc.into_bytes()).header("Content-Type", "application/json"));
+    up.route(&download, Route::ok(tgz.clone()));
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = Proxy::builder(&dir.path().join("cache")).config(&config(&registry)).start();
+    let proxied = format!("http://{}/npm/", proxy.addr);
+
+    // The link the proxy writes is one it serves, and leads to the upstream URL it came from.
+    let r = http(proxy.addr, "GET", "/npm/widget", &[]).await.unwrap().collect().await;
+    let served: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    let link = served["versions"]["1.0.0"]["dist"]["tarball"].as_str().unwrap().to_string();
+    assert!(link.starts_with(&format!("{proxied}widget/-/~/")), "{link}");
+    for project in ["a", "b"] {
+        let d = scratch.path().join(project);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("package.json"), r#"{"name":"t","version":"1.0.0","dependencies":{"widget":"1.0.0"}}"#).unwrap();
+        run(&mut npm(scratch.path(), &d, &proxied, &["install", "--prefer-online"]));
+        assert!(d.join("node_modules/widget/package.json").exists(), "{project}");
+    }
+    assert_eq!(up.hits(&download), 1, "fetched once, then served from cache");
+    assert_eq!(proxy.metric("hangar_verified_total", &[("repository", "npm")]).await, 1.0, "verified against dist.integrity");
+
+    // Bytes that do not match the packument's integrity are not delivered whole, nor cached.
+    let forged = format!("/download/widget/2.0.0/{sha1}");
+    up.route(&forged, Route::ok(b"not the tarball".to_vec()));
+    let doc = packument(&registry, "widget", &tgz).replace(&format!("{registry}widget/-/widget-1.0.0.tgz"), &format!("{registry}{}", &forged[1..]));
+    up.route("/widget", Route::ok(doc.into_bytes()).header("Content-Type", "application/json").without("Cache-Control"));
+    let dir2 = tempfile::tempdir().unwrap();
+    let proxy2 = Proxy::builder(&dir2.path().join("cache")).config(&config(&registry)).start();
+    let r = http(proxy2.addr, "GET", "/npm/widget", &[]).await.unwrap().collect().await;
+    let served: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    let link = served["versions"]["1.0.0"]["dist"]["tarball"].as_str().unwrap().to_string();
+    let path = link.split_once(&proxy2.addr.to_string()).unwrap().1.to_string();
+    for _ in 0..2 {
+        let r = http(proxy2.addr, "GET", &path, &[]).await.unwrap().collect().await;
+        assert!(r.truncated || r.status != 200, "forged bytes are refused");
+    }
+    assert_eq!(up.hits(&forged), 2, "and never cached");
+}

@@ -439,6 +439,39 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_format_refuses_an_error_page_where_it_must_read_a_document() {
+        let up = |files: Option<&str>| Upstreams { primary: UpstreamUrl::parse("http://127.0.0.1:1/").unwrap(), files: files.map(str::to_string), ..Default::default() };
+        let page: &[u8] = b"\n  <!DOCTYPE html><html><body>502 Bad Gateway</body></html>";
+        // (format, a document path, its first bytes as the registry sends them)
+        let cases: [(FormatKind, Option<&str>, &str, &[u8]); 9] = [
+            (FormatKind::Npm, None, "left-pad", b"{\"name\":\"left-pad\"}"),
+            (FormatKind::Cargo, Some("http://127.0.0.1:2/dl"), "3/s/syn", b"{\"name\":\"syn\"}\n"),
+            (FormatKind::Gems, None, "info/rails", b"---\n7.1.0 |checksum:00\n"),
+            (FormatKind::Gems, None, "versions", b"created_at: 2026-01-01T00:00:00Z\n---\n"),
+            (FormatKind::Maven, None, "g/a/maven-metadata.xml", b"<?xml version=\"1.0\"?><metadata/>"),
+            (FormatKind::Maven, None, "g/a/1.0/a-1.0.jar.sha1", b"a9993e364706816aba3e25717850c26c9cd0d89d"),
+            (FormatKind::Apt, None, "dists/bookworm/InRelease", b"-----BEGIN PGP SIGNED MESSAGE-----\nHash: SHA512\n"),
+            (FormatKind::Apt, None, "Release", b"Origin: Test\n"),
+            (FormatKind::Oci, None, "library/alpine/manifests/3.20", b"{\"schemaVersion\":2}"),
+        ];
+        for (kind, files, path, good) in cases {
+            let format = build(kind, &up(files)).unwrap();
+            let resolved = format.resolve(&RequestPath { relative: path, query: None }, &HeaderMap::new()).unwrap();
+            assert!(format.check_document(&resolved, Some("text/html; charset=utf-8"), None).is_err(), "{kind} {path}: an HTML page by its type");
+            assert!(format.check_document(&resolved, None, Some(page)).is_err(), "{kind} {path}: an HTML page by its bytes");
+            assert_eq!(format.check_document(&resolved, None, Some(good)), Ok(()), "{kind} {path}");
+            assert_eq!(format.check_document(&resolved, Some("application/octet-stream"), None), Ok(()), "{kind} {path}");
+        }
+        // Artefacts are verified against their digests, not read: a blob may start with anything.
+        let oci = build(FormatKind::Oci, &up(None)).unwrap();
+        let blob = oci.resolve(&RequestPath { relative: &format!("a/blobs/sha256:{}", "ab".repeat(32)), query: None }, &HeaderMap::new()).unwrap();
+        assert_eq!(oci.check_document(&blob, None, Some(page)), Ok(()));
+        let gems = build(FormatKind::Gems, &up(None)).unwrap();
+        let legacy = gems.resolve(&RequestPath { relative: "specs.4.8.gz", query: None }, &HeaderMap::new()).unwrap();
+        assert!(gems.check_document(&legacy, None, Some(b"<html>")).is_err() && gems.check_document(&legacy, None, Some(&[0x1f, 0x8b, 8])).is_ok());
+    }
+
+    #[test]
     fn only_registries_take_a_namespace_and_file_hosts_are_the_formats_call() {
         let up = |files: Option<&str>, namespace: Option<&str>| Upstreams {
             primary: UpstreamUrl::parse("http://127.0.0.1:1/").unwrap(),
