@@ -149,14 +149,17 @@ impl ProxyBuilder {
     pub fn run(self) -> Result<(), StartError> {
         let config = &self.config;
         // First, so that a port in use fails before anything else is opened or started.
-        let listen = crate::listeners::bind(&config.listen, config.listen_reuseport)?;
-        let admin_listen = crate::listeners::bind(&config.admin_listen, config.listen_reuseport)?;
+        let listen = crate::listeners::bind("listen", &config.listen, config.listen_reuseport)?;
+        let admin_listen = crate::listeners::bind("admin_listen", &config.admin_listen, config.listen_reuseport)?;
         // With TLS on the client listener, the proxy's own reads through its cache (listings,
         // origin uploads) use a plain listener on loopback that only this host can reach.
         let internal = match config.tls_cert {
-            Some(_) => Some(crate::listeners::bind(if listen.addr.is_ipv6() { "[::1]:0" } else { "127.0.0.1:0" }, false)?),
+            Some(_) => Some(crate::listeners::bind("internal", if listen.addr.is_ipv6() { "[::1]:0" } else { "127.0.0.1:0" }, false)?),
             None => None,
         };
+        if let Some(internal) = &internal {
+            tracing::info!(addr = %internal.addr, "plain listener on loopback for the proxy's own reads through its cache (TLS is on the client listener)");
+        }
         let own_addr = internal.as_ref().map_or(listen.addr, |i| i.addr);
         for warning in &self.warnings {
             tracing::warn!("{warning}");

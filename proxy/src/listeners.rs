@@ -22,11 +22,11 @@ use pingora::services::{ServiceReadyNotifier, ServiceWithDependents};
 #[derive(Debug, thiserror::Error)]
 pub enum ListenError {
     /// Another process (or another Hangar) listens on the address.
-    #[error("listen address {addr} is already in use (another process listens on it; to share a port between processes on purpose, set listen_reuseport = true in every one)")]
-    InUse { addr: String },
+    #[error("{key} address {addr} is already in use (another process listens on it; to share a port between processes on purpose, set listen_reuseport = true in every one)")]
+    InUse { key: &'static str, addr: String },
     /// Any other failure to bind or listen.
-    #[error("listen address {addr}: {source}")]
-    Bind { addr: String, source: std::io::Error },
+    #[error("{key} address {addr}: {source}")]
+    Bind { key: &'static str, addr: String, source: std::io::Error },
     /// The certificate or key for the TLS listener cannot be used.
     #[error("{key} '{path}': {message}")]
     Tls { key: &'static str, path: String, message: String },
@@ -50,12 +50,13 @@ impl Bound {
     }
 }
 
-/// Bind and listen on `addr` (`IP:port`, validated by the config), with `SO_REUSEADDR` (a
-/// restart does not wait out TIME_WAIT) and `SO_REUSEPORT` only when `reuseport` is set.
-pub fn bind(addr: &str, reuseport: bool) -> Result<Bound, ListenError> {
+/// Bind and listen on `addr` (`IP:port`, validated by the config; `key` names the setting in
+/// errors: `listen`, `admin_listen`), with `SO_REUSEADDR` (a restart does not wait out
+/// TIME_WAIT) and `SO_REUSEPORT` only when `reuseport` is set.
+pub fn bind(key: &'static str, addr: &str, reuseport: bool) -> Result<Bound, ListenError> {
     let failed = |source: std::io::Error| match source.kind() {
-        std::io::ErrorKind::AddrInUse => ListenError::InUse { addr: addr.to_string() },
-        _ => ListenError::Bind { addr: addr.to_string(), source },
+        std::io::ErrorKind::AddrInUse => ListenError::InUse { key, addr: addr.to_string() },
+        _ => ListenError::Bind { key, addr: addr.to_string(), source },
     };
     let parsed: SocketAddr = addr.parse().map_err(|_| failed(std::io::Error::new(std::io::ErrorKind::InvalidInput, "not an IP:port address")))?;
     let socket = socket2::Socket::new(socket2::Domain::for_address(parsed), socket2::Type::STREAM, None).map_err(failed)?;
@@ -66,7 +67,7 @@ pub fn bind(addr: &str, reuseport: bool) -> Result<Bound, ListenError> {
     socket.set_nonblocking(true).map_err(failed)?;
     socket.bind(&parsed.into()).map_err(|e| match e.kind() {
         // With a specific port in use, say which one (port 0 never clashes).
-        std::io::ErrorKind::AddrInUse => ListenError::InUse { addr: parsed.to_string() },
+        std::io::ErrorKind::AddrInUse => ListenError::InUse { key, addr: parsed.to_string() },
         _ => failed(e),
     })?;
     socket.listen(1024).map_err(failed)?;

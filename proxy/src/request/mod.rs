@@ -265,10 +265,22 @@ impl ProxyHttp for HangarProxy {
         self.on_connect_failure(ctx, e)
     }
 
-    /// A client that goes away mid-response is no fault of the proxy's: never an ERROR line
-    /// (the `logging` phase counts it, in `hangar_client_disconnects_total`).
+    /// A client that goes away mid-response is no fault of the proxy's (the `logging` phase
+    /// counts it, in `hangar_client_disconnects_total`); upstream failures are in the access
+    /// log (`upstream_error`) and the reply's body already. Neither gets pingora's own ERROR
+    /// line (which names the `Host` header) at the default level; internal errors do.
     fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, error: &Error) -> bool {
-        outcome::client_went_away(error)
+        let routine = outcome::client_went_away(error) || matches!(error.esource(), ErrorSource::Upstream | ErrorSource::Downstream);
+        if routine {
+            tracing::debug!(error = %error, "request failed");
+        }
+        routine
+    }
+
+    /// What pingora's own log lines say of a request: its method and path, never its headers.
+    fn request_summary(&self, session: &Session, _ctx: &RequestCtx) -> String {
+        let req = session.req_header();
+        format!("{} {}", req.method, req.uri.path())
     }
 
     /// A step of the attempt (a redirect followed, a challenge answered, the next hop) is how
