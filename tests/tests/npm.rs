@@ -135,6 +135,14 @@ fn packument(registry: &str, name: &str, tgz: &[u8]) -> String {
     )
 }
 
+/// A project `root/<name>` depending on `package` 1.0.0.
+fn depending_on(root: &Path, name: &str, package: &str) -> std::path::PathBuf {
+    let d = root.join(name);
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(d.join("package.json"), format!(r#"{{"name":"t","version":"1.0.0","dependencies":{{"{package}":"1.0.0"}}}}"#)).unwrap();
+    d
+}
+
 /// A package tarball: `package/package.json` in a gzipped tar, made with the system tar.
 fn make_tgz(dir: &Path, name: &str) -> Vec<u8> {
     let pkg = dir.join("package");
@@ -158,12 +166,7 @@ async fn a_tarball_that_does_not_match_its_integrity_fails_npm_and_is_not_cached
     let dir = tempfile::tempdir().unwrap();
     let proxy = Proxy::builder(&dir.path().join("cache")).config(&config(&registry)).start();
     let proxied = format!("http://{}/npm/", proxy.addr);
-    let write_project = |name: &str| {
-        let d = scratch.path().join(name);
-        std::fs::create_dir_all(&d).unwrap();
-        std::fs::write(d.join("package.json"), r#"{"name":"t","version":"1.0.0","dependencies":{"tampered":"1.0.0"}}"#).unwrap();
-        d
-    };
+    let write_project = |name: &str| depending_on(scratch.path(), name, "tampered");
     let d = write_project("a");
     // No retries: each attempt would fetch (and reject) the tarball again.
     run_failing(&mut npm(scratch.path(), &d, &proxied, &["install", "--fetch-retries=0"]));
@@ -298,12 +301,7 @@ async fn an_error_page_sent_as_a_packument_is_never_stored_and_the_last_good_cop
     let config = format!("{}[repository.freshness]\nmetadata_ttl = \"0s\"\nstale_while_revalidate = \"0s\"\n", config(&registry));
     let proxy = Proxy::builder(&dir.path().join("cache")).config(&config).start();
     let proxied = format!("http://{}/npm/", proxy.addr);
-    let project = |name: &str| {
-        let d = scratch.path().join(name);
-        std::fs::create_dir_all(&d).unwrap();
-        std::fs::write(d.join("package.json"), r#"{"name":"t","version":"1.0.0","dependencies":{"flaky":"1.0.0"}}"#).unwrap();
-        d
-    };
+    let project = |name: &str| depending_on(scratch.path(), name, "flaky");
 
     let unreadable = || proxy.metric("hangar_upstream_errors_total", &[("repository", "npm"), ("kind", "unreadable_document")]);
     // The upstream's error page is not a packument: 502 saying why, and nothing stored.
@@ -360,9 +358,7 @@ async fn tarballs_in_another_layout_are_installed_through_the_proxy_and_verified
     let link = served["versions"]["1.0.0"]["dist"]["tarball"].as_str().unwrap().to_string();
     assert!(link.starts_with(&format!("{proxied}widget/-/~/")), "{link}");
     for project in ["a", "b"] {
-        let d = scratch.path().join(project);
-        std::fs::create_dir_all(&d).unwrap();
-        std::fs::write(d.join("package.json"), r#"{"name":"t","version":"1.0.0","dependencies":{"widget":"1.0.0"}}"#).unwrap();
+        let d = depending_on(scratch.path(), project, "widget");
         run(&mut npm(scratch.path(), &d, &proxied, &["install", "--prefer-online"]));
         assert!(d.join("node_modules/widget/package.json").exists(), "{project}");
     }
