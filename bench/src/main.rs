@@ -192,7 +192,7 @@ fn spread(rounds: &[load::WrkResult], median: f64) -> f64 {
 
 async fn hits(o: &Options, origin: &Origin, report: &mut Report) -> anyhow::Result<()> {
     let sizes: [u64; 3] = [1 << 10, 100 << 10, 10 << 20];
-    let size = CacheSize { storage_bytes: 2 << 30, memory_bytes: 1 << 30, memory_max_object_bytes: 16 << 20 };
+    let size = CacheSize { storage_bytes: 2 << 30, memory: None };
     println!("\n== cache hits (cache on CPU {CACHE_CPU}, wrk on CPU {LOAD_CPU}, {} round(s) of {}s interleaved, median) ==", o.rounds, o.duration.as_secs());
     println!("{:>8}  {:<15} {:>12} {:>12} {:>9} {:>9} {:>8} {:>10}", "size", "cache", "req/s", "MB/s", "p50 ms", "p99 ms", "spread", "cpu us/req");
     let mut running = Vec::new();
@@ -271,7 +271,7 @@ async fn cold(o: &Options, origin: &Origin, report: &mut Report) -> anyhow::Resu
     let (object, clients, rate) = if o.quick { (16u64 << 20, 50usize, 32u64 << 20) } else { (100u64 << 20, 500usize, 4u64 << 20) };
     println!("\n== cold misses: {clients} clients, one uncached {} object, origin at {}/s ==", human(object as f64), human(rate as f64));
     println!("{:<15} {:>10} {:>12} {:>8} {:>10} {:>10}", "cache", "alone s", "stampede s", "ratio", "upstream", "peak RSS");
-    let size = CacheSize { storage_bytes: 4 << 30, memory_bytes: 64 << 20, memory_max_object_bytes: 1 << 20 };
+    let size = CacheSize { storage_bytes: 4 << 30, memory: Some((64 << 20, 1 << 20)) };
     origin.throttle(rate);
     for &kind in o.peers.iter().filter(|k| matches!(k, Kind::Hangar | Kind::NginxSendfile)) {
         let peer = peers::start(kind, origin.addr, size, &o.proxy_bin, CACHE_CPU)?;
@@ -346,7 +346,7 @@ async fn zipf(o: &Options, origin: &Origin, report: &mut Report) -> anyhow::Resu
         human(cache_bytes as f64)
     );
     println!("{:<15} {:>9} {:>12} {:>14} {:>8} {:>12} {:>12}", "cache", "hit ratio", "upstream req", "upstream bytes", "secs", "MB/s", "peak stored");
-    let size = CacheSize { storage_bytes: cache_bytes, memory_bytes: (cache_bytes / 8).max(1 << 20), memory_max_object_bytes: 1 << 20 };
+    let size = CacheSize { storage_bytes: cache_bytes, memory: Some(((cache_bytes / 8).max(1 << 20), 1 << 20)) };
     let paths: std::sync::Arc<Vec<String>> = std::sync::Arc::new(seq.iter().map(|&i| format!("/obj/{}/z{i}", sizes[i])).collect());
     for &kind in o.peers.iter().filter(|k| matches!(k, Kind::Hangar | Kind::NginxSendfile)) {
         let peer = peers::start(kind, origin.addr, size, &o.proxy_bin, CACHE_CPU)?;

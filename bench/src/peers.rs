@@ -1,8 +1,9 @@
 //! The caches under test, each started pinned to CPU 0 in front of the same origin.
 //!
 //! Each runs as its operator would run it for this job: nginx with `proxy_cache` (one worker,
-//! `sendfile` on or off), Varnish with malloc storage (one thread pool), and hangar-proxy with
-//! one worker thread. Cache sizes are the same for all.
+//! `sendfile` on or off, its default access log to a file), Varnish with malloc storage (one
+//! thread pool; it logs to shared memory), and hangar-proxy on the shipped configuration (one
+//! worker thread, its access log to a file). Disk budgets are the same for all.
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -53,9 +54,42 @@ impl Kind {
 pub struct CacheSize {
     /// Disk (nginx, hangar) or total storage (varnish malloc) budget.
     pub storage_bytes: u64,
-    /// Hangar's memory tier.
-    pub memory_bytes: u64,
-    pub memory_max_object_bytes: u64,
+    /// Hangar's memory tier and its object limit, in bytes; `None` keeps the shipped
+    /// configuration's values (what an operator who changes nothing runs).
+    pub memory: Option<(u64, u64)>,
+}
+
+/// hangar-proxy's configuration for a bench run: the shipped file (`config/hangar.toml`) with
+/// its repositories replaced by one in front of the bench origin, and only what a bench must
+/// change changed: cache directory and size, `fsync = false` (nginx and Varnish do not fsync),
+/// no free-space reserve, and the memory tier when `size.memory` says so.
+fn hangar_config(shipped: &Path, cache_dir: &Path, size: CacheSize, origin: SocketAddr) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(shipped).with_context(|| format!("reading {}", shipped.display()))?;
+    let mut conf: toml::Table = text.parse().with_context(|| format!("parsing {}", shipped.display()))?;
+    for fleet_only in ["repository", "group", "fleet", "origin", "tls_cert", "tls_key"] {
+        conf.remove(fleet_only);
+    }
+    let cache = conf.entry("cache").or_insert_with(|| toml::Value::Table(Default::default()));
+    let cache = cache.as_table_mut().context("[cache] is not a table")?;
+    cache.insert("dir".into(), cache_dir.display().to_string().into());
+    cache.insert("disk_bytes".into(), (size.storage_bytes as i64).into());
+    cache.insert("fsync".into(), false.into());
+    cache.insert("min_free_disk_bytes".into(), 0.into());
+    if let Some((memory, max_object)) = size.memory {
+        cache.insert("memory_bytes".into(), (memory as i64).into());
+        cache.insert("memory_max_object_bytes".into(), (max_object as i64).into());
+    }
+    let mut repo = toml::Table::new();
+    repo.insert("name".into(), "bench".into());
+    repo.insert("prefix".into(), "/".into());
+    repo.insert("upstream".into(), format!("http://{origin}").into());
+    conf.insert("repository".into(), toml::Value::Array(vec![toml::Value::Table(repo)]));
+    Ok(toml::to_string(&conf)?)
+}
+
+/// The shipped configuration, beside this crate in the source tree.
+pub fn shipped_config() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/hangar.toml")
 }
 
 pub struct Peer {
@@ -151,22 +185,15 @@ pub fn start(kind: Kind, origin: SocketAddr, size: CacheSize, proxy_bin: &Path, 
     match kind {
         Kind::Hangar | Kind::HangarBaseline => {
             let conf = dir.path().join("hangar.toml");
-            std::fs::write(
-                &conf,
-                format!(
-                    "threads = 1\n[cache]\ndir = \"{}\"\ndisk_bytes = {}\nmemory_bytes = {}\nmemory_max_object_bytes = {}\nfsync = false\nmin_free_disk_bytes = 0\n[[repository]]\nname = \"bench\"\nprefix = \"/\"\nupstream = \"http://{origin}\"\n",
-                    dir.path().join("cache").display(),
-                    size.storage_bytes,
-                    size.memory_bytes,
-                    size.memory_max_object_bytes
-                ),
-            )?;
+            std::fs::write(&conf, hangar_config(&shipped_config(), &dir.path().join("cache"), size, origin)?)?;
             let mut child = Command::new("taskset")
                 .args(["-c", &cpu])
                 .arg(proxy_bin)
                 .args(["--config", conf.to_str().unwrap(), "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--log", "error"])
                 .stdout(Stdio::piped())
-                .stderr(Stdio::inherit())
+                // Its log (the access log is on in the shipped config) goes to a file, as to a
+                // journal: not through the terminal the bench prints to.
+                .stderr(std::fs::File::create(dir.path().join("hangar.log"))?)
                 .spawn()
                 .with_context(|| format!("starting {}", proxy_bin.display()))?;
             let mut line = String::new();
@@ -185,7 +212,7 @@ pub fn start(kind: Kind, origin: SocketAddr, size: CacheSize, proxy_bin: &Path, 
             let conf = format!(
                 "user root;\nworker_processes 1;\ndaemon off;\nmaster_process on;\npid {d}/nginx.pid;\nerror_log {d}/error.log error;\n\
                  events {{ worker_connections 4096; multi_accept on; }}\n\
-                 http {{\n  access_log off;\n  sendfile {sendfile};\n  tcp_nopush on;\n  tcp_nodelay on;\n  keepalive_requests 100000000;\n  keepalive_timeout 120s;\n\
+                 http {{\n  access_log {d}/access.log;\n  sendfile {sendfile};\n  tcp_nopush on;\n  tcp_nodelay on;\n  keepalive_requests 100000000;\n  keepalive_timeout 120s;\n\
                  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy_tmp;\n  fastcgi_temp_path {d}/fcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
                  proxy_cache_path {d}/cache levels=1:2 keys_zone=bench:64m max_size={} inactive=7d use_temp_path=off;\n\
                  upstream origin {{ server {origin}; keepalive 64; }}\n\

@@ -32,10 +32,24 @@ pub enum LogFormat {
 /// `hangar_client_disconnects_total` instead). Shown only when the filter asks for debug.
 const ROUTINE: [&str; 4] = ["failed to acquire reusable stream", "no header compression dictionary", "Downstream Error ignored during caching", "Fail to serve cache: Downstream"];
 
+/// Keeps the log writer's thread running; dropping it writes out every line still queued.
+/// Hold it until the process is about to exit.
+#[must_use = "dropping the guard stops the log writer"]
+pub struct LogGuard(#[allow(dead_code)] tracing_appender::non_blocking::WorkerGuard);
+
+/// Lines the log writer may hold before a worker that logs waits for it (backpressure, never
+/// a dropped line).
+const QUEUED_LINES: usize = 64 * 1024;
+
 /// Install the global subscriber on stderr: `filter` in tracing's `RUST_LOG` syntax (the
 /// `RUST_LOG` variable wins when set), the access log at info unless the filter names
 /// [`ACCESS_TARGET`] itself, ANSI colours only when stderr is a terminal.
-pub fn init(filter: &str, format: LogFormat) {
+///
+/// Lines are formatted on the thread that logs and written by a thread of their own
+/// (`tracing-appender`), so a slow terminal, pipe or journal never stalls a request with a
+/// `write(2)` per access-log line. The queue is bounded ([`QUEUED_LINES`]) and not lossy: when
+/// it is full, logging waits.
+pub fn init(filter: &str, format: LogFormat) -> LogGuard {
     let wanted = std::env::var("RUST_LOG").ok().filter(|v| !v.is_empty()).unwrap_or_else(|| filter.to_string());
     let directives = if wanted.contains(ACCESS_TARGET) { wanted.clone() } else { format!("{wanted},{ACCESS_TARGET}=info") };
     let env_filter = tracing_subscriber::EnvFilter::try_new(&directives).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("info,{ACCESS_TARGET}=info")));
@@ -43,11 +57,17 @@ pub fn init(filter: &str, format: LogFormat) {
     // Colours only for a terminal: a log file or journal gets plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let quiet = QuietRoutine { verbose };
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .buffered_lines_limit(QUEUED_LINES)
+        .thread_name("hangar-log")
+        .finish(std::io::stderr());
     let registry = tracing_subscriber::registry().with(env_filter).with(quiet);
     match format {
-        LogFormat::Plain => registry.with(tracing_subscriber::fmt::layer().with_ansi(ansi).with_writer(std::io::stderr)).init(),
-        LogFormat::Json => registry.with(tracing_subscriber::fmt::layer().with_ansi(false).event_format(Json).with_writer(std::io::stderr)).init(),
+        LogFormat::Plain => registry.with(tracing_subscriber::fmt::layer().with_ansi(ansi).with_writer(writer)).init(),
+        LogFormat::Json => registry.with(tracing_subscriber::fmt::layer().with_ansi(false).event_format(Json).with_writer(writer)).init(),
     }
+    LogGuard(guard)
 }
 
 /// Drops the [`ROUTINE`] messages unless the filter asks for debug.

@@ -146,7 +146,7 @@ fn check_config(file: &std::path::Path) -> anyhow::Result<()> {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     // Colours only when stderr is a terminal (see `logging::init`).
-    hangar_proxy::logging::init(&cli.log, match cli.log_format {
+    let log = hangar_proxy::logging::init(&cli.log, match cli.log_format {
         Format::Plain => LogFormat::Plain,
         Format::Json => LogFormat::Json,
     });
@@ -165,6 +165,8 @@ fn main() -> std::process::ExitCode {
             Ok(ProxyBuilder::new(config, &source)?.disabled(disabled).run()?)
         })(),
     };
+    // Every queued log line out before the last word.
+    drop(log);
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

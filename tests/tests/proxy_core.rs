@@ -374,3 +374,68 @@ async fn upstream_failures_are_clear_errors() {
     assert_eq!(refused.header("content-type"), Some("application/json"));
     assert!(proxy.metric("hangar_upstream_errors_total", &[]).await >= 1.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ranges_and_head_during_a_fill_are_answered_from_the_partial_object() {
+    let up = Upstream::start().await;
+    let len: u64 = 6 << 20;
+    let held_at: u64 = 3 << 20;
+    let gate = Arc::new(Semaphore::new(0));
+    up.route("/wheel", Route::pattern(5, len).hold_at(held_at, gate.clone()));
+    let dir = cache_dir();
+    let proxy = Proxy::builder(dir.path()).upstream("/", &up.url()).start();
+    let body = pattern(5, len);
+
+    // The client that causes the fill reads until the upstream holds: the fill has passed
+    // every byte before `held_at`, and none after it.
+    let mut filler = http(proxy.addr, "GET", "/wheel", &[]).await.expect("filler head");
+    assert_eq!(filler.status, 200);
+    let mut filled = Vec::new();
+    tokio::time::timeout(GUARD, async {
+        while (filled.len() as u64) < held_at {
+            filled.extend_from_slice(&filler.chunk().await.expect("read").expect("more bytes before the hold"));
+        }
+    })
+    .await
+    .expect("the filler got the bytes before the hold");
+
+    // Ranges the fill has passed: 206 with exactly those bytes, while the upstream still holds
+    // (a whole-body 200 could not finish before the gate opens).
+    for (first, last) in [(100u64, 199u64), (1 << 20, (2 << 20) - 1), (held_at - 10, held_at - 1)] {
+        let r = tokio::time::timeout(GUARD, async {
+            http(proxy.addr, "GET", "/wheel", &[("Range", &format!("bytes={first}-{last}"))]).await.unwrap().collect().await
+        })
+        .await
+        .expect("a passed range is answered during the fill");
+        assert_eq!(r.status, 206, "range {first}-{last} during the fill");
+        assert_eq!(r.header("content-range"), Some(format!("bytes {first}-{last}/{len}").as_str()));
+        assert!(r.body == body[first as usize..=last as usize], "range {first}-{last}: the right bytes");
+    }
+    let head = http(proxy.addr, "HEAD", "/wheel", &[]).await.unwrap().collect().await;
+    assert_eq!(head.status, 200);
+    assert_eq!(head.header("content-length"), Some(len.to_string().as_str()));
+    assert!(head.body.is_empty());
+
+    // Ranges the fill has not reached wait for it, then get their bytes (never the whole body).
+    let late: Vec<_> = ["bytes=-100".to_string(), format!("bytes={}-", len - 1000)]
+        .into_iter()
+        .map(|range| {
+            let addr = proxy.addr;
+            tokio::spawn(async move { http(addr, "GET", "/wheel", &[("Range", &range)]).await.unwrap().collect().await })
+        })
+        .collect();
+    gate.add_permits(1);
+    // The fill moves at the pace of the client that caused it: keep reading it.
+    let filler = tokio::spawn(filler.collect());
+    for (task, from) in late.into_iter().zip([len - 100, len - 1000]) {
+        let r = tokio::time::timeout(GUARD, task).await.expect("late range finished").unwrap();
+        assert_eq!(r.status, 206);
+        assert_eq!(r.header("content-range"), Some(format!("bytes {from}-{}/{len}", len - 1).as_str()));
+        assert!(r.body == body[from as usize..], "late range from {from}: {} bytes", r.body.len());
+    }
+    let rest = tokio::time::timeout(GUARD, filler).await.expect("filler finished").unwrap();
+    filled.extend_from_slice(&rest.body);
+    assert!(filled == body, "the filling client gets the whole body");
+    assert_eq!(up.hits("/wheel"), 1, "ranges and HEAD during the fill never reach the upstream");
+    assert!(!proxy.stderr().contains("after end of body"), "no body bytes after a HEAD's end: {}", proxy.stderr());
+}

@@ -1,18 +1,16 @@
 //! Hit handlers for complete entries: both can seek, so HEAD and Range are served from cache.
 
 use std::fs::File;
-use std::os::unix::fs::FileExt;
+use std::sync::Arc;
 
 use async_trait::async_trait;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use pingora::cache::storage::{HandleHit, Storage};
 use pingora::cache::trace::SpanHandle;
 use pingora::cache::CacheKey;
 use pingora::{Error, ErrorType, Result};
 
-/// Largest single read from a disk body. Large enough to keep syscalls per byte low, small
-/// enough that many concurrent downloads do not add up to much memory.
-const DISK_READ_CHUNK: usize = 256 * 1024;
+use super::read::ChunkReader;
 
 fn check_range(len: u64, start: usize, end: Option<usize>) -> Result<(u64, u64)> {
     let start = start as u64;
@@ -85,9 +83,10 @@ impl HandleHit for MemoryHit {
     hit_handler_plumbing!();
 }
 
-/// A body on disk, read in bounded chunks with `pread` so it never sits whole in memory.
+/// A body on disk, read in bounded chunks so it never sits whole in memory, from the page
+/// cache inline and from the disk on the blocking pool (see [`super::read`]).
 pub(crate) struct DiskHit {
-    file: File,
+    reader: ChunkReader,
     len: u64,
     pos: u64,
     end: u64,
@@ -96,7 +95,7 @@ pub(crate) struct DiskHit {
 impl DiskHit {
     pub fn new(file: File, len: u64) -> Self {
         DiskHit {
-            file,
+            reader: ChunkReader::new(Arc::new(file)),
             len,
             pos: 0,
             end: len,
@@ -110,15 +109,14 @@ impl HandleHit for DiskHit {
         if self.pos >= self.end {
             return Ok(None);
         }
-        let n = ((self.end - self.pos) as usize).min(DISK_READ_CHUNK);
-        let mut buf = BytesMut::zeroed(n);
-        // The body was complete and length-checked when opened; a short read now means the
-        // file changed under us, which must fail the response rather than end it early.
-        self.file.read_exact_at(&mut buf, self.pos).map_err(|e| {
+        let want = usize::try_from(self.end - self.pos).unwrap_or(usize::MAX);
+        // The body was complete and length-checked when opened; a file that ends early now
+        // changed under us, which must fail the response rather than end it short.
+        let chunk = self.reader.read_at(self.pos, want).await.map_err(|e| {
             Error::explain(ErrorType::InternalError, format!("reading cached body: {e}"))
         })?;
-        self.pos += n as u64;
-        Ok(Some(buf.freeze()))
+        self.pos += chunk.len() as u64;
+        Ok(Some(chunk))
     }
 
 

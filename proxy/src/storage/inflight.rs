@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use parking_lot::Mutex;
 use pingora::cache::storage::{HandleHit, Storage};
 use pingora::cache::trace::SpanHandle;
@@ -35,10 +35,9 @@ use pingora::cache::{CacheKey, CacheMeta};
 use pingora::{Error, Result};
 use tokio::sync::watch;
 
+use super::read::ChunkReader;
 use super::StorageError;
 
-/// Largest read a streaming reader makes at once.
-const READ_CHUNK: usize = 256 * 1024;
 /// Bytes of the latest chunks of a fill kept in memory for readers at its head.
 pub(crate) const RECENT_WINDOW: usize = 8 << 20;
 /// How long a spilled fill waits for a reader that does not move before leaving it behind.
@@ -179,7 +178,9 @@ impl InflightWrite {
         PartialHit {
             write: self.clone(),
             progress: self.progress.subscribe(),
+            reader: None,
             read: 0,
+            end: None,
             id,
         }
     }
@@ -257,7 +258,11 @@ impl InflightWrites {
 pub(crate) struct PartialHit {
     write: Arc<InflightWrite>,
     progress: watch::Receiver<Progress>,
+    /// Reads what has fallen out of the window from the file; made on first use.
+    reader: Option<ChunkReader>,
     read: u64,
+    /// Where a ranged read stops (exclusive), set by `seek`; `None` reads to the fill's end.
+    end: Option<u64>,
     /// This reader's id in the fill's list of readers.
     id: u64,
 }
@@ -282,6 +287,9 @@ impl PartialHit {
 impl HandleHit for PartialHit {
     async fn read_body(&mut self) -> Result<Option<Bytes>> {
         loop {
+            if self.end.is_some_and(|end| self.read >= end) {
+                return Ok(None);
+            }
             let state = *self.progress.borrow_and_update();
             let available = match state {
                 Progress::Failed(_) => return Err(self.abandoned()),
@@ -289,6 +297,7 @@ impl HandleHit for PartialHit {
                 Progress::Done(n) if n == self.read => return Ok(None),
                 Progress::Done(n) => n,
             };
+            let available = available.min(self.end.unwrap_or(u64::MAX));
             if available > self.read {
                 let recent = self.write.recent.lock().slice_from(self.read, available);
                 if let Some(piece) = recent {
@@ -296,15 +305,17 @@ impl HandleHit for PartialHit {
                     self.write.note_read(self.id, self.read);
                     return Ok(Some(piece));
                 }
-                let len = ((available - self.read) as usize).min(READ_CHUNK);
-                let mut buf = BytesMut::zeroed(len);
-                self.write
-                    .file
-                    .read_exact_at(&mut buf, self.read)
+                let want = usize::try_from(available - self.read).unwrap_or(usize::MAX);
+                let file = &self.write.file;
+                let chunk = self
+                    .reader
+                    .get_or_insert_with(|| ChunkReader::new(file.clone()))
+                    .read_at(self.read, want)
+                    .await
                     .map_err(|e| super::to_pingora(StorageError::io(&self.write.tmp_path, e)))?;
-                self.read += len as u64;
+                self.read += chunk.len() as u64;
                 self.write.note_read(self.id, self.read);
-                return Ok(Some(buf.freeze()));
+                return Ok(Some(chunk));
             }
             if self.progress.changed().await.is_err() {
                 // The writer is gone without saying Done: whatever it wrote is not the object.
@@ -316,6 +327,27 @@ impl HandleHit for PartialHit {
         }
     }
 
+
+    /// A range of a fill in progress: bytes the fill has passed are answered at once (from
+    /// the window or the file), bytes it has not reached wait for it, exactly as a reader
+    /// from the start waits. pingora computes the range from the stored `Content-Length`,
+    /// so a fill without one is never asked to seek.
+    fn can_seek(&self) -> bool {
+        true
+    }
+
+    fn seek(&mut self, start: usize, end: Option<usize>) -> Result<()> {
+        let (start, end) = (start as u64, end.map(|e| e as u64));
+        if let Progress::Done(len) = *self.progress.borrow() {
+            if start >= len && len > 0 {
+                return Error::e_explain(pingora::ErrorType::InternalError, format!("seek start {start} out of range for {len} bytes"));
+            }
+        }
+        self.read = start;
+        self.end = end.map(|e| e.max(start));
+        self.write.note_read(self.id, start);
+        Ok(())
+    }
 
     fn should_count_access(&self) -> bool {
         false

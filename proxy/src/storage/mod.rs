@@ -34,6 +34,7 @@ mod fill;
 pub mod eviction;
 mod hit;
 mod inflight;
+mod read;
 pub mod memory;
 
 use std::any::Any;
