@@ -1,6 +1,8 @@
 //! The access log: one line per request, as an [`OutcomeSink`], on the log target
 //! [`crate::logging::ACCESS_TARGET`] (plain `key=value` pairs, or JSON fields with
-//! `--log-format json`).
+//! `--log-format json`). With the process's own log installed, lines are assembled here and
+//! handed to its writer thread (see [`crate::logging::access_output`]): tracing decides only
+//! whether the target is on.
 //!
 //! Fields, always all present (`-` when there is nothing to say): `repository`, `method`,
 //! `path` (path and query as sent), `status` (0: no response, the client went away),
@@ -9,17 +11,44 @@
 //! `upstream_error` (`dns`, `connect`, `timeout`, ...), `client` (address:port). Headers are
 //! never logged: they may carry credentials.
 
+use std::fmt;
+use std::time::Duration;
+
 use crate::outcome::{Outcome, OutcomeSink};
+
+/// A value, or `-` when there is none; written straight into the line (no `String` per field
+/// per request).
+struct OrDash<T>(Option<T>);
+
+impl<T: fmt::Display> fmt::Display for OrDash<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            Some(v) => v.fmt(f),
+            None => f.write_str("-"),
+        }
+    }
+}
+
+/// Milliseconds with one decimal.
+struct Millis(Duration);
+
+impl fmt::Display for Millis {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:.1}", self.0.as_secs_f64() * 1000.0)
+    }
+}
 
 /// Writes one access-log line per request.
 pub struct AccessLog;
 
 impl OutcomeSink for AccessLog {
     fn record(&self, o: &Outcome<'_>) {
-        if o.background {
+        if o.background || !tracing::enabled!(target: "access", tracing::Level::INFO) {
             return;
         }
-        let dash = |v: Option<String>| v.unwrap_or_else(|| "-".to_string());
+        if let Some(out) = crate::logging::access_output() {
+            return out.write_line(|line| if out.json { json_line(line, o) } else { plain_line(line, o) });
+        }
         tracing::info!(
             target: "access",
             repository = %o.repository.unwrap_or("-"),
@@ -28,10 +57,91 @@ impl OutcomeSink for AccessLog {
             status = o.status,
             cache = %o.result.as_str(),
             bytes = o.bytes_served,
-            upstream_status = %dash(o.upstream_status.map(|s| s.to_string())),
-            upstream_ms = %dash(o.upstream_time.map(|t| format!("{:.1}", t.as_secs_f64() * 1000.0))),
+            upstream_status = %OrDash(o.upstream_status),
+            upstream_ms = %OrDash(o.upstream_time.map(Millis)),
             upstream_error = %o.upstream_error.unwrap_or("-"),
-            client = %dash(o.client.map(|c| c.to_string())),
+            client = %OrDash(o.client),
         );
+    }
+}
+
+/// `TIME  INFO access: key=value ...`, as tracing's plain format writes an event.
+fn plain_line(line: &mut String, o: &Outcome<'_>) {
+    use std::fmt::Write;
+    crate::logging::write_time(line);
+    let _ = writeln!(
+        line,
+        "  INFO access: repository={} method={} path={} status={} cache={} bytes={} upstream_status={} upstream_ms={} upstream_error={} client={}",
+        o.repository.unwrap_or("-"),
+        o.method,
+        o.target,
+        o.status,
+        o.result.as_str(),
+        o.bytes_served,
+        OrDash(o.upstream_status),
+        OrDash(o.upstream_time.map(Millis)),
+        o.upstream_error.unwrap_or("-"),
+        OrDash(o.client),
+    );
+}
+
+/// One JSON object: `time`, `level`, `target`, then the fields (numbers for `status` and
+/// `bytes`, strings for the rest), as `--log-format json` writes every other event.
+fn json_line(line: &mut String, o: &Outcome<'_>) {
+    use std::fmt::Write;
+    let mut time = String::with_capacity(32);
+    crate::logging::write_time(&mut time);
+    let string = |line: &mut String, key: &str, value: &dyn fmt::Display| {
+        let _ = write!(line, ",\"{key}\":");
+        let mut text = String::new();
+        let _ = write!(text, "{value}");
+        push_json_string(line, &text);
+    };
+    line.push_str("{\"time\":");
+    push_json_string(line, &time);
+    line.push_str(",\"level\":\"INFO\",\"target\":\"access\"");
+    string(line, "repository", &o.repository.unwrap_or("-"));
+    string(line, "method", &o.method);
+    string(line, "path", &o.target);
+    let _ = write!(line, ",\"status\":{}", o.status);
+    string(line, "cache", &o.result.as_str());
+    let _ = write!(line, ",\"bytes\":{}", o.bytes_served);
+    string(line, "upstream_status", &OrDash(o.upstream_status));
+    string(line, "upstream_ms", &OrDash(o.upstream_time.map(Millis)));
+    string(line, "upstream_error", &o.upstream_error.unwrap_or("-"));
+    string(line, "client", &OrDash(o.client));
+    line.push_str("}\n");
+}
+
+/// `s` as a JSON string (RFC 8259 §7: quote, backslash and control characters escaped).
+fn push_json_string(line: &mut String, s: &str) {
+    use std::fmt::Write;
+    line.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => line.push_str("\\\""),
+            '\\' => line.push_str("\\\\"),
+            '\n' => line.push_str("\\n"),
+            '\r' => line.push_str("\\r"),
+            '\t' => line.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(line, "\\u{:04x}", c as u32);
+            }
+            c => line.push(c),
+        }
+    }
+    line.push('"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_strings_are_escaped_and_parse_back() {
+        let mut line = String::new();
+        push_json_string(&mut line, "a\"b\\c\nd\u{1}e/é");
+        let back: String = serde_json::from_str(&line).unwrap();
+        assert_eq!(back, "a\"b\\c\nd\u{1}e/é");
     }
 }

@@ -166,8 +166,24 @@ impl Proxy {
         drop(old);
     }
 
+    /// Everything the proxy has logged so far. Its log is written by a thread of its own, so
+    /// a line may land just after the event it describes: to assert that a line is there,
+    /// use [`Proxy::wait_for_log`].
     pub fn stderr(&self) -> String {
         std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// The first log line containing `needle`, once it has been written (polling the log
+    /// file, bounded by two minutes: a line that never comes fails the test).
+    pub fn wait_for_log(&self, needle: &str) -> String {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        loop {
+            if let Some(line) = self.stderr().lines().find(|l| l.contains(needle)) {
+                return line.to_string();
+            }
+            assert!(std::time::Instant::now() < deadline, "no log line with {needle:?} in: {}", self.stderr());
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
     }
 
     /// Peak resident memory (VmHWM) in bytes.
