@@ -85,8 +85,8 @@ fn plain_line(line: &mut String, o: &Outcome<'_>) {
     );
 }
 
-/// One JSON object: `time`, `level`, `target`, then the fields (numbers for `status` and
-/// `bytes`, strings for the rest), as `--log-format json` writes every other event.
+/// One JSON object with the keys in alphabetical order, as `--log-format json` writes every
+/// other event: numbers for `bytes` and `status`, strings for the rest.
 fn json_line(line: &mut String, o: &Outcome<'_>) {
     use std::fmt::Write;
     let mut time = String::with_capacity(32);
@@ -97,19 +97,19 @@ fn json_line(line: &mut String, o: &Outcome<'_>) {
         let _ = write!(text, "{value}");
         push_json_string(line, &text);
     };
-    line.push_str("{\"time\":");
-    push_json_string(line, &time);
-    line.push_str(",\"level\":\"INFO\",\"target\":\"access\"");
-    string(line, "repository", &o.repository.unwrap_or("-"));
+    let _ = write!(line, "{{\"bytes\":{}", o.bytes_served);
+    string(line, "cache", &o.result.as_str());
+    string(line, "client", &OrDash(o.client));
+    line.push_str(",\"level\":\"INFO\"");
     string(line, "method", &o.method);
     string(line, "path", &o.target);
+    string(line, "repository", &o.repository.unwrap_or("-"));
     let _ = write!(line, ",\"status\":{}", o.status);
-    string(line, "cache", &o.result.as_str());
-    let _ = write!(line, ",\"bytes\":{}", o.bytes_served);
-    string(line, "upstream_status", &OrDash(o.upstream_status));
-    string(line, "upstream_ms", &OrDash(o.upstream_time.map(Millis)));
+    line.push_str(",\"target\":\"access\"");
+    string(line, "time", &time);
     string(line, "upstream_error", &o.upstream_error.unwrap_or("-"));
-    string(line, "client", &OrDash(o.client));
+    string(line, "upstream_ms", &OrDash(o.upstream_time.map(Millis)));
+    string(line, "upstream_status", &OrDash(o.upstream_status));
     line.push_str("}\n");
 }
 

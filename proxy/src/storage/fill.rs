@@ -111,7 +111,12 @@ impl HandleMiss for TieredMissHandler {
             meta: self.write.meta.clone(),
             generation: 0,
         };
-        let committed = self.storage.disk.commit(&self.write, header);
+        // fsync and renames take milliseconds on a real disk: never on a worker thread, where
+        // they would hold up every other request (a hit waits behind someone else's commit).
+        let (storage, write) = (self.storage, self.write.clone());
+        let committed = tokio::task::spawn_blocking(move || storage.disk.commit(&write, header))
+            .await
+            .unwrap_or_else(|e| Err(StorageError::io(&self.write.tmp_path, std::io::Error::other(e))));
         self.release();
         if let Err(e) = committed {
             self.storage.disk.note_write_error(&e);

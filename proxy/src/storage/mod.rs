@@ -330,7 +330,12 @@ impl Storage for TieredStorage {
     ) -> Result<bool> {
         let bin = key.combined_bin();
         let meta_bytes = meta.serialize()?;
-        let updated = self.disk.update_meta(&hex::encode(bin), &meta_bytes).map_err(to_pingora)?;
+        // A revalidated entry's new headers are written (and fsynced) off the worker thread.
+        let disk_key = hex::encode(bin);
+        let updated = tokio::task::spawn_blocking(move || self.disk.update_meta(&disk_key, &meta_bytes))
+            .await
+            .map_err(|e| Error::explain(ErrorType::InternalError, format!("updating cached headers: {e}")))?
+            .map_err(to_pingora)?;
         self.memory.update_meta(&bin, meta);
         Ok(updated)
     }
