@@ -173,16 +173,16 @@ impl Proxy {
         std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
     }
 
-    /// The first log line containing `needle`, once it has been written (polling the log
-    /// file, bounded by two minutes: a line that never comes fails the test).
-    pub fn wait_for_log(&self, needle: &str) -> String {
+    /// The first log line matching `pred`, once it has been written (polling the log file,
+    /// bounded by two minutes: a line that never comes fails the test).
+    pub async fn wait_for_log(&self, pred: impl Fn(&str) -> bool) -> String {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
         loop {
-            if let Some(line) = self.stderr().lines().find(|l| l.contains(needle)) {
+            if let Some(line) = self.stderr().lines().find(|l| pred(l)) {
                 return line.to_string();
             }
-            assert!(std::time::Instant::now() < deadline, "no log line with {needle:?} in: {}", self.stderr());
-            std::thread::sleep(std::time::Duration::from_millis(10));
+            assert!(std::time::Instant::now() < deadline, "no such log line in: {}", self.stderr());
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
     }
 

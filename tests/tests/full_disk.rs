@@ -112,7 +112,7 @@ async fn a_disk_budget_larger_than_the_filesystem_evicts_within_what_fits() {
             up.url()
         ))
         .start();
-    proxy.wait_for_log("larger than the cache filesystem");
+    proxy.wait_for_log(|l| l.contains("larger than the cache filesystem")).await;
     // Eight objects of 10 MiB through a 48 MiB filesystem: the oldest are evicted so the newest
     // are still admitted.
     for i in 0..8u8 {

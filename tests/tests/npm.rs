@@ -319,7 +319,7 @@ async fn an_error_page_sent_as_a_packument_is_never_stored_and_the_last_good_cop
     let r = http(proxy.addr, "GET", "/npm/flaky", &[]).await.unwrap().collect().await;
     assert!(r.status != 200 || r.truncated, "an HTML body under a JSON type is not delivered as a packument");
     assert_eq!(unreadable().await, before + 1.0, "refused for what its first bytes are: {}", proxy.stderr());
-    proxy.wait_for_log("not a packument (JSON)");
+    proxy.wait_for_log(|l| l.contains("not a packument (JSON)")).await;
 
     // The upstream recovers: npm installs, and the packument is cached.
     up.route("/flaky", Route::ok(packument(&registry, "flaky", &tgz).into_bytes()).header("Content-Type", "application/json").without("Cache-Control"));

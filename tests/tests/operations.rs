@@ -44,17 +44,6 @@ fn check_config(text: &str, env: &[(&str, &str)]) -> (bool, String, String) {
     (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
-/// Wait (bounded by [`GUARD`]) until the proxy's stderr has a line matching `pred`.
-async fn log_line(proxy: &Proxy, pred: impl Fn(&str) -> bool) -> String {
-    let deadline = Instant::now() + GUARD;
-    loop {
-        if let Some(line) = proxy.stderr().lines().find(|l| pred(l)) {
-            return line.to_string();
-        }
-        assert!(Instant::now() < deadline, "no such log line in: {}", proxy.stderr());
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
 
 #[test]
 fn a_port_in_use_fails_at_once_naming_the_address_and_a_second_hangar_does_not_share_it() {
@@ -143,7 +132,7 @@ async fn every_request_gets_one_access_log_line_in_plain_text_without_colours() 
     let dir = tempfile::tempdir().unwrap();
     let proxy = Proxy::builder(dir.path()).upstream("/", &up.url()).start();
     assert_eq!(get(proxy.addr, "/file.bin?x=1").await.status, 200);
-    let line = log_line(&proxy, |l| l.contains("access") && l.contains("path=/file.bin?x=1")).await;
+    let line = proxy.wait_for_log(|l| l.contains("access") && l.contains("path=/file.bin?x=1")).await;
     for field in ["repository=root", "method=GET", "status=200", "cache=miss", "bytes=12", "upstream_status=200", "upstream_ms=", "client=127.0.0.1:"] {
         assert!(line.contains(field), "{field} missing from {line}");
     }
@@ -158,7 +147,7 @@ async fn the_access_log_in_json() {
     let proxy = Proxy::builder(dir.path()).upstream("/", &up.url()).arg("--log-format").arg("json").start();
     assert_eq!(get(proxy.addr, "/j").await.status, 200);
     assert_eq!(get(proxy.addr, "/j").await.cache(), "hit");
-    let line = log_line(&proxy, |l| l.contains("\"access\"") && l.contains("\"hit\"")).await;
+    let line = proxy.wait_for_log(|l| l.contains("\"access\"") && l.contains("\"hit\"")).await;
     let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
     assert_eq!(v["target"], "access");
     assert_eq!(v["repository"], "root");
@@ -200,10 +189,10 @@ async fn a_502_says_why_and_an_unreachable_upstream_is_warned_of_at_startup() {
     let body = String::from_utf8_lossy(&r.body);
     assert_eq!(r.status, 502);
     assert!(body.contains("connection refused") && body.contains(&format!("127.0.0.1:{port}")), "{body}");
-    let line = log_line(&proxy, |l| l.contains("upstream unreachable")).await;
+    let line = proxy.wait_for_log(|l| l.contains("upstream unreachable")).await;
     assert!(line.contains("repository=root") && line.contains(&format!("127.0.0.1:{port}")), "{line}");
     // A client that sees an error has its line in the access log too.
-    let access = log_line(&proxy, |l| l.contains("path=/anything")).await;
+    let access = proxy.wait_for_log(|l| l.contains("path=/anything")).await;
     assert!(access.contains("status=502") && access.contains("upstream_error=connect"), "{access}");
     // (Pingora writes its own line before the access line.) Said once, and no headers logged.
     assert!(!proxy.stderr().contains("Fail to proxy"), "{}", proxy.stderr());
@@ -261,7 +250,7 @@ async fn a_client_that_disconnects_mid_body_is_counted_not_logged_as_an_error() 
     drop(resp);
     proxy.wait_for_metric("hangar_client_disconnects_total", &[], 1.0).await;
     // And from cache: the stored copy, cut short by its client.
-    let fill_done = log_line(&proxy, |l| l.contains("access") && l.contains("cache=miss")).await;
+    let fill_done = proxy.wait_for_log(|l| l.contains("access") && l.contains("cache=miss")).await;
     assert!(fill_done.contains("path=/big"), "{fill_done}");
     assert_eq!(get(proxy.addr, "/big").await.cache(), "hit");
     let mut resp = hangar_e2e::http(proxy.addr, "GET", "/big", &[]).await.expect("response head");
