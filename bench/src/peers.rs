@@ -201,7 +201,11 @@ pub fn start(kind: Kind, origin: SocketAddr, size: CacheSize, proxy_bin: &Path, 
             let addr = line
                 .split_whitespace()
                 .find_map(|w| w.strip_prefix("listen="))
-                .with_context(|| format!("hangar-proxy did not report its address: {line:?}"))?
+                .with_context(|| {
+                    let log = std::fs::read_to_string(dir.path().join("hangar.log")).unwrap_or_default();
+                    let tail: Vec<&str> = log.lines().rev().take(20).collect::<Vec<_>>().into_iter().rev().collect();
+                    format!("hangar-proxy did not report its address: {line:?}; its log ends:\n{}", tail.join("\n"))
+                })?
                 .parse()?;
             Ok(Peer { kind, addr, child, _dir: dir })
         }

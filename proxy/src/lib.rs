@@ -25,6 +25,7 @@ mod format;
 mod freshness;
 mod http_date;
 mod listeners;
+mod log_writer;
 pub mod logging;
 mod metadata;
 mod metrics;

@@ -11,10 +11,13 @@ use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
+
+use crate::log_writer::{self, LogWriter, LogWriterGuard};
 
 /// The target of access-log lines: `RUST_LOG=access=off` silences them.
 pub const ACCESS_TARGET: &str = "access";
@@ -40,7 +43,7 @@ const ROUTINE: [&str; 4] = ["failed to acquire reusable stream", "no header comp
 /// tracing's formatter cost a hit ~16,000 instructions (a sixth of it, under callgrind);
 /// writing the same line directly costs a small fraction of that.
 pub(crate) struct AccessOutput {
-    writer: tracing_appender::non_blocking::NonBlocking,
+    writer: LogWriter,
     pub json: bool,
 }
 
@@ -52,14 +55,14 @@ thread_local! {
 }
 
 impl AccessOutput {
-    /// Build one line with `f` (given the buffer and the time already written as tracing
-    /// writes it) and queue it; `f` ends the line with `\n`.
+    /// Build one line with `f` (into an empty, reused buffer: `f` writes the whole line, time
+    /// included, and ends it with `\n`) and queue it.
     pub fn write_line(&self, f: impl FnOnce(&mut String)) {
         LINE.with_borrow_mut(|line| {
             line.clear();
             f(line);
             // The writer queues a copy; a full queue makes this wait (never a lost line).
-            let _ = self.writer.clone().write_all(line.as_bytes());
+            let _ = (&self.writer).write_all(line.as_bytes());
         });
     }
 }
@@ -75,23 +78,18 @@ pub(crate) fn write_time(line: &mut String) {
     let _ = SystemTime.format_time(&mut Writer::new(line));
 }
 
-/// Keeps the log writer's thread running; dropping it writes out every line still queued.
-/// Hold it until the process is about to exit.
+/// Keeps the log writer's thread running; dropping it writes out every line still queued
+/// (however long the terminal or pipe takes) and stops the thread. Hold it until the process
+/// is about to exit.
 #[must_use = "dropping the guard stops the log writer"]
-pub struct LogGuard(#[allow(dead_code)] tracing_appender::non_blocking::WorkerGuard);
-
-/// Lines the log writer may hold before a worker that logs waits for it (backpressure, never
-/// a dropped line).
-const QUEUED_LINES: usize = 64 * 1024;
+pub struct LogGuard(#[allow(dead_code)] Option<LogWriterGuard>);
 
 /// Install the global subscriber on stderr: `filter` in tracing's `RUST_LOG` syntax (the
 /// `RUST_LOG` variable wins when set), the access log at info unless the filter names
 /// [`ACCESS_TARGET`] itself, ANSI colours only when stderr is a terminal.
 ///
-/// Lines are formatted on the thread that logs and written by a thread of their own
-/// (`tracing-appender`), so a slow terminal, pipe or journal never stalls a request with a
-/// `write(2)` per access-log line, and lines that pile up under load are written together.
-/// The queue is bounded ([`QUEUED_LINES`]) and not lossy: when it is full, logging waits.
+/// Lines are formatted on the thread that logs and written by a thread of their own (see
+/// [`crate::log_writer`]): bounded, never lossy, flushed at exit.
 pub fn init(filter: &str, format: LogFormat) -> LogGuard {
     let wanted = std::env::var("RUST_LOG").ok().filter(|v| !v.is_empty()).unwrap_or_else(|| filter.to_string());
     let directives = if wanted.contains(ACCESS_TARGET) { wanted.clone() } else { format!("{wanted},{ACCESS_TARGET}=info") };
@@ -100,14 +98,14 @@ pub fn init(filter: &str, format: LogFormat) -> LogGuard {
     // Colours only for a terminal: a log file or journal gets plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let quiet = QuietRoutine { verbose };
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .buffered_lines_limit(QUEUED_LINES)
-        .thread_name("hangar-log")
-        // Lines queued while the writer was busy go out in one write(2): it flushes whenever
-        // the queue is empty, so a line waits for nothing but the lines before it.
-        .finish(std::io::BufWriter::with_capacity(64 * 1024, std::io::stderr()));
-    let _ = ACCESS_OUTPUT.set(AccessOutput { writer: writer.clone(), json: format == LogFormat::Json });
+    let (writer, guard) = match log_writer::start(std::io::stderr()) {
+        Ok((writer, guard)) => {
+            let _ = ACCESS_OUTPUT.set(AccessOutput { writer: writer.clone(), json: format == LogFormat::Json });
+            (BoxMakeWriter::new(writer), Some(guard))
+        }
+        // No thread to be had: log from the calling thread.
+        Err(_) => (BoxMakeWriter::new(std::io::stderr), None),
+    };
     let registry = tracing_subscriber::registry().with(env_filter).with(quiet);
     match format {
         LogFormat::Plain => registry.with(tracing_subscriber::fmt::layer().with_ansi(ansi).with_writer(writer)).init(),

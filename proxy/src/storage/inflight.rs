@@ -295,6 +295,8 @@ impl HandleHit for PartialHit {
                 Progress::Failed(_) => return Err(self.abandoned()),
                 Progress::Writing(n) => n,
                 Progress::Done(n) if n == self.read => return Ok(None),
+                // A range past the end of what the fill turned out to hold.
+                Progress::Done(n) if n < self.read => return Err(self.abandoned()),
                 Progress::Done(n) => n,
             };
             let available = available.min(self.end.unwrap_or(u64::MAX));
@@ -339,7 +341,7 @@ impl HandleHit for PartialHit {
     fn seek(&mut self, start: usize, end: Option<usize>) -> Result<()> {
         let (start, end) = (start as u64, end.map(|e| e as u64));
         if let Progress::Done(len) = *self.progress.borrow() {
-            if start >= len && len > 0 {
+            if start > len || (start == len && len > 0) {
                 return Error::e_explain(pingora::ErrorType::InternalError, format!("seek start {start} out of range for {len} bytes"));
             }
         }

@@ -7,11 +7,12 @@
 //! the chunk read on tokio's blocking pool, with the file's next chunks announced to the
 //! kernel (`POSIX_FADV_WILLNEED`) so that the reads after it find them in memory.
 //!
-//! Each reader reuses one buffer: a chunk handed out is a view of it, and once the response
-//! writer has dropped that view the next read takes the same memory back (`BytesMut::reserve`
-//! reclaims a buffer nobody else holds). No zeroing, no fresh pages to fault in per chunk:
-//! those page faults, not the copies, were most of the cost of a 10 MiB disk hit before
-//! (see bench/README.md).
+//! Reads from the page cache reuse one buffer per reader: a chunk handed out is a view of it,
+//! and once the response writer has dropped that view the next read takes the same memory
+//! back (`BytesMut::reserve` reclaims a buffer nobody else holds). No zeroing, no fresh pages
+//! to fault in per chunk: those page faults, not the copies, were most of the cost of a
+//! 10 MiB disk hit before (see bench/README.md). Reads from the disk take a fresh buffer: the
+//! disk, not the allocation, is their cost.
 //!
 //! Why not the other ways. `sendfile`/`splice` would skip the copy into user space, but
 //! pingora's cache serves a hit as `Bytes` through its own HTTP writer (TLS, HTTP/2, body
@@ -56,8 +57,9 @@ impl ChunkReader {
     }
 
     /// Up to `len` bytes (at most [`CHUNK`]) at `offset`; fewer when only part of the range
-    /// is in the page cache. Never empty: a file that ends before `offset + 1` is an
-    /// `UnexpectedEof` error, since callers only ask for bytes the entry's length promises.
+    /// is in the page cache. Empty only when `len` is 0: a file that ends before `offset + 1`
+    /// is an `UnexpectedEof` error, since callers only ask for bytes the entry's length
+    /// promises.
     pub async fn read_at(&mut self, offset: u64, len: usize) -> io::Result<Bytes> {
         let len = len.min(CHUNK);
         if len == 0 {
@@ -65,7 +67,8 @@ impl ChunkReader {
         }
         if !NOWAIT_UNSUPPORTED.load(Ordering::Relaxed) {
             match self.read_cached(offset, len) {
-                Ok(0) => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "cached body shorter than recorded")),
+                // Nothing read: the end of the file, which the blocking read reports as such.
+                Ok(0) => {}
                 Ok(n) => return Ok(self.buf.split_to(n).freeze()),
                 Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {}
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP) | Some(libc::EINVAL) | Some(libc::ENOSYS)) => {
@@ -76,13 +79,14 @@ impl ChunkReader {
         }
         let file = self.file.clone();
         tokio::task::spawn_blocking(move || {
+            let mut buf = BytesMut::zeroed(len);
+            file.read_exact_at(&mut buf, offset)?;
+            // After the chunk the client waits for, so its read is not queued behind these.
             let ahead = (READ_AHEAD_CHUNKS * CHUNK as u64) as libc::off_t;
             // SAFETY: posix_fadvise only reads its integer arguments; the fd is open (held by `file`).
             unsafe {
                 libc::posix_fadvise(file.as_raw_fd(), (offset + len as u64) as libc::off_t, ahead, libc::POSIX_FADV_WILLNEED);
             }
-            let mut buf = BytesMut::zeroed(len);
-            file.read_exact_at(&mut buf, offset)?;
             Ok(buf.freeze())
         })
         .await
