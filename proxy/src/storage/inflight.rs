@@ -371,6 +371,55 @@ impl HandleHit for PartialHit {
 mod tests {
     use super::*;
 
+    fn fill(data: &[u8]) -> Arc<InflightWrite> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fill.part");
+        let file = std::fs::OpenOptions::new().create(true).read(true).write(true).open(&path).unwrap();
+        let write = InflightWrites::default().insert([7; 16], (Vec::new(), Vec::new()), file, path);
+        write.append(0, &Bytes::copy_from_slice(data)).unwrap();
+        write.publish(data.len() as u64);
+        write
+    }
+
+    async fn read_to_end(hit: &mut PartialHit) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        while let Some(chunk) = hit.read_body().await? {
+            out.extend_from_slice(&chunk);
+        }
+        Ok(out)
+    }
+
+    #[tokio::test]
+    async fn a_seek_reads_exactly_its_range_of_a_fill() {
+        let data: Vec<u8> = (0..1000u32).map(|i| i as u8).collect();
+        let write = fill(&data);
+        let mut hit = write.reader();
+        hit.seek(100, Some(200)).unwrap();
+        // Still filling: the passed range is served without waiting for the end.
+        let first = hit.read_body().await.unwrap().unwrap();
+        assert_eq!(&first[..], &data[100..200]);
+        assert!(hit.read_body().await.unwrap().is_none(), "the range ends where it was asked to");
+        write.complete(1000);
+        let mut tail = write.reader();
+        tail.seek(990, None).unwrap();
+        assert_eq!(read_to_end(&mut tail).await.unwrap(), &data[990..]);
+    }
+
+    #[tokio::test]
+    async fn a_range_past_what_the_fill_held_is_an_error_not_a_hang() {
+        let write = fill(b"0123456789");
+        let mut ahead = write.reader();
+        // Asked while the fill was running (its length not known yet), for bytes it never got.
+        ahead.seek(20, Some(30)).unwrap();
+        write.complete(10);
+        // The guard only turns a hang (the bug this tests for) into a failure.
+        let read = tokio::time::timeout(std::time::Duration::from_secs(30), ahead.read_body()).await;
+        assert!(matches!(read, Ok(Err(_))), "an error at once, not a wait for bytes that never come");
+        let mut late = write.reader();
+        assert!(late.seek(11, None).is_err(), "past the end of a finished fill");
+        assert!(late.seek(10, None).is_err(), "at the end of a non-empty one");
+    }
+
     #[test]
     fn the_window_serves_the_tail_and_forgets_the_rest() {
         let mut r = RecentChunks::default();
