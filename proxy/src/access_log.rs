@@ -49,19 +49,31 @@ impl OutcomeSink for AccessLog {
         if let Some(out) = crate::logging::access_output() {
             return out.write_line(|line| if out.json { json_line(line, o) } else { plain_line(line, o) });
         }
-        tracing::info!(
-            target: "access",
-            repository = %o.repository.unwrap_or("-"),
-            method = %o.method,
-            path = %o.target,
-            status = o.status,
-            cache = %o.result.as_str(),
-            bytes = o.bytes_served,
-            upstream_status = %OrDash(o.upstream_status),
-            upstream_ms = %OrDash(o.upstream_time.map(Millis)),
-            upstream_error = %o.upstream_error.unwrap_or("-"),
-            client = %OrDash(o.client),
-        );
+        // An embedding with its own subscriber: the same fields, as the event's message.
+        tracing::info!(target: "access", "{}", Fields(o));
+    }
+}
+
+/// The access line's `key=value` pairs, in their fixed order.
+struct Fields<'a, 'b>(&'a Outcome<'b>);
+
+impl fmt::Display for Fields<'_, '_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let o = self.0;
+        write!(
+            f,
+            "repository={} method={} path={} status={} cache={} bytes={} upstream_status={} upstream_ms={} upstream_error={} client={}",
+            o.repository.unwrap_or("-"),
+            o.method,
+            o.target,
+            o.status,
+            o.result.as_str(),
+            o.bytes_served,
+            OrDash(o.upstream_status),
+            OrDash(o.upstream_time.map(Millis)),
+            o.upstream_error.unwrap_or("-"),
+            OrDash(o.client),
+        )
     }
 }
 
@@ -69,20 +81,7 @@ impl OutcomeSink for AccessLog {
 fn plain_line(line: &mut String, o: &Outcome<'_>) {
     use std::fmt::Write;
     crate::logging::write_time(line);
-    let _ = writeln!(
-        line,
-        "  INFO access: repository={} method={} path={} status={} cache={} bytes={} upstream_status={} upstream_ms={} upstream_error={} client={}",
-        o.repository.unwrap_or("-"),
-        o.method,
-        o.target,
-        o.status,
-        o.result.as_str(),
-        o.bytes_served,
-        OrDash(o.upstream_status),
-        OrDash(o.upstream_time.map(Millis)),
-        o.upstream_error.unwrap_or("-"),
-        OrDash(o.client),
-    );
+    let _ = writeln!(line, "  INFO access: {}", Fields(o));
 }
 
 /// One JSON object with the keys in alphabetical order, as `--log-format json` writes every
@@ -92,10 +91,9 @@ fn json_line(line: &mut String, o: &Outcome<'_>) {
     let mut time = String::with_capacity(32);
     crate::logging::write_time(&mut time);
     let string = |line: &mut String, key: &str, value: &dyn fmt::Display| {
-        let _ = write!(line, ",\"{key}\":");
-        let mut text = String::new();
-        let _ = write!(text, "{value}");
-        push_json_string(line, &text);
+        let _ = write!(line, ",\"{key}\":\"");
+        let _ = write!(JsonEscaped(line), "{value}");
+        line.push('"');
     };
     let _ = write!(line, "{{\"bytes\":{}", o.bytes_served);
     string(line, "cache", &o.result.as_str());
@@ -113,24 +111,25 @@ fn json_line(line: &mut String, o: &Outcome<'_>) {
     line.push_str("}\n");
 }
 
-/// `s` as a JSON string (RFC 8259 §7: quote, backslash and control characters escaped).
-fn push_json_string(line: &mut String, s: &str) {
-    use std::fmt::Write;
-    line.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => line.push_str("\\\""),
-            '\\' => line.push_str("\\\\"),
-            '\n' => line.push_str("\\n"),
-            '\r' => line.push_str("\\r"),
-            '\t' => line.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(line, "\\u{:04x}", c as u32);
+/// Writes what is formatted into it as the inside of a JSON string (RFC 8259 §7: quote,
+/// backslash and control characters escaped), straight into the line.
+struct JsonEscaped<'a>(&'a mut String);
+
+impl fmt::Write for JsonEscaped<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        for c in s.chars() {
+            match c {
+                '"' => self.0.push_str("\\\""),
+                '\\' => self.0.push_str("\\\\"),
+                '\n' => self.0.push_str("\\n"),
+                '\r' => self.0.push_str("\\r"),
+                '\t' => self.0.push_str("\\t"),
+                c if (c as u32) < 0x20 => write!(self.0, "\\u{:04x}", c as u32)?,
+                c => self.0.push(c),
             }
-            c => line.push(c),
         }
+        Ok(())
     }
-    line.push('"');
 }
 
 #[cfg(test)]
@@ -139,8 +138,9 @@ mod tests {
 
     #[test]
     fn json_strings_are_escaped_and_parse_back() {
-        let mut line = String::new();
-        push_json_string(&mut line, "a\"b\\c\nd\u{1}e/é");
+        let mut line = String::from("\"");
+        fmt::Write::write_str(&mut JsonEscaped(&mut line), "a\"b\\c\nd\u{1}e/é").unwrap();
+        line.push('"');
         let back: String = serde_json::from_str(&line).unwrap();
         assert_eq!(back, "a\"b\\c\nd\u{1}e/é");
     }

@@ -381,14 +381,6 @@ mod tests {
         write
     }
 
-    async fn read_to_end(hit: &mut PartialHit) -> Result<Vec<u8>> {
-        let mut out = Vec::new();
-        while let Some(chunk) = hit.read_body().await? {
-            out.extend_from_slice(&chunk);
-        }
-        Ok(out)
-    }
-
     #[tokio::test]
     async fn a_seek_reads_exactly_its_range_of_a_fill() {
         let data: Vec<u8> = (0..1000u32).map(|i| i as u8).collect();
@@ -402,7 +394,7 @@ mod tests {
         write.complete(1000);
         let mut tail = write.reader();
         tail.seek(990, None).unwrap();
-        assert_eq!(read_to_end(&mut tail).await.unwrap(), &data[990..]);
+        assert_eq!(crate::storage::tests::read_all(&mut tail).await.unwrap(), &data[990..]);
     }
 
     #[tokio::test]

@@ -355,6 +355,7 @@ mod tests {
     //! abandoned fills, survival across reopen.
 
     use super::*;
+    use pingora::cache::storage::HandleHit;
     use pingora::cache::trace::Span;
     use pingora::http::ResponseHeader;
     use std::time::{Duration, SystemTime};
@@ -379,7 +380,8 @@ mod tests {
         CacheMeta::new(now + Duration::from_secs(60), now, 0, 0, h)
     }
 
-    async fn read_all(hit: &mut HitHandler) -> Result<Vec<u8>> {
+    /// A hit handler's whole body (or its first error).
+    pub(super) async fn read_all(hit: &mut (dyn HandleHit + Send + Sync)) -> Result<Vec<u8>> {
         let mut out = Vec::new();
         while let Some(b) = hit.read_body().await? {
             out.extend_from_slice(&b);
@@ -413,7 +415,7 @@ mod tests {
         let (_, mut reader) = s.lookup(&key, &span).await.unwrap().unwrap();
         miss.write_body(Bytes::from_static(b"12345"), true).await.unwrap();
         assert!(miss.finish().await.is_err());
-        assert!(read_all(&mut reader).await.is_err());
+        assert!(read_all(&mut *reader).await.is_err());
         assert!(s.lookup(&key, &span).await.unwrap().is_none());
     }
 
@@ -440,7 +442,7 @@ mod tests {
         assert_eq!(s.purge_prefix(b"sm").len(), 1, "purge by prefix of the primary key");
         assert!(s.lookup(&CacheKey::new("small", "t"), &span).await.unwrap().is_none());
         let (_, mut hit) = s.lookup(&big_key, &span).await.unwrap().expect("big survives reopen");
-        assert_eq!(read_all(&mut hit).await.unwrap(), big);
+        assert_eq!(read_all(&mut *hit).await.unwrap(), big);
         assert!(s.lookup(&CacheKey::new("torn", "t"), &span).await.unwrap().is_none());
 
         // Cut the big entry's body on disk: it must be discarded, not served.
@@ -502,9 +504,9 @@ mod tests {
             let (_, mut hit) = s.lookup(&key, &span).await.unwrap().unwrap();
             assert!(hit.can_seek());
             hit.seek(100, Some(200)).unwrap();
-            assert_eq!(read_all(&mut hit).await.unwrap(), &body[100..200]);
+            assert_eq!(read_all(&mut *hit).await.unwrap(), &body[100..200]);
             hit.seek(len - 3, None).unwrap();
-            assert_eq!(read_all(&mut hit).await.unwrap(), &body[len - 3..]);
+            assert_eq!(read_all(&mut *hit).await.unwrap(), &body[len - 3..]);
             assert!(hit.seek(len, None).is_err());
         }
     }
