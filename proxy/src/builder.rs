@@ -189,6 +189,7 @@ impl ProxyBuilder {
             _ => opts.disk_bytes,
         };
         let eviction: &'static DiskEviction = Box::leak(Box::new(DiskEviction::new(budget, &dir.join("eviction"))));
+        let derived = Arc::new(crate::derived::DerivedFiles::open(&dir.join("derived"), opts.fsync).map_err(cache_error)?);
         let restored = entries.len();
         {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(StartError::Runtime)?;
@@ -268,6 +269,7 @@ impl ProxyBuilder {
             fleet: fleet.clone(),
             sinks,
             keepalive_secs: config.connections.keepalive_timeout.0.as_secs_f64().ceil() as u64,
+            derived,
         };
         // (The sockets are bound already, SO_REUSEPORT as configured; these options are the
         // ones pingora applies to each accepted connection.)

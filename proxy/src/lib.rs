@@ -18,6 +18,7 @@ mod builder;
 mod client;
 pub mod config;
 mod connections;
+mod derived;
 mod digest_index;
 mod directives;
 mod fleet;

@@ -61,6 +61,9 @@ pub struct Metrics {
     /// Cached artefacts fetched again because their index now lists another digest (rebuilt
     /// upstream under the same name).
     pub relisted: IntCounterVec,
+    /// Files derived from stored artefacts (a wheel's core metadata), by outcome: `derived`,
+    /// or `none` (the artefact holds none, or is not a readable one).
+    pub derived: IntCounterVec,
     /// Absolute links in rewritten documents left pointing past the proxy (to a host that is
     /// none of the repository's upstreams): downloads that bypass the cache.
     pub links_bypassing: IntCounterVec,
@@ -118,6 +121,7 @@ impl Metrics {
             refused: IntCounter::new("client_connections_refused_total", "Client connections answered 503 at connections.max_clients").expect("valid metric"),
             closed: counter_vec("client_connections_closed_total", "Client connections closed by a limit: idle (keepalive_timeout), header_timeout", &["reason"]),
         };
+        let derived = counter_vec("derived_files_total", "Files derived from stored artefacts (a wheel's core metadata, PEP 658), by outcome", &["repository", "outcome"]);
         let relisted = counter_vec("relisted_total", "Cached artefacts fetched again because their index lists another digest", &["repository"]);
         let links_bypassing = counter_vec("links_bypassing_total", "Links in rewritten documents left pointing at a host that is not an upstream of the repository", &["repository"]);
         registry.register(Box::new(connections.open.clone())).expect("unique metric");
@@ -151,6 +155,7 @@ impl Metrics {
             hop_proofs_rejected,
             metadata_writes,
             relisted,
+            derived,
             links_bypassing,
             connections,
             client_disconnects,

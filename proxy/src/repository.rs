@@ -63,6 +63,8 @@ pub struct Repository {
     /// Its counters, resolved once; the metrics sink counts every request with them.
     pub metrics: RepoMetrics,
     pub breaker: Arc<Breaker>,
+    /// Whether files derived from stored artefacts are served and announced (`derive_files`).
+    pub derive_files: bool,
 }
 
 impl Repository {
@@ -112,6 +114,7 @@ impl Repository {
             freshness,
             metrics: repo_metrics,
             breaker: Arc::new(breaker),
+            derive_files: cfg.derive_files,
         })
     }
 

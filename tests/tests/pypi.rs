@@ -149,21 +149,122 @@ async fn html_and_json_index_pages_are_separate_variants_linking_through_the_pro
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pep_658_metadata_files_come_from_the_file_host_next_to_their_file() {
+    let scratch = tempfile::tempdir().unwrap();
+    let (file, wheel) = make_wheel(scratch.path(), "six", "1.0");
+    // Not the wheel's own METADATA byte for byte: what the index publishes is what is served
+    // (the client checks it against the index's hash), never a file the proxy derived.
+    let metadata = b"Metadata-Version: 2.1\nName: six\nVersion: 1.0\nSummary: as the index publishes it\n".to_vec();
     let up = Upstream::start().await;
-    let wheel = b"wheel bytes".to_vec();
-    let metadata = b"Metadata-Version: 2.1\nName: six\nVersion: 1.0\n".to_vec();
-    up.route("/files/p/six-1.0-py3-none-any.whl", Route::ok(wheel.clone()));
-    up.route("/files/p/six-1.0-py3-none-any.whl.metadata", Route::ok(metadata.clone()));
+    let page = format!("<a href=\"../../files/p/{file}#sha256={}\" data-core-metadata=\"sha256={}\">{file}</a>", sha256_hex(&wheel), sha256_hex(&metadata));
+    up.route("/simple/six/", Route::ok(page.into_bytes()).header("Content-Type", "text/html"));
+    up.route(&format!("/files/p/{file}"), Route::ok(wheel.clone()));
+    up.route(&format!("/files/p/{file}.metadata"), Route::ok(metadata.clone()));
     let dir = tempfile::tempdir().unwrap();
     let proxy = Proxy::builder(&dir.path().join("cache")).config(&fixture_config(&up)).start();
     // The client appends `.metadata` to the file URL it was given, digest segment and all.
-    let file = format!("/pypi/files/sha256/{}/p/six-1.0-py3-none-any.whl", sha256_hex(&wheel));
+    let file = format!("/pypi/files/sha256/{}/p/{file}", sha256_hex(&wheel));
     let r = http(proxy.addr, "GET", &format!("{file}.metadata"), &[]).await.unwrap().collect().await;
     assert_eq!((r.status, r.body.as_slice()), (200, metadata.as_slice()), "checked by the client against the index's metadata hash, not the file's");
+    let r = http(proxy.addr, "GET", "/pypi/simple/six/", &[("Accept", "text/html")]).await.unwrap().collect().await;
+    assert!(String::from_utf8_lossy(&r.body).contains(&format!("data-core-metadata=\"sha256={}\"", sha256_hex(&metadata))));
     let r = http(proxy.addr, "GET", &file, &[]).await.unwrap().collect().await;
     assert_eq!((r.status, r.body.as_slice()), (200, wheel.as_slice()));
     for _ in 0..2 {
         assert_eq!(http(proxy.addr, "GET", &file, &[]).await.unwrap().collect().await.cache(), "hit", "files are immutable");
     }
+    // The wheel is stored, and its index publishes its metadata: none is derived from it.
+    let r = http(proxy.addr, "GET", &format!("{file}.metadata"), &[]).await.unwrap().collect().await;
+    assert_eq!((r.status, r.cache(), r.body.as_slice()), (200, "hit", metadata.as_slice()));
+    assert_eq!(proxy.metric("hangar_derived_files_total", &[("repository", "pypi"), ("outcome", "derived")]).await, 0.0);
     assert_eq!(proxy.metric("hangar_integrity_failures_total", &[("repository", "pypi")]).await, 0.0);
+}
+
+/// The proxy's access-log lines so far, once the ones for every request already answered are
+/// written: a request of its own is the marker (lines are written in order).
+async fn access_lines(proxy: &Proxy, marker: &str) -> Vec<String> {
+    let r = http(proxy.addr, "GET", marker, &[]).await.unwrap().collect().await;
+    assert_eq!(r.status, 404);
+    let needle = format!("path={marker} ");
+    proxy.wait_for_log(|l| l.contains(&needle)).await;
+    proxy.stderr().lines().filter(|l| l.contains(" access: ")).map(str::to_string).collect()
+}
+
+/// An index that announces no core metadata (PEP 658): once a wheel is stored, the proxy
+/// derives its `METADATA`, serves `<wheel>.metadata`, and the index pages it serves announce
+/// it with its sha256; uv and pip then resolve from the metadata without the wheel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_derived_from_stored_wheels_is_served_and_announced() {
+    let scratch = tempfile::tempdir().unwrap();
+    let (file, wheel) = make_wheel(scratch.path(), "demo", "1.0");
+    let metadata = b"Metadata-Version: 2.1\nName: demo\nVersion: 1.0\n".to_vec();
+    let (sha, metadata_sha) = (sha256_hex(&wheel), sha256_hex(&metadata));
+    let up = Upstream::start().await;
+    let html = format!("<html><body><a href=\"../../files/{file}#sha256={sha}\">{file}</a></body></html>");
+    let json = format!("{{\"meta\":{{\"api-version\":\"1.1\"}},\"name\":\"demo\",\"files\":[{{\"filename\":\"{file}\",\"url\":\"../../files/{file}\",\"hashes\":{{\"sha256\":\"{sha}\"}}}}]}}");
+    up.route(
+        "/simple/demo/",
+        Route::ok(html.into_bytes())
+            .header("Content-Type", "text/html")
+            .when_accept("application/vnd.pypi.simple.v1+json", Route::ok(json.into_bytes()).header("Content-Type", "application/vnd.pypi.simple.v1+json")),
+    );
+    up.route(&format!("/files/{file}"), Route::ok(wheel.clone()));
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = Proxy::builder(&dir.path().join("cache")).config(&fixture_config(&up)).start();
+    let simple = format!("http://{}/pypi/simple/", proxy.addr);
+    let metadata_path = format!("/pypi/files/sha256/{sha}/{file}.metadata");
+    let json_accept = "application/vnd.pypi.simple.v1+json";
+    let announced = format!("data-core-metadata=\"sha256={metadata_sha}\"");
+
+    // Before the wheel is stored: nothing announced, and the upstream has no metadata file.
+    let page = http(proxy.addr, "GET", "/pypi/simple/demo/", &[("Accept", "text/html")]).await.unwrap().collect().await;
+    assert_eq!((page.status, page.cache()), (200, "miss"));
+    assert!(!String::from_utf8_lossy(&page.body).contains("data-core-metadata"));
+    assert_eq!(http(proxy.addr, "GET", &metadata_path, &[]).await.unwrap().collect().await.status, 404);
+
+    // pip downloads the wheel through the proxy, which stores it verified...
+    let mut pip = pip_download(scratch.path(), &simple, &scratch.path().join("dl"), "demo==1.0");
+    run(&mut pip);
+    // ...and then has its core metadata (derived now if the derivation after the fill has not
+    // finished), byte for byte the wheel's.
+    let r = http(proxy.addr, "GET", &metadata_path, &[]).await.unwrap().collect().await;
+    assert_eq!((r.status, r.cache(), r.body.as_slice()), (200, "hit", metadata.as_slice()));
+    assert_eq!(proxy.metric("hangar_derived_files_total", &[("repository", "pypi"), ("outcome", "derived")]).await, 1.0);
+
+    // The page stored before announces nothing: it is fetched again, once, and announces it.
+    let fetched = up.hits("/simple/demo/");
+    let page = http(proxy.addr, "GET", "/pypi/simple/demo/", &[("Accept", "text/html")]).await.unwrap().collect().await;
+    let text = String::from_utf8_lossy(&page.body).to_string();
+    assert!(text.contains(&announced) && text.contains(&format!("data-dist-info-metadata=\"sha256={metadata_sha}\"")), "{text}");
+    assert!(page.header("x-hangar-derived-count").is_none(), "the count is the proxy's own");
+    assert_eq!(up.hits("/simple/demo/"), fetched + 1);
+    let again = http(proxy.addr, "GET", "/pypi/simple/demo/", &[("Accept", "text/html")]).await.unwrap().collect().await;
+    assert_eq!((again.cache(), again.body == page.body, up.hits("/simple/demo/")), ("hit", true, fetched + 1));
+    let doc = http(proxy.addr, "GET", "/pypi/simple/demo/", &[("Accept", json_accept)]).await.unwrap().collect().await;
+    let doc: serde_json::Value = serde_json::from_slice(&doc.body).unwrap();
+    assert_eq!(doc["files"][0]["core-metadata"]["sha256"], metadata_sha.as_str());
+
+    // uv resolves from the metadata alone: it asks for it, not for the wheel. pip reads it
+    // first too (pip 23 still downloads the wheel it would install, even for --dry-run).
+    let before = access_lines(&proxy, "/pypi/simple/marker-1/").await.len();
+    let input = scratch.path().join("requirements.in");
+    std::fs::write(&input, "demo==1.0\n").unwrap();
+    let mut uv = client("uv", scratch.path());
+    uv.args(["pip", "compile", "--no-cache", "--no-header", "--python", "python3", "--index-url", &simple]).arg(&input);
+    assert!(run(&mut uv).contains("demo==1.0"));
+    let lines = access_lines(&proxy, "/pypi/simple/marker-2/").await;
+    let asked = |lines: &[String], suffix: &str| lines.iter().filter(|l| l.contains(&format!("{file}{suffix} status="))).count();
+    assert_eq!((asked(&lines[before..], ".metadata"), asked(&lines[before..], "")), (1, 0), "uv: the metadata, not the wheel: {lines:#?}");
+    let before = lines.len();
+    let mut pip = client("python3", scratch.path());
+    pip.args(["-m", "pip", "install", "--dry-run", "--ignore-installed", "--no-cache-dir", "--index-url", &simple, "demo==1.0"]);
+    assert!(run(&mut pip).contains("demo-1.0"));
+    let lines = access_lines(&proxy, "/pypi/simple/marker-3/").await;
+    let first = lines[before..].iter().find(|l| l.contains(&file)).expect("pip asked for the file");
+    assert!(first.contains(&format!("{file}.metadata status=200")), "pip: the metadata first: {lines:#?}");
+
+    // The derived file outlives a restart.
+    let mut proxy = proxy;
+    proxy.restart();
+    let r = http(proxy.addr, "GET", &metadata_path, &[]).await.unwrap().collect().await;
+    assert_eq!((r.status, r.body.as_slice()), (200, metadata.as_slice()));
 }

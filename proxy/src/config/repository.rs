@@ -64,6 +64,10 @@ pub struct RepositoryConfig {
     pub methods: Option<Vec<String>>,
     /// `[repository.breaker]`.
     pub breaker: BreakerConfig,
+    /// Derive files the upstream may not publish from the artefacts the proxy stores, serve
+    /// them and announce them in the index pages it serves (`pypi`: each stored wheel's core
+    /// metadata, PEP 658, so pip and uv resolve without downloading wheels). On by default.
+    pub derive_files: bool,
 }
 
 impl Default for RepositoryConfig {
@@ -78,6 +82,7 @@ impl Default for RepositoryConfig {
             max_document_bytes: ByteSize(256 << 20),
             redirect_hosts: None,
             allow_private_redirects: false,
+            derive_files: true,
             pins: BTreeMap::new(),
             token_realms: Vec::new(),
             credentials: None,

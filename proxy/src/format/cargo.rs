@@ -114,7 +114,7 @@ impl Format for Cargo {
         let bad = |e: serde_json::Error| FormatError::BadDocument { what: "config.json", reason: e.to_string() };
         let mut doc: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&body).map_err(bad)?;
         doc.insert("dl".into(), format!("{}dl/{{crate}}/{{version}}/{{sha256-checksum}}", env.proxy_base).into());
-        Ok(Rewritten { body: Bytes::from(serde_json::to_vec(&doc).map_err(bad)?), digests: Vec::new(), bypassing: Vec::new() })
+        Ok(Rewritten { body: Bytes::from(serde_json::to_vec(&doc).map_err(bad)?), digests: Vec::new(), bypassing: Vec::new(), published: Vec::new() })
     }
 }
 
@@ -143,7 +143,7 @@ mod tests {
         let c = cargo("https://files.test/api/v1/crates");
         let body = std::fs::read(format!("{}/../tests/fixtures/cargo/config.json", env!("CARGO_MANIFEST_DIR"))).unwrap();
         let r = resolve(&c, "config.json").unwrap();
-        let out = c.rewrite(&r, Bytes::from(body), &RewriteEnv { proxy_base: "http://hangar.test/cargo/" }).unwrap();
+        let out = c.rewrite(&r, Bytes::from(body), &RewriteEnv::new("http://hangar.test/cargo/")).unwrap();
         let doc: serde_json::Value = serde_json::from_slice(&out.body).unwrap();
         assert_eq!(doc["dl"], "http://hangar.test/cargo/dl/{crate}/{version}/{sha256-checksum}");
         assert_eq!(doc["api"], "https://files.test/api", "api stays with the upstream");

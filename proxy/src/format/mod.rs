@@ -125,6 +125,14 @@ pub struct Resolved {
     /// `repository:<name>:pull`), so a cached token goes with the first request instead of
     /// after a 401.
     pub auth_scope: Option<String>,
+    /// Once stored, the artefact yields a derived file ([`Format::derive`]), counted in this
+    /// group (a project: the documents that list its files announce what was derived).
+    pub derives: Option<String>,
+    /// The path names the file derived from an artefact.
+    pub derived_of: Option<DerivedOf>,
+    /// The document lists this group's files, and announces the derived ones the proxy holds;
+    /// a stored copy written before more were derived is fetched again.
+    pub lists_derived: Option<String>,
 }
 
 /// A response the proxy writes itself on the format's behalf: a registry's version check, or
@@ -196,6 +204,9 @@ impl Resolved {
             learned_digest: false,
             digest_header: None,
             auth_scope: None,
+            derives: None,
+            derived_of: None,
+            lists_derived: None,
         }
     }
 }
@@ -209,12 +220,64 @@ pub struct Representation {
     pub content_type: Option<&'static str>,
 }
 
-/// Where rewritten links must point.
-#[derive(Debug, Clone)]
+/// Where rewritten links must point, and what the proxy holds that a document may announce.
+#[derive(Clone, Copy)]
 pub struct RewriteEnv<'a> {
     /// The proxy's URL of the repository, ending with `/` (e.g. `http://hangar:8080/npm/`).
     pub proxy_base: &'a str,
+    /// The files the proxy derived from artefacts it holds ([`Format::derive`]).
+    pub derived: &'a dyn DerivedLookup,
 }
+
+#[cfg(test)]
+impl<'a> RewriteEnv<'a> {
+    /// Links to `proxy_base`, announcing no derived files.
+    pub fn new(proxy_base: &'a str) -> Self {
+        RewriteEnv { proxy_base, derived: &NoDerived }
+    }
+}
+
+/// The files the proxy derived from artefacts it holds, by the artefact's digest: what a
+/// rewritten document may announce (a wheel's core metadata, PEP 658), since the proxy can
+/// serve it.
+pub trait DerivedLookup: Send + Sync {
+    /// The digest (sha256) of the file derived from the artefact whose digest is `artefact`.
+    fn derived(&self, artefact: &Digest) -> Option<Digest>;
+}
+
+/// Holds no derived files: the lookup for repositories that do not derive them.
+pub struct NoDerived;
+
+impl DerivedLookup for NoDerived {
+    fn derived(&self, _artefact: &Digest) -> Option<Digest> {
+        None
+    }
+}
+
+#[cfg(test)]
+impl DerivedLookup for std::collections::HashMap<Digest, Digest> {
+    fn derived(&self, artefact: &Digest) -> Option<Digest> {
+        self.get(artefact).cloned()
+    }
+}
+
+/// A request for the file derived from an artefact ([`Format::derive`]): the proxy answers it
+/// from what it derived, or derives it from its stored copy of the artefact, before asking any
+/// upstream (which may publish none).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DerivedOf {
+    /// The artefact's cache key path.
+    pub artefact_key: String,
+    /// The digest the stored artefact must have been verified against.
+    pub artefact: Digest,
+    /// The group the derived file is counted in ([`Resolved::derives`]).
+    pub group: String,
+}
+
+/// A stored artefact's body as [`Format::derive`] reads it: seekable, as a zip's directory
+/// is at its end.
+pub trait ReadSeek: std::io::Read + std::io::Seek {}
+impl<T: std::io::Read + std::io::Seek> ReadSeek for T {}
 
 /// A rewritten document, and the artefact digests it listed (by cache key path).
 pub struct Rewritten {
@@ -224,6 +287,9 @@ pub struct Rewritten {
     /// repository's upstreams, which the proxy will not fetch from (it would be an open
     /// proxy). Clients download those around the cache; the proxy counts and logs them.
     pub bypassing: Vec<String>,
+    /// Artefacts whose derived file the upstream publishes itself (a wheel whose index
+    /// announces its metadata): the proxy derives none for them.
+    pub published: Vec<Digest>,
 }
 
 /// Why a format cannot serve a request, or cannot be built from a repository's config.
@@ -262,8 +328,9 @@ impl FormatError {
 /// One package format's rules.
 ///
 /// Built once per repository at startup ([`build`]) and shared by every worker thread; every
-/// method is called on the request path (or, for [`Format::digests_in`], off the event loop)
-/// and must be cheap and free of I/O. The methods with defaults describe a plain HTTP mirror.
+/// method is called on the request path (or, for [`Format::digests_in`] and
+/// [`Format::derive`], off the event loop) and must be cheap and free of I/O beyond reading
+/// what it is handed. The methods with defaults describe a plain HTTP mirror.
 pub trait Format: Send + Sync {
     fn kind(&self) -> FormatKind;
 
@@ -318,7 +385,7 @@ pub trait Format: Send + Sync {
     /// Rewrite a document's links to lead through the proxy. Called with the whole body of a
     /// 200 response whose [`Resolved::rewrite`] was set.
     fn rewrite(&self, _resolved: &Resolved, body: Bytes, _env: &RewriteEnv<'_>) -> Result<Rewritten, FormatError> {
-        Ok(Rewritten { body, digests: Vec::new(), bypassing: Vec::new() })
+        Ok(Rewritten { body, digests: Vec::new(), bypassing: Vec::new(), published: Vec::new() })
     }
 
     /// The `Accept` header for reading a [`Resolved::digest_from`] document.
@@ -350,6 +417,15 @@ pub trait Format: Send + Sync {
     /// why; after, the transfer is cut and nothing is stored. `Err` says what is wrong.
     fn check_document(&self, _resolved: &Resolved, _content_type: Option<&str>, _head: Option<&[u8]>) -> Result<(), String> {
         Ok(())
+    }
+
+    /// The file derived from a stored artefact that [`Format::resolve`] marked
+    /// [`Resolved::derives`], read from its body at `key_path` (a wheel's core metadata, PEP
+    /// 658): `Ok(None)` when the artefact holds none. Called off the event loop, by one job
+    /// at a time per artefact; the body is the verified stored copy. Bounded in what it reads
+    /// and returns.
+    fn derive(&self, _key_path: &str, _artefact: &mut dyn ReadSeek) -> Result<Option<Vec<u8>>, FormatError> {
+        Ok(None)
     }
 
     /// Read the digests a [`Resolved::digest_from`] or [`Resolved::lists_digests`] document

@@ -271,7 +271,7 @@ impl Format for Npm {
             }
         }
         out.extend_from_slice(&body[last..]);
-        Ok(Rewritten { body: Bytes::from(out), digests, bypassing })
+        Ok(Rewritten { body: Bytes::from(out), digests, bypassing, published: Vec::new() })
     }
 
     fn check_document(&self, resolved: &Resolved, content_type: Option<&str>, head: Option<&[u8]>) -> Result<(), String> {
@@ -365,7 +365,7 @@ mod tests {
         let n = npm();
         let body = fixture("is-number.json");
         let r = resolve(&n, "is-number", "").unwrap();
-        let out = n.rewrite(&r, Bytes::from(body.clone()), &RewriteEnv { proxy_base: "http://hangar.test/npm/" }).unwrap();
+        let out = n.rewrite(&r, Bytes::from(body.clone()), &RewriteEnv::new("http://hangar.test/npm/")).unwrap();
         let before: serde_json::Value = serde_json::from_slice(&body).unwrap();
         let after: serde_json::Value = serde_json::from_slice(&out.body).unwrap();
         assert_eq!(after["versions"]["7.0.0"]["dist"]["tarball"], "http://hangar.test/npm/is-number/-/is-number-7.0.0.tgz");
@@ -386,7 +386,7 @@ mod tests {
         let n = npm();
         let doc = r#"{"name":"@acme/widget","versions":{"1.0.0":{"dist":{"tarball":"https://registry.test/download/@acme/widget/1.0.0/0123abcd","integrity":"sha1-AAAAAAAAAAAAAAAAAAAAAAAAAAA="}},"2.0.0":{"dist":{"tarball":"https://cdn.other.test/widget-2.0.0.tgz","shasum":"a9993e364706816aba3e25717850c26c9cd0d89d"}}}}"#;
         let r = resolve(&n, "@acme/widget", "").unwrap();
-        let out = n.rewrite(&r, Bytes::from(doc), &RewriteEnv { proxy_base: "http://hangar.test/npm/" }).unwrap();
+        let out = n.rewrite(&r, Bytes::from(doc), &RewriteEnv::new("http://hangar.test/npm/")).unwrap();
         let after: serde_json::Value = serde_json::from_slice(&out.body).unwrap();
         let link = after["versions"]["1.0.0"]["dist"]["tarball"].as_str().unwrap().to_string();
         let path = link.strip_prefix("http://hangar.test/npm/").expect("through the proxy");
@@ -405,10 +405,10 @@ mod tests {
         }
         // JSON may escape a URL's slashes; it is the same URL.
         let escaped = r#"{"name":"@acme/widget","versions":{"1.0.0":{"dist":{"tarball":"https:\/\/registry.test\/@acme\/widget\/-\/widget-1.0.0.tgz"}}}}"#;
-        let out = n.rewrite(&r, Bytes::from(escaped), &RewriteEnv { proxy_base: "http://hangar.test/npm/" }).unwrap();
+        let out = n.rewrite(&r, Bytes::from(escaped), &RewriteEnv::new("http://hangar.test/npm/")).unwrap();
         let after: serde_json::Value = serde_json::from_slice(&out.body).unwrap();
         assert_eq!(after["versions"]["1.0.0"]["dist"]["tarball"], "http://hangar.test/npm/@acme/widget/-/widget-1.0.0.tgz");
-        assert!(n.rewrite(&r, Bytes::from_static(b"<html>502</html>"), &RewriteEnv { proxy_base: "http://hangar.test/npm/" }).is_err(), "not JSON, not a packument");
+        assert!(n.rewrite(&r, Bytes::from_static(b"<html>502</html>"), &RewriteEnv::new("http://hangar.test/npm/")).is_err(), "not JSON, not a packument");
     }
 
     #[test]

@@ -261,7 +261,11 @@ impl HangarProxy {
         let origin = self.origin.as_ref().filter(|o| route.class == PathClass::Immutable && o.distrusted(&repo.name, &route.resolved.key_path).is_none());
         let mut plan = VecDeque::new();
         if !ctx.caller.peer {
-            let key = pingora::cache::key::CacheHashKey::primary_bin(session.cache.cache_key());
+            // A file derived from an artefact is asked of the artefact's owner, which holds it.
+            let key = match route.resolved.derived_of.as_ref() {
+                Some(of) => pingora::cache::key::CacheHashKey::primary_bin(&crate::router::cache_key(&repo.name, &of.artefact_key)),
+                None => pingora::cache::key::CacheHashKey::primary_bin(session.cache.cache_key()),
+            };
             let path = ctx.attempt.peer_path.clone().unwrap_or_else(|| target_of(session.req_header()).to_string());
             for addr in self.fleet.peer_hops(&key) {
                 plan.push_back((Hop::Peer(addr), Target { url: UpstreamUrl::http(addr), path: path.clone() }));

@@ -261,12 +261,16 @@ impl HangarProxy {
         } else {
             raw
         };
+        let derived: &dyn crate::format::DerivedLookup = if repo.derive_files { &*self.derived } else { &crate::format::NoDerived };
         let rewritten = repo
             .format
-            .rewrite(&route.resolved, raw, &RewriteEnv { proxy_base: &route.proxy_base })
+            .rewrite(&route.resolved, raw, &RewriteEnv { proxy_base: &route.proxy_base, derived })
             .map_err(|e| Error::explain(ErrorType::HTTPStatus(502), e.to_string()).into_up())?;
         if !rewritten.digests.is_empty() {
             repo.digests.insert_all(rewritten.digests);
+        }
+        if repo.derive_files && !rewritten.published.is_empty() {
+            self.derived.published_upstream(&rewritten.published);
         }
         if let Some(first) = rewritten.bypassing.first() {
             self.metrics.links_bypassing.with_label_values(&[&repo.name]).inc_by(rewritten.bypassing.len() as u64);

@@ -13,6 +13,7 @@ use pingora::prelude::*;
 use pingora::proxy::Session;
 use pingora::{Error, ErrorType};
 
+use super::derive::DERIVED_COUNT_HEADER;
 use super::{accept_list, HangarProxy, RequestCtx};
 use hangar_core::wire::DIGEST_HEADER;
 
@@ -156,6 +157,18 @@ impl HangarProxy {
                 }
             }
         }
+        // A document written before more of its group's files were derived is fetched again,
+        // in full, to announce them; the copy at hand stands in if the upstream fails.
+        // (Fewer than it announces, after a damaged file was dropped or `derive_files` turned
+        // off, also: it must not announce what is not served. `only-if-cached` takes the copy.)
+        if let (Some(group), false) = (route.resolved.lists_derived.as_deref(), route.directives.only_if_cached) {
+            let announced = meta.headers().get(DERIVED_COUNT_HEADER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            if self.derived_count(repo, group) != announced {
+                ctx.cache.refetch = true;
+                ctx.cache.client_revalidates = true;
+                return Some(ForcedFreshness::ForceExpiredServeStale { expired_at: None });
+            }
+        }
         // A body that said when it expires is not used past then, not even stale.
         if route.states_expiry && repo.has_expired(&route.resolved.key_path) {
             return Some(ForcedFreshness::ForceExpired);
@@ -221,6 +234,7 @@ impl HangarProxy {
     pub(super) fn storable(&self, session: &Session, resp: &ResponseHeader, ctx: &mut RequestCtx) -> RespCacheable {
         let Some((repo, route)) = ctx.routed() else { return RespCacheable::Uncacheable(NoCacheReason::NeverEnabled) };
         let authorization = session.req_header().headers.contains_key(header::AUTHORIZATION);
+        let derived_count = route.resolved.lists_derived.as_deref().map(|group| self.derived_count(repo, group));
         // `Vary: *`: no request can be known to match, so nothing is stored (RFC 9111 §4.1).
         let vary_any = resp.headers.get_all(header::VARY).iter().any(|v| v.to_str().unwrap_or("").split(',').any(|n| n.trim() == "*"));
         if vary_any {
@@ -252,6 +266,11 @@ impl HangarProxy {
         // what the stored copy was verified against).
         if let (RespCacheable::Cacheable(meta), Some(expected), false) = (&mut decision, ctx.body.expected.as_ref(), revalidated) {
             let _ = meta.response_header_mut().insert_header(DIGEST_HEADER, expected.to_string());
+        }
+        // What a document announces is what was derived before its body is rewritten (at its
+        // end): at least this many. (A 304 keeps the stored count, and its body.)
+        if let (RespCacheable::Cacheable(meta), Some(count), false) = (&mut decision, derived_count, revalidated) {
+            let _ = meta.response_header_mut().insert_header(DERIVED_COUNT_HEADER, count.to_string());
         }
         // (A 304 writes only headers.)
         if decision.is_cacheable() && !revalidated {

@@ -57,7 +57,9 @@ pub struct CacheState {
     /// The stored copy was not verified against the digest this request names: fetch it
     /// again whole (no validators), never revalidate it.
     pub refetch: bool,
-    /// The client asked for a validated response, so stale-while-revalidate must not answer.
+    /// A validated response is wanted (the client asked for one, or a stored document must
+    /// announce what was derived since), so stale-while-revalidate must not answer; a stale
+    /// copy still stands in if the upstream fails.
     pub client_revalidates: bool,
     /// The upstream's 304 to a revalidation, merged into the stored headers before they are
     /// judged again.

@@ -19,6 +19,9 @@ pub enum Reply {
     Error { status: u16, message: String, allow: Option<String> },
     /// What the format answers (a registry's version check, a registry error).
     Format(LocalAnswer),
+    /// A file the proxy derived from an artefact it holds (a wheel's core metadata): served
+    /// as a hit, immutable like the artefact.
+    Derived(Bytes),
 }
 
 impl Reply {
@@ -68,6 +71,19 @@ pub async fn respond(session: &mut Session, ctx: &mut RequestCtx, reply: Reply) 
             }
             session.write_response_header(Box::new(resp), false).await?;
             session.write_response_body(Some(body), true).await?;
+        }
+        Reply::Derived(body) => {
+            ctx.local = Some(CacheResult::Hit);
+            let mut resp = ResponseHeader::build(200, Some(4))?;
+            resp.insert_header(header::CONTENT_TYPE, "application/octet-stream")?;
+            resp.insert_header(header::CONTENT_LENGTH, body.len().to_string())?;
+            resp.insert_header(header::CACHE_CONTROL, "max-age=31536000, immutable")?;
+            resp.insert_header(CACHE_HEADER, CacheResult::Hit.as_str())?;
+            let head = session.req_header().method == http::Method::HEAD;
+            session.write_response_header(Box::new(resp), head).await?;
+            if !head {
+                session.write_response_body(Some(body), true).await?;
+            }
         }
         Reply::Format(answer) => {
             let mut resp = ResponseHeader::build(answer.status, Some(4 + answer.headers.len()))?;

@@ -18,6 +18,7 @@ mod attempt;
 mod body;
 mod cache;
 mod ctx;
+mod derive;
 mod explain;
 mod local;
 mod origin_copy;
@@ -78,6 +79,8 @@ pub struct HangarProxy {
     /// `connections.keepalive_timeout`, whole seconds, rounded up. (A connection's *first*
     /// request is also subject to pingora's fixed 60 s per read.)
     pub keepalive_secs: u64,
+    /// Files derived from stored artefacts (a wheel's core metadata).
+    pub derived: Arc<crate::derived::DerivedFiles>,
 }
 
 /// Fields that concern one connection only (RFC 9110 §7.6.1): the ones the `Connection` field
@@ -319,6 +322,7 @@ impl ProxyHttp for HangarProxy {
         if session.cache.phase() != CachePhase::Hit {
             resp.remove_header(hangar_core::wire::DIGEST_HEADER);
         }
+        resp.remove_header(derive::DERIVED_COUNT_HEADER);
         if whole_hit {
             self.read_cached_listing(ctx);
         }

@@ -65,6 +65,9 @@ impl HangarProxy {
         };
         self.sinks.record(&outcome);
         self.drop_companions(&outcome, ctx);
+        if !outcome.failed && ctx.local.is_none() {
+            self.derive_after(result, status, ctx);
+        }
     }
 
     /// A document fetched anew makes its companions (Maven's metadata checksums) stale: drop

@@ -61,6 +61,16 @@ impl HangarProxy {
         if let Some(answer) = resolved.local {
             return Err(Reply::Format(answer));
         }
+        // (A repository that derives none still lists its group's count, 0, so a page stored
+        // while it did is fetched again without the announcements.)
+        if !repo.derive_files {
+            (resolved.derives, resolved.derived_of) = (None, None);
+        }
+        if let Some(of) = resolved.derived_of.as_ref() {
+            if let Some(body) = self.derived_file(&repo, of).await {
+                return Err(Reply::Derived(body));
+            }
+        }
         let req = session.req_header();
         let mut directives = if repo.freshness.honor_request_directives() { RequestDirectives::parse(&req.headers) } else { RequestDirectives::default() };
         // The proxy's own read-backs (uploads to origin) must never fetch.
