@@ -8,11 +8,14 @@
 //! * `cold`: a stampede of concurrent clients on one uncached large object behind a slow
 //!   origin: upstream fetches, total time against one client alone, peak RSS;
 //! * `zipf`: a fixed Zipf-distributed request sequence over objects of 1 KiB to 50 MiB with a
-//!   cache smaller than the working set: hit ratio, upstream bytes, throughput.
+//!   cache smaller than the working set: hit ratio, upstream bytes, throughput;
+//! * `clients` (not in the default set: it needs the live registries): pip, uv, npm, cargo and
+//!   apt jobs direct, through a cold Hangar and through a warm one ([`clients`]).
 //!
 //! `--quick` runs everything small enough for the test suite (seconds), so the benchmark
 //! cannot rot; its numbers mean nothing. See bench/README.md for results.
 
+mod clients;
 mod load;
 mod origin;
 mod peers;
@@ -46,7 +49,7 @@ struct Options {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: hangar-bench [--quick] [--json FILE] [--proxy-bin PATH] [--baseline-bin PATH] [--peers hangar,nginx-sendfile,nginx,varnish]\n                    [--scenarios hits,cold,zipf] [--rounds N] [--duration SECS]"
+        "usage: hangar-bench [--quick] [--json FILE] [--proxy-bin PATH] [--baseline-bin PATH] [--peers hangar,nginx-sendfile,nginx,varnish]\n                    [--scenarios hits,cold,zipf,clients] [--rounds N] [--duration SECS]"
     );
     std::process::exit(2)
 }
@@ -166,6 +169,7 @@ struct Report {
     hit_summary: Vec<HitSummary>,
     cold: Vec<ColdResult>,
     zipf: Vec<ZipfResult>,
+    clients: Vec<clients::ClientResult>,
 }
 
 fn median(mut rounds: Vec<load::WrkResult>) -> load::WrkResult {
@@ -483,6 +487,7 @@ fn main() -> anyhow::Result<()> {
                 "hits" => hits(&o, &origin, &mut report).await?,
                 "cold" => cold(&o, &origin, &mut report).await?,
                 "zipf" => zipf(&o, &origin, &mut report).await?,
+                "clients" => report.clients = clients::run(&o.proxy_bin, o.rounds)?,
                 other => anyhow::bail!("unknown scenario {other}"),
             }
         }

@@ -55,6 +55,8 @@ pub struct Route {
     pub close_before_head: bool,
     /// Interim (1xx) responses sent before the final one: status and headers.
     pub interim: Vec<(u16, Vec<(String, String)>)>,
+    /// Answer a single `bytes=` `Range` with 206 and those bytes (no hold, no truncation).
+    pub serves_ranges: bool,
 }
 
 impl Route {
@@ -73,6 +75,7 @@ impl Route {
             alternates: Vec::new(),
             close_before_head: false,
             interim: Vec::new(),
+            serves_ranges: false,
         }
     }
 
@@ -139,6 +142,12 @@ impl Route {
 
     pub fn truncate_at(mut self, n: u64) -> Self {
         self.truncate_at = Some(n);
+        self
+    }
+
+    /// Answer byte ranges as a registry's CDN does (see [`Route::serves_ranges`]).
+    pub fn serves_ranges(mut self) -> Self {
+        self.serves_ranges = true;
         self
     }
 
@@ -366,10 +375,21 @@ async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(sock: S, st: Arc<State>) 
             sock.write_all(head.as_bytes()).await?;
             continue;
         }
+        // One byte range, answered whole and at once (RFC 9110 §14).
+        let range = route.serves_ranges.then(|| req_for_route.header("range").and_then(|r| byte_range(r, route.body.len()))).flatten();
+        let mut sent = 0u64;
+        if let Some((first, last)) = range {
+            route.status = 206;
+            route.headers.push(("Content-Range".into(), format!("bytes {first}-{last}/{}", route.body.len())));
+            route.hold_at = None;
+            route.truncate_at = Some(last + 1);
+            route.chunked = false;
+            sent = first;
+        }
         let framing = if route.chunked {
             "Transfer-Encoding: chunked".to_string()
         } else {
-            format!("Content-Length: {}", route.body.len())
+            format!("Content-Length: {}", range.map_or(route.body.len(), |(first, last)| last - first + 1))
         };
         let mut head = format!("HTTP/1.1 {} X\r\n{framing}\r\n", route.status);
         for (k, v) in &route.headers {
@@ -382,7 +402,6 @@ async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(sock: S, st: Arc<State>) 
         }
         let total = route.body.len();
         let limit = route.truncate_at.unwrap_or(total).min(total);
-        let mut sent = 0u64;
         let mut buf = vec![0u8; 64 * 1024];
         while sent < limit {
             if let Some((at, gate)) = &route.hold_at {
@@ -417,10 +436,24 @@ async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(sock: S, st: Arc<State>) 
             sock.write_all(b"0\r\n\r\n").await?;
         }
         sock.flush().await?;
-        if route.truncate_at.is_some() && limit < total {
+        if route.truncate_at.is_some() && limit < total && range.is_none() {
             // Cut the body short: close without sending the rest.
             let _ = sock.shutdown().await;
             return Ok(());
         }
     }
+}
+
+/// The first and last byte of a single `bytes=` range of a `len`-byte body, if satisfiable.
+fn byte_range(value: &str, len: u64) -> Option<(u64, u64)> {
+    let (from, to) = value.trim().strip_prefix("bytes=")?.split_once('-')?;
+    if value.contains(',') || len == 0 {
+        return None;
+    }
+    let (first, last) = match (from.trim(), to.trim()) {
+        ("", n) => (len.saturating_sub(n.parse().ok()?), len - 1),
+        (f, "") => (f.parse().ok()?, len - 1),
+        (f, l) => (f.parse().ok()?, l.parse::<u64>().ok()?.min(len - 1)),
+    };
+    (first <= last).then_some((first, last))
 }

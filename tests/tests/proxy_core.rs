@@ -381,7 +381,7 @@ async fn ranges_and_head_during_a_fill_are_answered_from_the_partial_object() {
     let len: u64 = 6 << 20;
     let held_at: u64 = 3 << 20;
     let gate = Arc::new(Semaphore::new(0));
-    up.route("/wheel", Route::pattern(5, len).hold_at(held_at, gate.clone()));
+    up.route("/wheel", Route::pattern(5, len).hold_at(held_at, gate.clone()).serves_ranges());
     let dir = cache_dir();
     let proxy = Proxy::builder(dir.path()).upstream("/", &up.url()).start();
     let body = pattern(5, len);
@@ -418,29 +418,72 @@ async fn ranges_and_head_during_a_fill_are_answered_from_the_partial_object() {
     assert_eq!(head.header("content-length"), Some(len.to_string().as_str()));
     assert!(head.body.is_empty());
 
-    // Ranges the fill has not reached wait for it, then get their bytes (never the whole body).
-    let late: Vec<_> = ["bytes=-100".to_string(), format!("bytes={}-", len - 1000)]
-        .into_iter()
-        .map(|range| {
-            let addr = proxy.addr;
-            tokio::spawn(async move { http(addr, "GET", "/wheel", &[("Range", &range)]).await.unwrap().collect().await })
-        })
-        .collect();
+    // Ranges far past the fill (a zip's directory at the end, as uv reads a wheel's) are asked
+    // of the upstream as ranges: answered while the fill is still held, not after it.
+    for (range, from) in [("bytes=-100".to_string(), len - 100), (format!("bytes={}-", len - 1000), len - 1000)] {
+        let r = tokio::time::timeout(GUARD, async { http(proxy.addr, "GET", "/wheel", &[("Range", &range)]).await.unwrap().collect().await })
+            .await
+            .expect("a range far ahead of the fill is answered while the fill waits");
+        assert_eq!(r.status, 206, "{range}");
+        assert_eq!(r.header("content-range"), Some(format!("bytes {from}-{}/{len}", len - 1).as_str()));
+        assert!(r.body == body[from as usize..], "{range}: the right bytes");
+    }
+    let ranged: Vec<_> = up.requests("/wheel").into_iter().filter_map(|r| r.header("range").map(str::to_string)).collect();
+    assert_eq!(ranged, vec!["bytes=-100".to_string(), format!("bytes={}-", len - 1000)], "the upstream was asked for exactly those ranges");
+
+    // A range the fill will soon reach waits for it, then gets its bytes (never the whole body).
+    let (first, last) = (held_at + 100, held_at + 199);
+    let near = {
+        let addr = proxy.addr;
+        tokio::spawn(async move { http(addr, "GET", "/wheel", &[("Range", &format!("bytes={first}-{last}"))]).await.unwrap().collect().await })
+    };
     gate.add_permits(1);
     // The fill moves at the pace of the client that caused it: keep reading it.
     let filler = tokio::spawn(filler.collect());
-    for (task, from) in late.into_iter().zip([len - 100, len - 1000]) {
-        let r = tokio::time::timeout(GUARD, task).await.expect("late range finished").unwrap();
-        assert_eq!(r.status, 206);
-        assert_eq!(r.header("content-range"), Some(format!("bytes {from}-{}/{len}", len - 1).as_str()));
-        assert!(r.body == body[from as usize..], "late range from {from}: {} bytes", r.body.len());
-    }
+    let r = tokio::time::timeout(GUARD, near).await.expect("near range finished").unwrap();
+    assert_eq!(r.status, 206);
+    assert_eq!(r.header("content-range"), Some(format!("bytes {first}-{last}/{len}").as_str()));
+    assert!(r.body == body[first as usize..=last as usize], "near range: the right bytes");
     let rest = tokio::time::timeout(GUARD, filler).await.expect("filler finished").unwrap();
     filled.extend_from_slice(&rest.body);
     assert!(filled == body, "the filling client gets the whole body");
-    assert_eq!(up.hits("/wheel"), 1, "ranges and HEAD during the fill never reach the upstream");
+    // Once stored, ranges are the cache's again.
+    let r = http(proxy.addr, "GET", "/wheel", &[("Range", "bytes=-100")]).await.unwrap().collect().await;
+    assert_eq!((r.status, r.cache(), r.body == body[(len - 100) as usize..]), (206, "hit", true));
+    assert_eq!(up.hits("/wheel"), 3, "the fill and the two ranges far ahead of it; passed ranges, the near one and HEAD never reach the upstream");
     // The proxy's log is written by a thread of its own: wait for the last request's line
     // before looking for what must not be there.
     proxy.wait_for_log(|l| l.contains("access") && l.contains("cache=miss")).await;
     assert!(!proxy.stderr().contains("after end of body"), "no body bytes after a HEAD's end: {}", proxy.stderr());
+}
+
+/// uv sends `HEAD` for a wheel, then ranges of its end. The `HEAD` starts a fill that its
+/// connection serves until the end (the body is read for the cache): the client is told not to
+/// reuse it, so its ranges arrive on another connection at once and, being far past the fill,
+/// are answered by the upstream instead of waiting for the whole object.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_that_starts_a_fill_does_not_hold_the_clients_next_request() {
+    let up = Upstream::start().await;
+    let len: u64 = 4 << 20;
+    let gate = Arc::new(Semaphore::new(0));
+    up.route("/wheel", Route::pattern(7, len).hold_at(1 << 20, gate.clone()).serves_ranges());
+    let dir = cache_dir();
+    let proxy = Proxy::builder(dir.path()).upstream("/", &up.url()).start();
+    let body = pattern(7, len);
+
+    let head = tokio::time::timeout(GUARD, http(proxy.addr, "HEAD", "/wheel", &[])).await.expect("HEAD answered during the fill").unwrap();
+    assert_eq!(head.status, 200);
+    assert_eq!(head.header("content-length"), Some(len.to_string().as_str()));
+    assert_eq!(head.header("connection"), Some("close"), "the connection stays busy with the fill");
+    let r = tokio::time::timeout(GUARD, async { http(proxy.addr, "GET", "/wheel", &[("Range", "bytes=-100")]).await.unwrap().collect().await })
+        .await
+        .expect("the next request is answered while the fill is held");
+    assert_eq!((r.status, r.body == body[(len - 100) as usize..]), (206, true));
+
+    // The fill goes on once the upstream does, and is stored whole.
+    gate.add_permits(1);
+    proxy.wait_for_log(|l| l.contains("access") && l.contains("method=HEAD")).await;
+    let r = http(proxy.addr, "GET", "/wheel", &[]).await.unwrap().collect().await;
+    assert_eq!((r.status, r.cache(), r.body == body), (200, "hit", true));
+    assert_eq!(up.hits("/wheel"), 2, "the fill and the range");
 }

@@ -3,7 +3,7 @@
 //! | phase | module | what it decides |
 //! |---|---|---|
 //! | `request_filter` | [`admission`], [`resolution`] ([`pointer`]) | who sent it, which repository, what the format makes of it |
-//! | `request_cache_filter`, `cache_key_callback`, `cache_hit_filter`, `cache_vary_filter` | [`cache`] | cache key and variant, whether a stored copy may answer |
+//! | `request_cache_filter`, `cache_key_callback`, `cache_hit_filter`, `cache_vary_filter` | [`cache`], [`range_ahead`] | cache key and variant, whether a stored copy may answer |
 //! | `proxy_upstream_filter` | [`body`], [`attempt`] | the digest a fetch must have; peer, origin, upstream |
 //! | `upstream_peer` .. `upstream_response_filter`, `error_while_proxy`, `fail_to_connect` | [`attempt`] | each try, and the next |
 //! | `response_cache_filter` | [`cache`] | whether the response is stored |
@@ -24,6 +24,7 @@ mod local;
 mod origin_copy;
 mod outcome;
 mod pointer;
+mod range_ahead;
 mod rebase;
 mod resolution;
 
@@ -166,6 +167,9 @@ impl ProxyHttp for HangarProxy {
     }
 
     fn request_cache_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
+        if self.range_ahead_of_fill(session, ctx) {
+            return Ok(());
+        }
         self.enable_cache(session, ctx);
         Ok(())
     }
@@ -323,6 +327,13 @@ impl ProxyHttp for HangarProxy {
             resp.remove_header(hangar_core::wire::DIGEST_HEADER);
         }
         resp.remove_header(derive::DERIVED_COUNT_HEADER);
+        // A HEAD that starts a fill keeps its connection busy until the fill ends (the body is
+        // read for the cache): the client must not queue its next request behind it (uv's
+        // ranges after a HEAD would wait for the whole object; see `range_ahead`).
+        if req.method == http::Method::HEAD && matches!(session.cache.phase(), CachePhase::Miss | CachePhase::Expired) {
+            resp.insert_header(header::CONNECTION, "close")?;
+            session.set_keepalive(None);
+        }
         if whole_hit {
             self.read_cached_listing(ctx);
         }

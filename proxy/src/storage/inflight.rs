@@ -168,6 +168,14 @@ impl InflightWrite {
         let _ = std::fs::remove_file(&self.tmp_path);
     }
 
+    /// Bytes written so far while the fill is still being written; `None` once it has ended.
+    pub fn writing(&self) -> Option<u64> {
+        match *self.progress.borrow() {
+            Progress::Writing(n) => Some(n),
+            Progress::Done(_) | Progress::Failed(_) => None,
+        }
+    }
+
     pub fn cache_meta(&self) -> Result<CacheMeta> {
         CacheMeta::deserialize(&self.meta.0, &self.meta.1)
     }

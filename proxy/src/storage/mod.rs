@@ -138,6 +138,16 @@ impl TieredStorage {
         Ok((storage, entries))
     }
 
+    /// The fill in progress for `key` (a combined cache key hash), if any: bytes written so
+    /// far, and the whole length its response states (`Content-Length`), when it states one.
+    pub fn fill_progress(&self, key: &HashBinary) -> Option<(u64, Option<u64>)> {
+        let write = self.inflight.latest(key)?;
+        let written = write.writing()?;
+        let meta = write.cache_meta().ok()?;
+        let len = meta.headers().get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse().ok());
+        Some((written, len))
+    }
+
     pub fn disk(&self) -> &DiskTier {
         &self.disk
     }
