@@ -55,7 +55,8 @@ pub struct Route {
     pub close_before_head: bool,
     /// Interim (1xx) responses sent before the final one: status and headers.
     pub interim: Vec<(u16, Vec<(String, String)>)>,
-    /// Answer a single `bytes=` `Range` with 206 and those bytes (no hold, no truncation).
+    /// Answer a single `bytes=` `Range` on a `GET` of a 200 route with 206 and those bytes (no
+    /// hold, no truncation), or 416 when it cannot be satisfied.
     pub serves_ranges: bool,
 }
 
@@ -376,7 +377,14 @@ async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(sock: S, st: Arc<State>) 
             continue;
         }
         // One byte range, answered whole and at once (RFC 9110 §14).
-        let range = route.serves_ranges.then(|| req_for_route.header("range").and_then(|r| byte_range(r, route.body.len()))).flatten();
+        let asked = route.serves_ranges && route.status == 200 && method == "GET";
+        let range = asked.then(|| req_for_route.header("range").map(|r| byte_range(r, route.body.len()))).flatten();
+        if range == Some(None) {
+            let len = route.body.len();
+            sock.write_all(format!("HTTP/1.1 416 Range Not Satisfiable\r\nContent-Range: bytes */{len}\r\nContent-Length: 0\r\n\r\n").as_bytes()).await?;
+            continue;
+        }
+        let range = range.flatten();
         let mut sent = 0u64;
         if let Some((first, last)) = range {
             route.status = 206;

@@ -330,7 +330,9 @@ impl ProxyHttp for HangarProxy {
         // A HEAD that starts a fill keeps its connection busy until the fill ends (the body is
         // read for the cache): the client must not queue its next request behind it (uv's
         // ranges after a HEAD would wait for the whole object; see `range_ahead`).
-        if req.method == http::Method::HEAD && matches!(session.cache.phase(), CachePhase::Miss | CachePhase::Expired) {
+        // (A small object's fill ends about as soon: its connection is kept.)
+        let large = resp.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()).is_none_or(|l| l > range_ahead::AHEAD);
+        if req.method == http::Method::HEAD && large && matches!(session.cache.phase(), CachePhase::Miss | CachePhase::Expired) {
             resp.insert_header(header::CONNECTION, "close")?;
             session.set_keepalive(None);
         }
