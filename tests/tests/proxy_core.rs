@@ -375,12 +375,6 @@ async fn upstream_failures_are_clear_errors() {
     assert!(proxy.metric("hangar_upstream_errors_total", &[]).await >= 1.0);
 }
 
-/// A repository whose `/wheel` is an immutable artefact (ranges far ahead of its fill are
-/// asked of the upstream only for those).
-fn immutable_wheel(up: &Upstream) -> String {
-    format!("[[repository]]\nname = \"r\"\nprefix = \"/\"\nupstream = \"{}\"\n[repository.freshness]\nimmutable = [\"/wheel\"]\n", up.url())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ranges_and_head_during_a_fill_are_answered_from_the_partial_object() {
     let up = Upstream::start().await;
@@ -389,7 +383,7 @@ async fn ranges_and_head_during_a_fill_are_answered_from_the_partial_object() {
     let gate = Arc::new(Semaphore::new(0));
     up.route("/wheel", Route::pattern(5, len).hold_at(held_at, gate.clone()).serves_ranges());
     let dir = cache_dir();
-    let proxy = Proxy::builder(dir.path()).config(&immutable_wheel(&up)).start();
+    let proxy = Proxy::builder(dir.path()).upstream("/", &up.url()).start();
     let body = pattern(5, len);
 
     // The client that causes the fill reads until the upstream holds: the fill has passed
@@ -474,7 +468,7 @@ async fn a_head_that_starts_a_fill_does_not_hold_the_clients_next_request() {
     let gate = Arc::new(Semaphore::new(0));
     up.route("/wheel", Route::pattern(7, len).hold_at(1 << 20, gate.clone()).serves_ranges());
     let dir = cache_dir();
-    let proxy = Proxy::builder(dir.path()).config(&immutable_wheel(&up)).start();
+    let proxy = Proxy::builder(dir.path()).upstream("/", &up.url()).start();
     let body = pattern(7, len);
 
     // A client that keeps connections alive, as uv does.

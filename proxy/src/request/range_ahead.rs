@@ -10,8 +10,8 @@
 //! passed on, neither stored nor checked against the artefact's digest (a part cannot be);
 //! the fill goes on and stores the whole, verified object for later requests.
 //!
-//! Only where that is safe and cheap: an artefact (immutable, served as the upstream sends
-//! it, never a rewritten document whose offsets differ), one byte range of at most [`AHEAD`]
+//! Only where that is safe and cheap: an artefact served as the upstream sends it (never a
+//! document, rewritten or chosen by `Accept`, whose offsets differ), one byte range of at most [`AHEAD`]
 //! bytes (so no client turns one fill into many whole downloads), fetched from the upstream
 //! itself (no fleet peer or regional origin would be asked first, its breaker is closed, the
 //! repository is not offline, the client did not ask for `only-if-cached`). An upstream that
@@ -61,7 +61,7 @@ impl HangarProxy {
         }
         let (Some(range), Some((repo, route))) = (req.headers.get(header::RANGE).and_then(|v| v.to_str().ok()), ctx.routed()) else { return false };
         let resolved = &route.resolved;
-        if route.class != PathClass::Immutable || resolved.rewrite || route.directives.only_if_cached || self.offline.is_offline(&repo.name) || repo.breaker.state() != crate::breaker::CLOSED {
+        if resolved.rewrite || resolved.representation.is_some() || route.class == PathClass::Metadata || route.directives.only_if_cached || self.offline.is_offline(&repo.name) || repo.breaker.state() != crate::breaker::CLOSED {
             return false;
         }
         let key = crate::router::cache_key(&repo.name, &resolved.key_path).combined_bin();
