@@ -162,7 +162,9 @@ impl ProxyHttp for HangarProxy {
         };
         match resolved {
             Ok(()) => Ok(false),
-            Err(reply) => local::respond(session, ctx, reply).await,
+            // Boxed: a local answer is the rare path, and its future would otherwise be part
+            // of every request's (see `RequestCtx` on why their size matters).
+            Err(reply) => Box::pin(local::respond(session, ctx, reply)).await,
         }
     }
 
@@ -183,7 +185,7 @@ impl ProxyHttp for HangarProxy {
         // whether a cached artefact is still the one listed.
         if let Some((repo, route)) = ctx.routed() {
             if ctx.body.expected.is_none() && (route.resolved.learned_digest || route.resolved.digest_from.is_some()) {
-                repo.digests.settle(std::time::Duration::from_secs(10)).await;
+                Box::pin(repo.digests.settle(std::time::Duration::from_secs(10))).await;
             }
         }
         Ok(self.judge_hit(meta, is_fresh, ctx))

@@ -24,7 +24,9 @@ impl HangarProxy {
         let req = session.req_header();
         let mut resolved = repo.format.resolve(&RequestPath { relative: rest, query: req.uri.query() }, &req.headers).map_err(Reply::refused)?;
         if let Some(pointer) = resolved.pointer.clone() {
-            match self.follow_pointer(&repo, &resolved, &req.headers).await {
+            // Boxed here, where it is used: inline, its (large) future would be part of every
+            // request's, and pingora copies that whole to the heap (see `RequestCtx`).
+            match Box::pin(self.follow_pointer(&repo, &resolved, &req.headers)).await {
                 Followed::To(digest) => {
                     let target = pointer.target_for(&digest);
                     ctx.attempt.set_peer_path(format!("{}{target}", repo.prefix));
@@ -67,7 +69,7 @@ impl HangarProxy {
             (resolved.derives, resolved.derived_of) = (None, None);
         }
         if let Some(of) = resolved.derived_of.as_ref() {
-            if let Some(body) = self.derived_file(&repo, of).await {
+            if let Some(body) = Box::pin(self.derived_file(&repo, of)).await {
                 return Err(Reply::Derived(body));
             }
         }
@@ -86,7 +88,7 @@ impl HangarProxy {
         }
         ctx.attempt.aim(upstream, upstream_path);
         let class = repo.classify(&resolved.key_path, resolved.class);
-        ctx.route = Some(Route { resolved, class, proxy_base, directives, states_expiry });
+        ctx.route = Some(Box::new(Route { resolved, class, proxy_base, directives, states_expiry }));
         Ok(())
     }
 }
