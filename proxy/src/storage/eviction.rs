@@ -35,6 +35,9 @@ const STATE_MAGIC: &[u8; 8] = b"HGRGDSF1";
 const SIZE_EXPONENT: f64 = 0.5;
 /// Keeps priorities of large objects well above f64 resolution next to `L`.
 const PRIORITY_SCALE: f64 = 1e9;
+/// Evicted entries whose use counts are remembered (about 24 bytes each): past this, every
+/// count is halved and the ones that reach zero are forgotten, so old popularity fades.
+const HISTORY_LIMIT: usize = 1 << 18;
 
 /// One tracked entry.
 struct Entry {
@@ -82,6 +85,11 @@ struct Gdsf {
     seq: u64,
     entries: HashMap<u64, Entry>,
     order: std::collections::BTreeMap<Priority, u64>,
+    /// Use counts of evicted entries: an object that comes back starts from the count it
+    /// had, not from one, so a popular object evicted by a burst of one-off large downloads
+    /// does not then lose to each of them in turn. On the bench's Zipf trace this raised the
+    /// byte hit ratio by about a point at the same object hit ratio (bench/README.md).
+    history: HashMap<u64, u32>,
     evicted_items: usize,
     evicted_size: usize,
 }
@@ -109,7 +117,7 @@ impl Gdsf {
                 self.order.remove(&e.priority);
                 (e.freq.saturating_add(1), e.weight)
             }
-            None => (1, 0),
+            None => (self.history.remove(&k).unwrap_or(0).saturating_add(1), 0),
         };
         let priority = self.priority(freq, weight);
         self.order.insert(priority, k);
@@ -124,6 +132,21 @@ impl Gdsf {
         Some(e)
     }
 
+    /// Remember an evicted entry's use count (not one removed on purpose: a purge or an
+    /// object gone from disk says nothing about demand).
+    fn remember(&mut self, k: u64, freq: u32) {
+        if self.history.len() >= HISTORY_LIMIT {
+            self.history.retain(|_, f| {
+                *f /= 2;
+                *f > 0
+            });
+            if self.history.len() >= HISTORY_LIMIT {
+                self.history.clear();
+            }
+        }
+        self.history.insert(k, freq);
+    }
+
     fn admit(&mut self, key: CacheEntryKey, weight: usize) -> Vec<CacheEntryKey> {
         self.insert(key, weight);
         self.evict_to_limit()
@@ -136,6 +159,7 @@ impl Gdsf {
             let Some((&p, &k)) = self.order.iter().next() else { break };
             self.inflation = self.inflation.max(p.value);
             let e = self.take(k).expect("ordered entries are tracked");
+            self.remember(k, e.freq);
             self.evicted_items += 1;
             self.evicted_size += e.weight;
             freed += e.weight;
@@ -150,6 +174,7 @@ impl Gdsf {
             let Some((&p, &k)) = self.order.iter().next() else { break };
             self.inflation = self.inflation.max(p.value);
             let e = self.take(k).expect("ordered entries are tracked");
+            self.remember(k, e.freq);
             self.evicted_items += 1;
             self.evicted_size += e.weight;
             evicted.push(e.key);
@@ -427,6 +452,42 @@ mod tests {
             gone |= admit(&m, n, 100).contains(&0);
         }
         assert!(gone);
+    }
+
+    #[test]
+    fn an_evicted_object_comes_back_with_the_uses_it_had() {
+        let m = DiskEviction::new(300, Path::new("/nonexistent"));
+        admit(&m, 0, 100);
+        for _ in 0..5 {
+            m.access(&key(0), 100, SystemTime::now());
+        }
+        // A long run of one-off objects ages the popular one out in the end.
+        let mut n = 10;
+        while !admit(&m, n, 100).contains(&0) {
+            n += 1;
+            assert!(n < 200, "never aged out");
+        }
+        admit(&m, 0, 100);
+        // Back with its six uses (plus this one), it outlasts the next newcomers of its size;
+        // starting from one use, it would be the third to go.
+        for newcomer in n + 1..n + 4 {
+            assert!(!admit(&m, newcomer, 100).contains(&0));
+        }
+        assert!(m.peek(&key(0)));
+        // Purged on purpose: that says nothing about demand, so nothing is remembered.
+        m.remove(CacheEntryKeyRef::from_entry_id(&key(0).into_key(), None));
+        assert!(!m.inner.lock().history.contains_key(&id(key(0).key())));
+    }
+
+    #[test]
+    fn remembered_uses_are_bounded_and_fade() {
+        let mut g = Gdsf { limit: 0, ..Gdsf::default() };
+        for k in 0..HISTORY_LIMIT as u64 {
+            g.remember(k, if k == 7 { 8 } else { 1 });
+        }
+        g.remember(u64::MAX, 1);
+        assert_eq!(g.history.len(), 2, "counts of one fade to nothing when the history is full");
+        assert_eq!(g.history.get(&7), Some(&4), "others are halved");
     }
 
     #[tokio::test]

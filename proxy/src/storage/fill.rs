@@ -56,7 +56,7 @@ impl HandleMiss for TieredMissHandler {
             }
         }
         if !self.spilled {
-            match self.write.append(self.written, &data) {
+            match self.write.append(self.written, &data).await {
                 // Written bytes are the filesystem's to count now, no longer the reservation's.
                 Ok(()) => {
                     let written = (data.len() as u64).min(self.reserved);

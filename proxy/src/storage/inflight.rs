@@ -103,10 +103,11 @@ pub(crate) struct InflightWrite {
 }
 
 impl InflightWrite {
-    /// Write `data` at `offset` to the file and the window.
-    pub fn append(&self, offset: u64, data: &Bytes) -> std::result::Result<(), StorageError> {
-        self.file
-            .write_all_at(data, offset)
+    /// Write `data` at `offset` to the file (without blocking the worker: see `write`) and
+    /// the window.
+    pub async fn append(&self, offset: u64, data: &Bytes) -> std::result::Result<(), StorageError> {
+        super::write::write_all_at(&self.file, data, offset)
+            .await
             .map_err(|e| StorageError::io(&self.tmp_path, e))?;
         self.recent.lock().push(offset, data.clone());
         Ok(())
@@ -379,12 +380,12 @@ impl HandleHit for PartialHit {
 mod tests {
     use super::*;
 
-    fn fill(data: &[u8]) -> Arc<InflightWrite> {
+    async fn fill(data: &[u8]) -> Arc<InflightWrite> {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("fill.part");
         let file = std::fs::OpenOptions::new().create(true).read(true).write(true).open(&path).unwrap();
         let write = InflightWrites::default().insert([7; 16], (Vec::new(), Vec::new()), file, path);
-        write.append(0, &Bytes::copy_from_slice(data)).unwrap();
+        write.append(0, &Bytes::copy_from_slice(data)).await.unwrap();
         write.publish(data.len() as u64);
         write
     }
@@ -392,7 +393,7 @@ mod tests {
     #[tokio::test]
     async fn a_seek_reads_exactly_its_range_of_a_fill() {
         let data: Vec<u8> = (0..1000u32).map(|i| i as u8).collect();
-        let write = fill(&data);
+        let write = fill(&data).await;
         let mut hit = write.reader();
         hit.seek(100, Some(200)).unwrap();
         // Still filling: the passed range is served without waiting for the end.
@@ -407,7 +408,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_range_past_what_the_fill_held_is_an_error_not_a_hang() {
-        let write = fill(b"0123456789");
+        let write = fill(b"0123456789").await;
         let mut ahead = write.reader();
         // Asked while the fill was running (its length not known yet), for bytes it never got.
         ahead.seek(20, Some(30)).unwrap();

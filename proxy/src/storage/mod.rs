@@ -35,6 +35,7 @@ pub mod eviction;
 mod hit;
 mod inflight;
 mod read;
+mod write;
 pub mod memory;
 
 use std::any::Any;
