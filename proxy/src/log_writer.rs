@@ -19,10 +19,12 @@ use std::time::Duration;
 
 use tracing_subscriber::fmt::MakeWriter;
 
-/// Bytes of lines that may wait for the writer before a thread that logs waits for it.
+/// Bytes of lines that may wait for the writer before a thread that logs waits for it (a
+/// line that crosses it is still taken whole).
 pub const QUEUED_BYTES: usize = 4 << 20;
-/// How long the writer, once woken by a line, lets more lines gather before it writes: the
-/// most a line waits in the buffer while the log's output keeps up.
+/// How long the writer, once woken by a line, lets more lines gather before it writes: about
+/// the most a line waits in the buffer while the log's output keeps up (plus the write of the
+/// batch before it).
 pub const GATHER: Duration = Duration::from_millis(20);
 
 #[derive(Default)]
@@ -118,7 +120,21 @@ pub fn start(out: impl Write + Send + 'static) -> io::Result<(LogWriter, LogWrit
     Ok((LogWriter { shared: shared.clone() }, LogWriterGuard { shared, thread: Some(thread) }))
 }
 
+/// Stops the queue if the writer thread unwinds (a panicking output): threads that log then
+/// get an error instead of waiting forever for room.
+struct StopOnUnwind<'a>(&'a Shared);
+
+impl Drop for StopOnUnwind<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.lock().stopping = true;
+            self.0.has_room.notify_all();
+        }
+    }
+}
+
 fn run(shared: &Shared, mut out: impl Write) {
+    let _stop = StopOnUnwind(shared);
     // Two buffers, swapped: loggers fill one while the other is written.
     let mut batch = Vec::with_capacity(64 * 1024);
     loop {

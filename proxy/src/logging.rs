@@ -233,6 +233,7 @@ mod tests {
     #[test]
     fn log_time_reads_as_tracings_own() {
         // Compared within one second (a try that straddles a second boundary is repeated).
+        let mut tries = Vec::new();
         for _ in 0..3 {
             let mut ours = String::new();
             write_time(&mut ours);
@@ -243,7 +244,8 @@ mod tests {
                 assert!(ours[19..].starts_with('.') && ours.ends_with('Z') && ours[20..26].bytes().all(|b| b.is_ascii_digit()), "{ours}");
                 return;
             }
+            tries.push((ours, theirs));
         }
-        panic!("three tries each crossed a second boundary");
+        panic!("the date and time of day differ (or each try crossed a second): {tries:?}");
     }
 }

@@ -35,8 +35,10 @@ const STATE_MAGIC: &[u8; 8] = b"HGRGDSF1";
 const SIZE_EXPONENT: f64 = 0.5;
 /// Keeps priorities of large objects well above f64 resolution next to `L`.
 const PRIORITY_SCALE: f64 = 1e9;
-/// Evicted entries whose use counts are remembered (about 24 bytes each): past this, every
-/// count is halved and the ones that reach zero are forgotten, so old popularity fades.
+/// Evicted entries whose use counts are remembered (about 35 bytes each with the map's
+/// overhead, 9 MB in all): past this, counts are halved, and the ones that reach zero
+/// forgotten, until half the room is free, so old popularity fades. (Not saved with the
+/// state: a restart starts it empty.)
 const HISTORY_LIMIT: usize = 1 << 18;
 
 /// One tracked entry.
@@ -135,13 +137,13 @@ impl Gdsf {
     /// Remember an evicted entry's use count (not one removed on purpose: a purge or an
     /// object gone from disk says nothing about demand).
     fn remember(&mut self, k: u64, freq: u32) {
+        // Halving until half is free keeps these passes (under the lock hits take) rare.
         if self.history.len() >= HISTORY_LIMIT {
-            self.history.retain(|_, f| {
-                *f /= 2;
-                *f > 0
-            });
-            if self.history.len() >= HISTORY_LIMIT {
-                self.history.clear();
+            while self.history.len() > HISTORY_LIMIT / 2 {
+                self.history.retain(|_, f| {
+                    *f /= 2;
+                    *f > 0
+                });
             }
         }
         self.history.insert(k, freq);

@@ -36,6 +36,8 @@ pub(super) struct TieredMissHandler {
     /// Parsed metadata for the memory tier, if the body ends up small enough for it.
     pub(super) template: Option<MetaTemplate>,
     pub(super) finished: bool,
+    /// The last chunk's write, when it went on to the blocking pool, and its length.
+    pub(super) pending: Option<(super::write::PendingWrite, u64)>,
 }
 
 #[async_trait]
@@ -55,14 +57,13 @@ impl HandleMiss for TieredMissHandler {
                 self.spill("no room left on the cache filesystem");
             }
         }
+        // One chunk's write at most is under way: the one before this must have landed (or
+        // failed) before this one starts, so a slow disk slows the fill, not memory use.
+        self.settle_write().await;
         if !self.spilled {
-            match self.write.append(self.written, &data).await {
-                // Written bytes are the filesystem's to count now, no longer the reservation's.
-                Ok(()) => {
-                    let written = (data.len() as u64).min(self.reserved);
-                    self.storage.disk.release(written);
-                    self.reserved -= written;
-                }
+            match self.write.append(self.written, &data) {
+                Ok(None) => self.written_to_file(data.len() as u64),
+                Ok(Some(pending)) => self.pending = Some((pending, data.len() as u64)),
                 Err(e) => {
                     self.storage.disk.note_write_error(&e);
                     self.spill("the cache filesystem refused the write");
@@ -85,6 +86,7 @@ impl HandleMiss for TieredMissHandler {
     }
 
     async fn finish(mut self: Box<Self>) -> Result<MissFinishType> {
+        self.settle_write().await;
         if self.spilled {
             // Every reader had its bytes; nothing is stored. (Not an error: pingora would cut
             // the client's response. `Appended(0)` adds nothing for eviction to track.)
@@ -141,6 +143,26 @@ impl HandleMiss for TieredMissHandler {
 }
 
 impl TieredMissHandler {
+    /// Wait for the chunk write still under way, if any; a failed one spills the fill.
+    async fn settle_write(&mut self) {
+        let Some((pending, len)) = self.pending.take() else { return };
+        match pending.await.map_err(std::io::Error::other).and_then(|r| r) {
+            Ok(()) => self.written_to_file(len),
+            Err(e) => {
+                let e = StorageError::io(&self.write.tmp_path, e);
+                self.storage.disk.note_write_error(&e);
+                self.spill("the cache filesystem refused the write");
+            }
+        }
+    }
+
+    /// Written bytes are the filesystem's to count now, no longer the reservation's.
+    fn written_to_file(&mut self, len: u64) {
+        let written = len.min(self.reserved);
+        self.storage.disk.release(written);
+        self.reserved -= written;
+    }
+
     /// The disk cannot take the rest of this fill: keep serving its readers, store nothing.
     fn spill(&mut self, why: &str) {
         if self.spilled {

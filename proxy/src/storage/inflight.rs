@@ -20,7 +20,6 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -36,6 +35,7 @@ use pingora::{Error, Result};
 use tokio::sync::watch;
 
 use super::read::ChunkReader;
+use super::write::PendingWrite;
 use super::StorageError;
 
 /// Bytes of the latest chunks of a fill kept in memory for readers at its head.
@@ -103,14 +103,13 @@ pub(crate) struct InflightWrite {
 }
 
 impl InflightWrite {
-    /// Write `data` at `offset` to the file (without blocking the worker: see `write`) and
-    /// the window.
-    pub async fn append(&self, offset: u64, data: &Bytes) -> std::result::Result<(), StorageError> {
-        super::write::write_all_at(&self.file, data, offset)
-            .await
-            .map_err(|e| StorageError::io(&self.tmp_path, e))?;
+    /// Put `data` at `offset` in the window and start writing it to the file (without
+    /// blocking the worker: see `write`). What returns is the part of the write still under
+    /// way, if any: the bytes are in the window meanwhile, and the window always holds the
+    /// latest chunk whole, so a reader that must go to the file never needs them from it.
+    pub fn append(&self, offset: u64, data: &Bytes) -> std::result::Result<Option<PendingWrite>, StorageError> {
         self.recent.lock().push(offset, data.clone());
-        Ok(())
+        super::write::start_write(&self.file, data, offset).map_err(|e| StorageError::io(&self.tmp_path, e))
     }
 
     /// Pass `data` at `offset` to readers through the window only (the fill has spilled).
@@ -385,7 +384,9 @@ mod tests {
         let path = dir.path().join("fill.part");
         let file = std::fs::OpenOptions::new().create(true).read(true).write(true).open(&path).unwrap();
         let write = InflightWrites::default().insert([7; 16], (Vec::new(), Vec::new()), file, path);
-        write.append(0, &Bytes::copy_from_slice(data)).await.unwrap();
+        if let Some(pending) = write.append(0, &Bytes::copy_from_slice(data)).unwrap() {
+            pending.await.unwrap().unwrap();
+        }
         write.publish(data.len() as u64);
         write
     }

@@ -313,6 +313,7 @@ impl Storage for TieredStorage {
             memory_chunks: (self.memory_max_object > 0).then(Vec::new),
             template: Some(MetaTemplate::from_meta(meta)),
             finished: false,
+            pending: None,
         }))
     }
 

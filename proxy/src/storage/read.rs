@@ -42,6 +42,10 @@ const READ_AHEAD_CHUNKS: u64 = 8;
 /// every read then goes to the blocking pool.
 static NOWAIT_UNSUPPORTED: AtomicBool = AtomicBool::new(false);
 
+// File offsets are passed to the kernel as `off_t`: only where it is 64 bits wide does every
+// `u64` offset of a cache file fit.
+const _: () = assert!(std::mem::size_of::<libc::off_t>() == 8);
+
 /// Reads chunks of one file, reusing its buffer between chunks.
 pub(crate) struct ChunkReader {
     file: Arc<File>,

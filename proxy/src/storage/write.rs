@@ -21,11 +21,20 @@ use bytes::Bytes;
 /// most filesystems, network filesystems): every chunk then goes to the blocking pool.
 static NOWAIT_UNSUPPORTED: AtomicBool = AtomicBool::new(false);
 
-/// Write all of `data` at `offset` of `file`, never blocking the calling (worker) thread.
+// File offsets are passed to the kernel as `off_t`: only where it is 64 bits wide does every
+// `u64` offset of a cache file fit.
+const _: () = assert!(std::mem::size_of::<libc::off_t>() == 8);
+
+/// A write that went on to the blocking pool; it resolves to the write's result.
+pub(crate) type PendingWrite = tokio::task::JoinHandle<io::Result<()>>;
+
+/// Start writing all of `data` at `offset` of `file` without blocking the calling (worker)
+/// thread: `None` when the kernel took it all inline, else the rest's write on the blocking
+/// pool, for the caller to await when it must know the bytes are in the file.
 ///
-/// Errors are the write's own (`ENOSPC`, `EIO`, ...); a blocking-pool task that could not run
-/// is an `io::Error` of kind `Other`.
-pub(crate) async fn write_all_at(file: &Arc<File>, data: &Bytes, offset: u64) -> io::Result<()> {
+/// Errors are the write's own (`ENOSPC`, `EIO`, ...), here or from the pending write; a
+/// blocking-pool task that could not run is an `io::Error` of kind `Other`.
+pub(crate) fn start_write(file: &Arc<File>, data: &Bytes, offset: u64) -> io::Result<Option<PendingWrite>> {
     let mut done = 0;
     if !NOWAIT_UNSUPPORTED.load(Ordering::Relaxed) {
         while done < data.len() {
@@ -43,10 +52,20 @@ pub(crate) async fn write_all_at(file: &Arc<File>, data: &Bytes, offset: u64) ->
         }
     }
     if done == data.len() {
-        return Ok(());
+        return Ok(None);
     }
     let (file, rest) = (file.clone(), data.slice(done..));
-    tokio::task::spawn_blocking(move || file.write_all_at(&rest, offset + done as u64)).await.map_err(io::Error::other)?
+    Ok(Some(tokio::task::spawn_blocking(move || file.write_all_at(&rest, offset + done as u64))))
+}
+
+/// Write all of `data` at `offset` of `file` and wait for it, never blocking the calling
+/// (worker) thread. Errors as [`start_write`].
+#[cfg(test)]
+pub(crate) async fn write_all_at(file: &Arc<File>, data: &Bytes, offset: u64) -> io::Result<()> {
+    match start_write(file, data, offset)? {
+        None => Ok(()),
+        Some(pending) => pending.await.map_err(io::Error::other)?,
+    }
 }
 
 /// One `pwritev2(RWF_NOWAIT)`: how much of `data` the kernel took without waiting.
