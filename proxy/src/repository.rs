@@ -65,6 +65,8 @@ pub struct Repository {
     pub breaker: Arc<Breaker>,
     /// Whether files derived from stored artefacts are served and announced (`derive_files`).
     pub derive_files: bool,
+    /// Whether `https` upstreams are offered HTTP/2 (`upstream_http2`).
+    pub upstream_http2: bool,
 }
 
 impl Repository {
@@ -115,6 +117,7 @@ impl Repository {
             metrics: repo_metrics,
             breaker: Arc::new(breaker),
             derive_files: cfg.derive_files,
+            upstream_http2: cfg.upstream_http2,
         })
     }
 

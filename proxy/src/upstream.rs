@@ -80,6 +80,21 @@ pub fn make_peer(up: &UpstreamUrl, addr: SocketAddr, timeouts: &TimeoutConfig) -
     Box::new(peer)
 }
 
+/// Streams one HTTP/2 connection to an upstream carries at once before pingora opens another.
+/// Registries allow 100 or more (RFC 9113 §6.5.2 recommends at least 100).
+pub const H2_STREAMS: usize = 100;
+
+/// Offer HTTP/2 to a TLS upstream (ALPN `h2`, then `http/1.1`), with up to [`H2_STREAMS`]
+/// requests sharing each connection. Plain-HTTP upstreams are left on HTTP/1.1 (there is no
+/// ALPN to offer it with, and prior-knowledge h2c would break every HTTP/1.1-only server).
+/// Only for the proxy's own fetches: its side requests (`crate::client`) speak HTTP/1.1.
+pub fn offer_http2(peer: &mut HttpPeer) {
+    if peer.is_tls() {
+        peer.options.set_http_version(2, 1);
+        peer.options.max_h2_streams = H2_STREAMS;
+    }
+}
+
 pub type SharedResolver = Arc<Resolver>;
 
 /// Whether an upstream's redirect may send the proxy to `ip`: not to loopback, private (RFC

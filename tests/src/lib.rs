@@ -3,6 +3,8 @@
 //! * [`Upstream`]: a controllable HTTP/1.1 origin on 127.0.0.1:0 (per-path bodies, generated
 //!   bodies of any size, truncation, gates that hold a body mid-way, status codes, redirects),
 //!   counting the requests it sees.
+//! * [`h2_upstream::H2Upstream`]: an HTTPS origin that speaks only HTTP/2, recording each
+//!   request's connection.
 //! * [`Proxy`]: the real `hangar-proxy` binary on port 0, with its own cache dir; killed on drop.
 //! * [`http`]: a small HTTP/1.1 client that can read a body incrementally.
 //! * [`clients`]: real package managers and the live registries they are configured for.
@@ -11,6 +13,7 @@
 
 pub mod client;
 pub mod clients;
+pub mod h2_upstream;
 pub mod proxy;
 pub mod services;
 pub mod tls;

@@ -68,6 +68,11 @@ pub struct RepositoryConfig {
     /// them and announce them in the index pages it serves (`pypi`: each stored wheel's core
     /// metadata, PEP 658, so pip and uv resolve without downloading wheels). On by default.
     pub derive_files: bool,
+    /// Offer HTTP/2 to an `https` upstream (ALPN `h2`, then `http/1.1`): the requests of many
+    /// clients to one upstream then share one connection, and one TLS handshake, instead of
+    /// opening one each. An upstream that does not offer HTTP/2 is spoken to in HTTP/1.1 as
+    /// before. On by default.
+    pub upstream_http2: bool,
 }
 
 impl Default for RepositoryConfig {
@@ -83,6 +88,7 @@ impl Default for RepositoryConfig {
             redirect_hosts: None,
             allow_private_redirects: false,
             derive_files: true,
+            upstream_http2: true,
             pins: BTreeMap::new(),
             token_realms: Vec::new(),
             credentials: None,

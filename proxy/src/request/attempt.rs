@@ -334,6 +334,9 @@ impl HangarProxy {
             return Err(e.into_up());
         }
         let mut peer = make_peer(&target.url, addr, &repo.timeouts);
+        if attempt.hop == Hop::Upstream && repo.upstream_http2 {
+            crate::upstream::offer_http2(&mut peer);
+        }
         if std::mem::take(&mut attempt.fresh) {
             // A pool key nothing else uses, and no keeping the connection afterwards.
             peer.group_key = FRESH_POOL_KEY.fetch_sub(1, Ordering::Relaxed);
