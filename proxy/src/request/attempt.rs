@@ -354,7 +354,7 @@ impl HangarProxy {
         let target = attempt.target.as_ref().ok_or_else(|| Error::explain(ErrorType::InternalError, "no target"))?;
         req.set_uri(target.path.parse().map_err(|e| Error::because(ErrorType::InternalError, "bad upstream URI", e))?);
         req.insert_header(header::HOST, target.url.host_header())?;
-        // cargo sends `Upgrade: h2c` over plain HTTP; the proxy speaks HTTP/1.1 upstream.
+        // cargo sends `Upgrade: h2c` over plain HTTP; upstreams get HTTP/2 only through ALPN (TLS).
         req.remove_header(&header::UPGRADE);
         let mut names = Vec::new();
         super::strip_hop_by_hop(&session.req_header().headers, &["keep-alive", "proxy-connection", "proxy-authorization", "te"], |n| names.push(n.clone()));
