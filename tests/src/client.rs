@@ -56,6 +56,26 @@ impl Streaming {
         Ok(Some(buf))
     }
 
+    /// Read ahead until at least `min` bytes of body have arrived (chunked framing decoded),
+    /// keeping them for [`Streaming::chunk`] and [`Streaming::collect`]: lets a test wait for
+    /// what a server has streamed so far without consuming it. An error if the connection
+    /// ends first.
+    pub async fn read_ahead(&mut self, min: usize) -> std::io::Result<()> {
+        let chunked = self.is_chunked();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let have = if chunked { decode_chunked(&self.buffered).0.len() } else { self.buffered.len() };
+            if have >= min {
+                return Ok(());
+            }
+            let n = self.sock.read(&mut buf).await?;
+            if n == 0 {
+                return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, format!("connection closed after {have} bytes of body")));
+            }
+            self.buffered.extend_from_slice(&buf[..n]);
+        }
+    }
+
     /// Read the rest of the body, calling `f` on each piece; returns (bytes, truncated).
     pub async fn drain(mut self, mut f: impl FnMut(u64, &[u8])) -> (u64, bool) {
         loop {

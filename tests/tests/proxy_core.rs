@@ -155,16 +155,23 @@ async fn a_cut_chunked_fill_is_an_error_to_every_reader_not_a_short_object() {
     let proxy = Proxy::builder(dir.path()).upstream("/", &up.url()).start();
 
     // Both response heads arrive while the upstream holds the body: the fill is in progress
-    // and the second request is reading it. (Bodies are read whole below, to decode framing.)
-    let writer = http(proxy.addr, "GET", "/chunky", &[]).await.unwrap();
+    // and the second request is reading it. Both are streamed what the upstream has sent so
+    // far before the upstream goes on (and cuts): once it fails, pingora ends the writer's
+    // response where it stands, so this is the only point at which "streamed, not held back
+    // until complete" can be seen without a race.
+    let mut writer = http(proxy.addr, "GET", "/chunky", &[]).await.unwrap();
     assert!(writer.is_chunked());
-    let joined = http(proxy.addr, "GET", "/chunky", &[]).await.unwrap();
+    let mut joined = http(proxy.addr, "GET", "/chunky", &[]).await.unwrap();
     assert_eq!(joined.header("x-hangar-cache"), Some("hit"), "joined the fill in progress");
+    for (who, resp) in [("writer", &mut writer), ("joined reader", &mut joined)] {
+        let streamed = tokio::time::timeout(GUARD, resp.read_ahead(128 * 1024)).await.unwrap();
+        streamed.unwrap_or_else(|e| panic!("{who} is streamed the bytes sent before the upstream paused: {e}"));
+    }
     gate.add_permits(1);
     for (who, resp) in [("writer", writer), ("joined reader", joined)] {
         let r = tokio::time::timeout(GUARD, resp.collect()).await.unwrap();
         assert!(r.truncated, "{who}: the cut body ended with a terminating chunk ({} bytes), as if complete", r.body.len());
-        assert!(r.body.len() >= 128 * 1024, "{who} received the bytes sent before the cut");
+        assert!(r.body.len() >= 128 * 1024, "{who} kept the bytes sent before the cut (got {})", r.body.len());
         assert!(r.body[..] == pattern(4, r.body.len() as u64)[..]);
     }
     assert_eq!(up.hits("/chunky"), 1);
