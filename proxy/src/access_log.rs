@@ -96,11 +96,30 @@ fn push_fields(line: &mut String, o: &Outcome<'_>) {
     line.push_str(o.upstream_error.unwrap_or("-"));
     line.push_str(" client=");
     match o.client {
-        Some(addr) => {
+        Some(addr) => push_addr(line, &addr, &mut n),
+        None => line.push('-'),
+    }
+}
+
+/// `address:port` as `SocketAddr`'s `Display` writes it; IPv4 octet by octet (its `Display`
+/// alone was a fifth of an access line's cost), IPv6 through `Display`.
+fn push_addr(line: &mut String, addr: &std::net::SocketAddr, n: &mut itoa::Buffer) {
+    match addr {
+        std::net::SocketAddr::V4(v4) => {
+            let [a, b, c, d] = v4.ip().octets();
+            for (i, octet) in [a, b, c, d].into_iter().enumerate() {
+                if i > 0 {
+                    line.push('.');
+                }
+                line.push_str(n.format(octet));
+            }
+            line.push(':');
+            line.push_str(n.format(v4.port()));
+        }
+        std::net::SocketAddr::V6(_) => {
             use std::fmt::Write;
             let _ = write!(line, "{addr}");
         }
-        None => line.push('-'),
     }
 }
 
@@ -207,6 +226,16 @@ mod tests {
             Fields(&outcome(&head, false)).to_string(),
             "repository=pypi method=HEAD path=/pypi/simple/x/?a=1 status=200 cache=miss bytes=1234567 upstream_status=- upstream_ms=- upstream_error=connect client=-"
         );
+    }
+
+    #[test]
+    fn client_addresses_are_written_as_display_writes_them() {
+        for addr in ["127.0.0.1:4000", "10.255.0.9:65535", "0.0.0.0:0", "[::1]:443", "[2001:db8::8a2e:370:7334]:8080"] {
+            let addr: std::net::SocketAddr = addr.parse().unwrap();
+            let mut line = String::new();
+            push_addr(&mut line, &addr, &mut itoa::Buffer::new());
+            assert_eq!(line, addr.to_string());
+        }
     }
 
     #[test]

@@ -71,6 +71,11 @@ impl DigestIndex {
         self.learned.lock().contains(listing)
     }
 
+    /// Whether no listing is being read right now (what [`DigestIndex::settle`] waits for).
+    pub fn settled(&self) -> bool {
+        self.pending.load(std::sync::atomic::Ordering::Acquire) == 0
+    }
+
     /// Wait (at most `limit`) until no listing is being read: a digest not known yet may be
     /// in one that has arrived but is still being unpacked.
     pub async fn settle(&self, limit: std::time::Duration) {

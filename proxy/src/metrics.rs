@@ -69,6 +69,9 @@ pub struct Metrics {
     pub links_bypassing: IntCounterVec,
     /// Responses cut short because the client went away (logged at debug, not as errors).
     pub client_disconnects: IntCounter,
+    /// Fresh memory-tier hits answered before pingora's cache phases (`request::fast_hit`):
+    /// a share of the `hit`s in `cache_results`, the rest went the full way.
+    pub fast_hits: IntCounter,
 }
 
 impl Metrics {
@@ -128,6 +131,8 @@ impl Metrics {
         registry.register(Box::new(connections.refused.clone())).expect("unique metric");
         let client_disconnects = IntCounter::new("client_disconnects_total", "Responses cut short because the client disconnected").expect("valid metric");
         registry.register(Box::new(client_disconnects.clone())).expect("unique metric");
+        let fast_hits = IntCounter::new("cache_fast_hits_total", "Fresh memory-tier hits answered before the cache phases (a share of cache_results_total's hits)").expect("valid metric");
+        registry.register(Box::new(fast_hits.clone())).expect("unique metric");
         Metrics {
             registry,
             requests,
@@ -159,6 +164,7 @@ impl Metrics {
             links_bypassing,
             connections,
             client_disconnects,
+            fast_hits,
         }
     }
 

@@ -316,6 +316,8 @@ impl HangarProxy {
     pub(super) fn result(&self, session: &Session, ctx: &RequestCtx) -> CacheResult {
         if ctx.cache.served_stale {
             CacheResult::Stale
+        } else if ctx.cache.fast_hit {
+            CacheResult::Hit
         } else {
             ctx.local.unwrap_or_else(|| cache_result(session.cache.phase()))
         }

@@ -64,6 +64,9 @@ pub struct CacheState {
     /// The upstream's 304 to a revalidation, merged into the stored headers before they are
     /// judged again.
     pub not_modified: Option<Box<ResponseHeader>>,
+    /// A fresh memory-tier hit answered before pingora's cache phases ([`super::fast_hit`]):
+    /// reported as the hit it is, though pingora's cache never ran.
+    pub fast_hit: bool,
 }
 
 /// A document being collected whole, to be rewritten.

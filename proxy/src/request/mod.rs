@@ -2,7 +2,7 @@
 //!
 //! | phase | module | what it decides |
 //! |---|---|---|
-//! | `request_filter` | [`admission`], [`resolution`] ([`pointer`]) | who sent it, which repository, what the format makes of it |
+//! | `request_filter` | [`admission`], [`resolution`] ([`pointer`]), [`fast_hit`] | who sent it, which repository, what the format makes of it; a fresh memory-tier hit answered at once |
 //! | `request_cache_filter`, `cache_key_callback`, `cache_hit_filter`, `cache_vary_filter` | [`cache`], [`range_ahead`] | cache key and variant, whether a stored copy may answer |
 //! | `proxy_upstream_filter` | [`body`], [`attempt`] | the digest a fetch must have; peer, origin, upstream |
 //! | `upstream_peer` .. `upstream_response_filter`, `error_while_proxy`, `fail_to_connect` | [`attempt`] | each try, and the next |
@@ -20,6 +20,7 @@ mod cache;
 mod ctx;
 mod derive;
 mod explain;
+mod fast_hit;
 mod local;
 mod origin_copy;
 mod outcome;
@@ -161,7 +162,7 @@ impl ProxyHttp for HangarProxy {
             Err(reply) => Err(reply),
         };
         match resolved {
-            Ok(()) => Ok(false),
+            Ok(()) => self.fast_hit(session, ctx).await,
             // Boxed: a local answer is the rare path, and its future would otherwise be part
             // of every request's (see `RequestCtx` on why their size matters).
             Err(reply) => Box::pin(local::respond(session, ctx, reply)).await,

@@ -128,7 +128,7 @@ impl HandleMiss for TieredMissHandler {
         self.storage.note_variant(&self.compact);
         if let (Some(chunks), Some(meta)) = (self.memory_chunks.take(), self.template.take()) {
             let body = join_chunks(chunks, self.written as usize);
-            self.storage.memory.put(&self.write.key_bin, Arc::new(MemoryObject { meta, body }));
+            self.storage.memory.put(&self.write.key_bin, Arc::new(MemoryObject::new(meta, body)));
         }
         self.finished = true;
         self.storage.inflight.remove(&self.write);

@@ -62,6 +62,27 @@ impl MetaTemplate {
         m
     }
 
+    /// The stored response head (status and fields, as the upstream sent them).
+    pub fn header(&self) -> &ResponseHeader {
+        &self.header
+    }
+
+    /// Until when the response is fresh (RFC 9111 §4.2).
+    pub fn fresh_until(&self) -> SystemTime {
+        self.fresh_until
+    }
+
+    /// What `Age` counts from: the last time the stored response was known current (its
+    /// storing, or its last revalidation), as pingora's `CacheMeta::epoch`.
+    pub fn epoch(&self) -> SystemTime {
+        self.epoch.unwrap_or(self.created)
+    }
+
+    /// The variant this response is stored as, when the upstream's `Vary` applies.
+    pub fn variance(&self) -> Option<HashBinary> {
+        self.variance
+    }
+
     fn approx_size(&self) -> usize {
         self.header.headers.iter().map(|(k, v)| k.as_str().len() + v.len() + 32).sum::<usize>() + 128
     }
@@ -70,11 +91,19 @@ impl MetaTemplate {
 pub struct MemoryObject {
     pub meta: MetaTemplate,
     pub body: Bytes,
+    /// The response head as a hit serves it, made once by whoever serves hits from memory
+    /// (`request::fast_hit`): each hit then clones a finished head instead of rebuilding it.
+    pub served_head: std::sync::OnceLock<ResponseHeader>,
 }
 
 impl MemoryObject {
+    pub fn new(meta: MetaTemplate, body: Bytes) -> Self {
+        MemoryObject { meta, body, served_head: std::sync::OnceLock::new() }
+    }
+
+    /// Bytes it holds: the body, and its head about twice (stored and as served).
     fn size(&self) -> u64 {
-        (self.body.len() + self.meta.approx_size()) as u64
+        (self.body.len() + 2 * self.meta.approx_size()) as u64
     }
 }
 
@@ -164,10 +193,7 @@ impl MemoryTier {
         if let Some(old) = self.get(key) {
             self.put(
                 key,
-                Arc::new(MemoryObject {
-                    meta: MetaTemplate::from_meta(meta),
-                    body: old.body.clone(),
-                }),
+                Arc::new(MemoryObject::new(MetaTemplate::from_meta(meta), old.body.clone())),
             );
         }
     }

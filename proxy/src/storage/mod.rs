@@ -157,6 +157,16 @@ impl TieredStorage {
         &self.memory
     }
 
+    /// The complete object the memory tier holds for `key` (its combined hash), unless a
+    /// fill of that key is under way: then the fill is what a lookup answers with (see
+    /// `lookup`), and the caller must go through it.
+    pub fn in_memory(&self, key: &HashBinary) -> Option<Arc<MemoryObject>> {
+        if self.inflight.latest(key).is_some() {
+            return None;
+        }
+        self.memory.get(key)
+    }
+
     fn note_variant(&self, key: &CompactCacheKey) {
         if key.variance.is_some() {
             let mut v = self.variants.lock();
@@ -243,10 +253,7 @@ impl Storage for TieredStorage {
             let body = Bytes::from(body);
             self.memory.put(
                 &bin,
-                Arc::new(MemoryObject {
-                    meta: MetaTemplate::from_meta(&meta),
-                    body: body.clone(),
-                }),
+                Arc::new(MemoryObject::new(MetaTemplate::from_meta(&meta), body.clone())),
             );
             return Ok(Some((meta, Box::new(MemoryHit::new(body)))));
         }
