@@ -100,6 +100,36 @@ fn merge_not_modified(stored: &ResponseHeader, not_modified: &ResponseHeader) ->
     merged
 }
 
+/// What a stored copy's digest says of it for one request.
+pub(super) enum CopyVerdict {
+    /// It may answer (as far as digests go).
+    Fits,
+    /// The request names a digest (`?sha256=`, a pin, a digest in the URL) and this copy was
+    /// not verified against it.
+    NotAsked,
+    /// The request names none, and the artefact's index now lists this digest, not the
+    /// copy's: it was rebuilt upstream under the same name.
+    Relisted(hangar_core::Digest),
+}
+
+/// Judge the stored copy whose `DIGEST_HEADER` value `stored` gives (absent: never verified)
+/// against the digest the request names, else the one its index lists now. One judgement for
+/// `judge_hit` and the fast path, which act on it differently.
+pub(super) fn judge_copy<'m>(ctx: &RequestCtx, stored: impl Fn() -> Option<&'m str>) -> CopyVerdict {
+    let Some((repo, route)) = ctx.routed() else { return CopyVerdict::Fits };
+    if let Some(expected) = ctx.body.expected.as_ref() {
+        return if stored() == Some(expected.to_string().as_str()) { CopyVerdict::Fits } else { CopyVerdict::NotAsked };
+    }
+    if route.resolved.learned_digest || route.resolved.digest_from.is_some() {
+        if let Some(listed) = repo.digests.get(&route.resolved.key_path) {
+            if !stored().is_some_and(|s| listed.is_written_as(s)) {
+                return CopyVerdict::Relisted(listed);
+            }
+        }
+    }
+    CopyVerdict::Fits
+}
+
 impl HangarProxy {
     /// `request_cache_filter`: GET and HEAD of a routed request use the cache.
     pub(super) fn enable_cache(&self, session: &mut Session, ctx: &RequestCtx) {
@@ -122,15 +152,14 @@ impl HangarProxy {
         // Whether a stale copy may stand in is worth parsing only for a stale copy.
         let forbidden = !is_fresh && crate::freshness::forbids_stale(repo.freshness.cache_control(meta.headers()).0.as_ref());
         ctx.cache.found_unservable_stale = forbidden;
+        let stored = || meta.headers().get(DIGEST_HEADER).and_then(|v| v.to_str().ok());
+        let copy = judge_copy(ctx, stored);
         // A request that names a digest (`?sha256=`, a pin, a digest in the URL) is served only
         // a copy verified against that digest; any other is fetched again, in full, and verified
         // (offline, that is a 504: the copy at hand is not the one asked for).
-        if let Some(expected) = ctx.body.expected.as_ref() {
-            let stored = meta.headers().get(DIGEST_HEADER).and_then(|v| v.to_str().ok());
-            if stored != Some(expected.to_string().as_str()) {
-                ctx.cache.refetch = true;
-                return Some(ForcedFreshness::ForceExpired);
-            }
+        if matches!(copy, CopyVerdict::NotAsked) {
+            ctx.cache.refetch = true;
+            return Some(ForcedFreshness::ForceExpired);
         }
         // Offline, or the proxy reading its own cache back: whatever is cached is served,
         // however old, and nothing is fetched or refreshed.
@@ -145,17 +174,12 @@ impl HangarProxy {
         // rebuilt upstream (an apt pool file republished, a gem pushed again): the copy at
         // hand is stale, whatever its freshness says. Fetched again and verified against
         // what the index lists now. (Offline, the copy at hand is served, above.)
-        if ctx.body.expected.is_none() && (route.resolved.learned_digest || route.resolved.digest_from.is_some()) {
-            if let Some(listed) = repo.digests.get(&route.resolved.key_path) {
-                let stored = meta.headers().get(DIGEST_HEADER).and_then(|v| v.to_str().ok());
-                if !stored.is_some_and(|s| listed.is_written_as(s)) {
-                    self.metrics.relisted.with_label_values(&[&repo.name]).inc();
-                    tracing::info!(repository = %repo.name, artefact = %route.resolved.key_path, stored = stored.unwrap_or("unverified"), listed = %listed, "the index lists another digest than the cached copy's: fetching it again");
-                    ctx.body.expected = Some(listed);
-                    ctx.cache.refetch = true;
-                    return Some(ForcedFreshness::ForceExpired);
-                }
-            }
+        if let CopyVerdict::Relisted(listed) = copy {
+            self.metrics.relisted.with_label_values(&[&repo.name]).inc();
+            tracing::info!(repository = %repo.name, artefact = %route.resolved.key_path, stored = stored().unwrap_or("unverified"), listed = %listed, "the index lists another digest than the cached copy's: fetching it again");
+            ctx.body.expected = Some(listed);
+            ctx.cache.refetch = true;
+            return Some(ForcedFreshness::ForceExpired);
         }
         // A document written before more of its group's files were derived is fetched again,
         // in full, to announce them; the copy at hand stands in if the upstream fails.

@@ -39,6 +39,7 @@ use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 use pingora::proxy::Session;
 
+use super::cache::{judge_copy, CopyVerdict};
 use super::derive::DERIVED_COUNT_HEADER;
 use super::{HangarProxy, RequestCtx};
 
@@ -98,21 +99,14 @@ impl HangarProxy {
         if !stored.contains_key(header::CONTENT_LENGTH) || stored.contains_key(header::TRANSFER_ENCODING) {
             return None;
         }
+        // Verified against the digest the request names, else the one its index lists now
+        // (once no listing is still being read: `cache_hit_filter` waits for that).
+        if ctx.body.expected.is_none() && (r.learned_digest || r.digest_from.is_some()) && !repo.digests.settled() {
+            return None;
+        }
         let stored_digest = || meta.header().headers.get(DIGEST_HEADER).and_then(|v| v.to_str().ok());
-        // The digest the request names, else the one its index lists now (as `judge_hit`).
-        if let Some(expected) = ctx.body.expected.as_ref() {
-            if stored_digest() != Some(expected.to_string().as_str()) {
-                return None;
-            }
-        } else if r.learned_digest || r.digest_from.is_some() {
-            if !repo.digests.settled() {
-                return None;
-            }
-            if let Some(listed) = repo.digests.get(&r.key_path) {
-                if !stored_digest().is_some_and(|s| listed.is_written_as(s)) {
-                    return None;
-                }
-            }
+        if !matches!(judge_copy(ctx, stored_digest), CopyVerdict::Fits) {
+            return None;
         }
         let served = obj.served_head.get_or_init(|| served_head(meta.header()));
         let mut resp = Box::new(served.clone());
