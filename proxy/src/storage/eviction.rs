@@ -104,11 +104,17 @@ fn id(key: &CompactCacheKey) -> u64 {
     h
 }
 
+/// GDSF's priority: the inflation so far plus uses over size^SIZE_EXPONENT; `seq` orders ties
+/// (older first).
+fn priority(inflation: f64, seq: u64, freq: u32, weight: usize) -> Priority {
+    let size = (weight.max(1) as f64).powf(SIZE_EXPONENT);
+    Priority { value: inflation + freq as f64 * PRIORITY_SCALE / size, seq }
+}
+
 impl Gdsf {
     fn priority(&mut self, freq: u32, weight: usize) -> Priority {
         self.seq += 1;
-        let size = (weight.max(1) as f64).powf(SIZE_EXPONENT);
-        Priority { value: self.inflation + freq as f64 * PRIORITY_SCALE / size, seq: self.seq }
+        priority(self.inflation, self.seq, freq, weight)
     }
 
     /// Track `key` (or count a use and update its weight if tracked), without evicting.
@@ -187,10 +193,18 @@ impl Gdsf {
     /// A hit. An entry storage has but eviction lost track of is tracked again; it does not
     /// evict here, because pingora purges only what `admit` returns. The next fill does.
     fn access(&mut self, key: &CacheEntryKey, weight: usize) -> bool {
-        let known = self.entries.contains_key(&id(key.key()));
-        let weight = self.entries.get(&id(key.key())).map_or(weight, |e| e.weight);
-        self.insert(key.clone(), weight);
-        known
+        let k = id(key.key());
+        // The usual case, a tracked entry, is updated in place: one lookup, no key cloned.
+        let Some(e) = self.entries.get_mut(&k) else {
+            self.insert(key.clone(), weight);
+            return false;
+        };
+        self.seq += 1;
+        self.order.remove(&e.priority);
+        e.freq = e.freq.saturating_add(1);
+        e.priority = priority(self.inflation, self.seq, e.freq, e.weight);
+        self.order.insert(e.priority, k);
+        true
     }
 
     /// Entries from first to last to be evicted, for persistence.
