@@ -82,7 +82,7 @@ impl DigestIndex {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
             let notified = self.settled.notified();
-            if self.pending.load(std::sync::atomic::Ordering::Acquire) == 0 {
+            if self.settled() {
                 return;
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
