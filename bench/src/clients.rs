@@ -1,9 +1,13 @@
 //! The `clients` scenario: real package clients run their usual job (the inputs under
-//! `bench/clients/`) direct to the registries this machine's own clients are configured for,
-//! through a cold Hangar (a new proxy on an empty cache) and through the same Hangar warm.
-//! Every run starts with an empty client cache, so only the proxy's cache differs. Hangar runs
-//! the shipped configuration with its upstreams set to those registries; rounds interleave
-//! direct, cold and warm so a registry's or the machine's drift hits all three alike.
+//! `bench/clients/`) direct to a registry, through a cold Hangar (a new proxy on an empty
+//! cache) and through the same Hangar warm. Every run starts with an empty client cache, so
+//! only the proxy's cache differs. Hangar runs the shipped configuration with its upstreams
+//! set to the same registries; rounds interleave direct, cold and warm so a registry's or the
+//! machine's drift hits all three alike.
+//!
+//! Two kinds of registry: the fixture mirror (a snapshot of the jobs' real packages served by
+//! nginx on loopback, [`crate::mirror`]), where the proxy's own overhead shows, and the live
+//! registries this machine's clients are configured for, where the internet's round trips do.
 //!
 //! Upstream URLs are discovered, never written here: pip's default index, npm's configured
 //! registry, the sparse index cargo has cached under `$CARGO_HOME/registry/index/`, the first
@@ -33,12 +37,22 @@ pub enum Job {
     Apt,
 }
 
-const JOBS: [Job; 5] = [Job::Pip, Job::Uv, Job::Npm, Job::Cargo, Job::Apt];
+/// Every job, in the order they run.
+pub const JOBS: [Job; 5] = [Job::Pip, Job::Uv, Job::Npm, Job::Cargo, Job::Apt];
+
+impl Job {
+    /// A job by its name (`pip`, `uv`, `npm`, `cargo`, `apt`).
+    pub fn parse(name: &str) -> Option<Job> {
+        JOBS.into_iter().find(|j| format!("{j:?}").eq_ignore_ascii_case(name))
+    }
+}
 
 /// One job's result: medians over the rounds (seconds) and the ratios to direct.
 #[derive(Debug, Serialize)]
 pub struct ClientResult {
     pub job: Job,
+    /// `mirror` or `live`.
+    pub against: &'static str,
     pub direct_secs: Vec<f64>,
     pub cold_secs: Vec<f64>,
     pub warm_secs: Vec<f64>,
@@ -46,12 +60,18 @@ pub struct ClientResult {
     pub warm_ratio: f64,
 }
 
-/// The registries this machine's clients use (see the module docs).
-struct Registries {
-    pypi: Option<(String, String)>,
-    npm: Option<String>,
-    cargo: Option<(String, String)>,
-    debian: Option<(String, String)>,
+/// The registries a run goes to (see the module docs): each `None` when there is none.
+pub(crate) struct Registries {
+    /// PyPI's simple index URL (ending in `/`) and its file host's base URL.
+    pub(crate) pypi: Option<(String, String)>,
+    /// npm's registry URL, ending in `/`.
+    pub(crate) npm: Option<String>,
+    /// cargo's sparse index URL (ending in `/`) and its `dl`.
+    pub(crate) cargo: Option<(String, String)>,
+    /// A Debian archive's URI and suite.
+    pub(crate) debian: Option<(String, String)>,
+    /// A fixture mirror: cargo then needs crates-io replaced even when going direct.
+    pub(crate) mirror: bool,
 }
 
 fn output(cmd: &mut Command) -> Option<String> {
@@ -70,7 +90,7 @@ impl Registries {
             let r = r.lines().last()?.trim().to_string();
             r.starts_with("http").then(|| if r.ends_with('/') { r } else { r + "/" })
         });
-        Registries { pypi, npm, cargo: cargo_index(), debian: debian_mirror() }
+        Registries { pypi, npm, cargo: cargo_index(), debian: debian_mirror(), mirror: false }
     }
 
     /// The environment the shipped configuration reads its upstreams from.
@@ -158,6 +178,12 @@ impl Drop for Hangar {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(keep) = std::env::var_os("HANGAR_BENCH_KEEP_LOGS") {
+            static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+            let _ = std::fs::create_dir_all(&keep);
+            let dest = Path::new(&keep).join(format!("hangar-{}-{}.log", std::process::id(), N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)));
+            let _ = std::fs::copy(self._dir.path().join("hangar.log"), dest);
+        }
     }
 }
 
@@ -169,10 +195,12 @@ impl Hangar {
             .arg("--config")
             .arg(crate::peers::shipped_config())
             .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--log", "warn", "--cache-dir"])
-            .arg(dir.path())
+            .arg(dir.path().join("cache"))
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            // Its log (access log included) goes to a file beside its cache, copied on exit to
+            // the directory HANGAR_BENCH_KEEP_LOGS names, if it names one.
+            .stderr(std::fs::File::create(dir.path().join("hangar.log"))?)
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;
         let mut lines = std::io::BufReader::new(child.stdout.take().context("proxy stdout")?).lines();
@@ -184,13 +212,13 @@ impl Hangar {
 }
 
 /// The committed inputs of the jobs.
-fn inputs() -> PathBuf {
+pub(crate) fn inputs() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("clients")
 }
 
 /// Run `job` once with an empty client cache in `scratch`, against `proxy` (its address) or
 /// direct. Returns the wall time; fails with the client's output if the client fails.
-fn run_job(job: Job, reg: &Registries, proxy: Option<&str>, scratch: &Path) -> anyhow::Result<Duration> {
+pub(crate) fn run_job(job: Job, reg: &Registries, proxy: Option<&str>, scratch: &Path) -> anyhow::Result<Duration> {
     let _ = std::fs::remove_dir_all(scratch);
     std::fs::create_dir_all(scratch)?;
     let input = inputs();
@@ -225,8 +253,13 @@ fn run_job(job: Job, reg: &Registries, proxy: Option<&str>, scratch: &Path) -> a
             std::fs::write(scratch.join("project/src/lib.rs"), "")?;
             let home = scratch.join("cargo-home");
             std::fs::create_dir_all(&home)?;
-            if let Some(a) = proxy {
-                std::fs::write(home.join("config.toml"), format!("[source.crates-io]\nreplace-with = \"hangar\"\n\n[source.hangar]\nregistry = \"sparse+http://{a}/cargo/\"\n"))?;
+            let index = match proxy {
+                Some(a) => Some(format!("http://{a}/cargo/")),
+                None if reg.mirror => reg.cargo.as_ref().map(|c| c.0.clone()),
+                None => None,
+            };
+            if let Some(index) = index {
+                std::fs::write(home.join("config.toml"), format!("[source.crates-io]\nreplace-with = \"hangar\"\n\n[source.hangar]\nregistry = \"sparse+{index}\"\n"))?;
             }
             let mut c = Command::new("cargo");
             c.current_dir(scratch.join("project")).args(["fetch", "--quiet"]).env("CARGO_HOME", &home).env_remove("CARGO_TARGET_DIR");
@@ -252,7 +285,7 @@ fn run_job(job: Job, reg: &Registries, proxy: Option<&str>, scratch: &Path) -> a
 
 /// An APT_CONFIG whose sources, state and cache all live in `dir`, with `archive` (a Debian
 /// archive URL) and `suite` as its one source, checked with Debian's archive keyring.
-fn apt_config(dir: &Path, archive: &str, suite: &str) -> anyhow::Result<PathBuf> {
+pub(crate) fn apt_config(dir: &Path, archive: &str, suite: &str) -> anyhow::Result<PathBuf> {
     for d in ["state/lists/partial", "cache/archives/partial", "parts", "prefs"] {
         std::fs::create_dir_all(dir.join(d))?;
     }
@@ -273,38 +306,65 @@ fn median(v: &[f64]) -> f64 {
     v[v.len() / 2]
 }
 
-/// Run every job `rounds` times direct, cold and warm; print the table and return the rows.
-pub fn run(proxy_bin: &Path, rounds: usize) -> anyhow::Result<Vec<ClientResult>> {
-    let reg = Registries::discover();
-    let env = reg.env();
+/// Run every job `rounds` times direct, cold and warm against each registry kind in `against`
+/// (`mirror`, `live`); print the tables and return the rows. The fixture mirror's snapshot
+/// lives in `mirror_dir` and is built there from the live registries when a part is missing.
+pub fn run(proxy_bin: &Path, rounds: usize, jobs: &[Job], against: &[String], mirror_dir: &Path) -> anyhow::Result<Vec<ClientResult>> {
+    let live = Registries::discover();
     let scratch = tempfile::tempdir()?;
     let mut results = Vec::new();
-    println!("
-== clients: real clients, empty client cache each run; direct vs Hangar cold vs warm ({rounds} rounds, interleaved) ==");
-    for job in JOBS {
-        if let Some(why) = reg.missing(job) {
-            println!("{job:?}: skipped ({why})");
-            continue;
-        }
-        let (mut direct, mut cold, mut warm) = (Vec::new(), Vec::new(), Vec::new());
-        for _ in 0..rounds {
-            direct.push(run_job(job, &reg, None, &scratch.path().join("run"))?.as_secs_f64());
-            let hangar = Hangar::start(proxy_bin, &env)?;
-            cold.push(run_job(job, &reg, Some(&hangar.addr), &scratch.path().join("run"))?.as_secs_f64());
-            warm.push(run_job(job, &reg, Some(&hangar.addr), &scratch.path().join("run"))?.as_secs_f64());
-        }
-        let (d, c, w) = (median(&direct), median(&cold), median(&warm));
-        let spread = |v: &[f64]| format!("{:.2}-{:.2}", v.iter().cloned().fold(f64::INFINITY, f64::min), v.iter().cloned().fold(0.0, f64::max));
+    for kind in against {
+        let (reg, _mirror) = match kind.as_str() {
+            "live" => (None, None),
+            "mirror" => {
+                let snapshot = crate::mirror::Snapshot::new(mirror_dir);
+                for &job in jobs {
+                    if snapshot.has(job) {
+                        continue;
+                    }
+                    match live.missing(job) {
+                        Some(why) => println!("{job:?}: no fixture mirror and none can be built ({why})"),
+                        None => snapshot.ensure(job, &live, &scratch.path().join("build"))?,
+                    }
+                }
+                let mirror = crate::mirror::Mirror::start(&snapshot)?;
+                (Some(mirror.registries()?), Some(mirror))
+            }
+            other => anyhow::bail!("--clients-against takes mirror and live, not {other:?}"),
+        };
+        let reg = reg.as_ref().unwrap_or(&live);
+        let label: &'static str = if reg.mirror { "mirror" } else { "live" };
+        let env = reg.env();
         println!(
-            "{:6} direct {d:6.2}s ({})  cold {c:6.2}s ({})  warm {w:6.2}s ({})  cold/direct {:.2}x  warm/direct {:.2}x",
-            format!("{job:?}").to_lowercase(),
-            spread(&direct),
-            spread(&cold),
-            spread(&warm),
-            c / d,
-            w / d
+            "\n== clients against the {} registries: real clients, empty client cache each run; direct vs Hangar cold vs warm ({rounds} rounds, interleaved) ==",
+            if reg.mirror { "fixture mirror's (nginx on loopback)" } else { "live" }
         );
-        results.push(ClientResult { job, direct_secs: direct, cold_secs: cold, warm_secs: warm, cold_ratio: c / d, warm_ratio: w / d });
+        for &job in jobs {
+            if let Some(why) = reg.missing(job) {
+                println!("{job:?}: skipped ({why})");
+                continue;
+            }
+            let run_dir = scratch.path().join("run");
+            let (mut direct, mut cold, mut warm) = (Vec::new(), Vec::new(), Vec::new());
+            for _ in 0..rounds {
+                direct.push(run_job(job, reg, None, &run_dir)?.as_secs_f64());
+                let hangar = Hangar::start(proxy_bin, &env)?;
+                cold.push(run_job(job, reg, Some(&hangar.addr), &run_dir)?.as_secs_f64());
+                warm.push(run_job(job, reg, Some(&hangar.addr), &run_dir)?.as_secs_f64());
+            }
+            let (d, c, w) = (median(&direct), median(&cold), median(&warm));
+            let spread = |v: &[f64]| format!("{:.2}-{:.2}", v.iter().cloned().fold(f64::INFINITY, f64::min), v.iter().cloned().fold(0.0, f64::max));
+            println!(
+                "{:6} direct {d:6.2}s ({})  cold {c:6.2}s ({})  warm {w:6.2}s ({})  cold/direct {:.2}x  warm/direct {:.2}x",
+                format!("{job:?}").to_lowercase(),
+                spread(&direct),
+                spread(&cold),
+                spread(&warm),
+                c / d,
+                w / d
+            );
+            results.push(ClientResult { job, against: label, direct_secs: direct, cold_secs: cold, warm_secs: warm, cold_ratio: c / d, warm_ratio: w / d });
+        }
     }
     Ok(results)
 }

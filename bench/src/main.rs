@@ -9,14 +9,16 @@
 //!   origin: upstream fetches, total time against one client alone, peak RSS;
 //! * `zipf`: a fixed Zipf-distributed request sequence over objects of 1 KiB to 50 MiB with a
 //!   cache smaller than the working set: hit ratio, upstream bytes, throughput;
-//! * `clients` (not in the default set: it needs the live registries): pip, uv, npm, cargo and
-//!   apt jobs direct, through a cold Hangar and through a warm one ([`clients`]).
+//! * `clients` (not in the default set: it needs the live registries, at least once to build
+//!   its fixture mirror): pip, uv, npm, cargo and apt jobs direct, through a cold Hangar and
+//!   through a warm one, against a local fixture mirror and the live registries ([`clients`]).
 //!
 //! `--quick` runs everything small enough for the test suite (seconds), so the benchmark
 //! cannot rot; its numbers mean nothing. See bench/README.md for results.
 
 mod clients;
 mod load;
+mod mirror;
 mod origin;
 mod peers;
 
@@ -45,11 +47,17 @@ struct Options {
     scenarios: Vec<String>,
     rounds: usize,
     duration: Duration,
+    /// The `clients` scenario's jobs.
+    client_jobs: Vec<clients::Job>,
+    /// Which registries the `clients` scenario goes to: `mirror`, `live`.
+    clients_against: Vec<String>,
+    /// Where the fixture mirror's snapshot is kept (built on first use).
+    mirror_dir: PathBuf,
 }
 
 fn usage() -> ! {
     eprintln!(
-        "usage: hangar-bench [--quick] [--json FILE] [--proxy-bin PATH] [--baseline-bin PATH] [--peers hangar,nginx-sendfile,nginx,varnish]\n                    [--scenarios hits,cold,zipf,clients] [--rounds N] [--duration SECS]"
+        "usage: hangar-bench [--quick] [--json FILE] [--proxy-bin PATH] [--baseline-bin PATH] [--peers hangar,nginx-sendfile,nginx,varnish]\n                    [--scenarios hits,cold,zipf,clients] [--rounds N] [--duration SECS]\n                    [--jobs pip,uv,npm,cargo,apt] [--clients-against mirror,live] [--mirror-dir DIR]"
     );
     std::process::exit(2)
 }
@@ -65,6 +73,9 @@ fn parse_args() -> anyhow::Result<Options> {
         scenarios: vec!["hits".into(), "cold".into(), "zipf".into()],
         rounds: 3,
         duration: Duration::from_secs(5),
+        client_jobs: clients::JOBS.to_vec(),
+        clients_against: vec!["mirror".into(), "live".into()],
+        mirror_dir: PathBuf::from("/var/tmp/hangar-bench-mirror"),
     };
     let mut args = std::env::args().skip(1);
     let mut rounds = None;
@@ -80,6 +91,11 @@ fn parse_args() -> anyhow::Result<Options> {
                 o.peers = val().split(',').map(|p| Kind::parse(p).with_context(|| format!("unknown peer {p}"))).collect::<anyhow::Result<_>>()?
             }
             "--scenarios" => o.scenarios = val().split(',').map(str::to_string).collect(),
+            "--jobs" => {
+                o.client_jobs = val().split(',').map(|j| clients::Job::parse(j).with_context(|| format!("unknown client job {j} (pip, uv, npm, cargo, apt)"))).collect::<anyhow::Result<_>>()?
+            }
+            "--clients-against" => o.clients_against = val().split(',').map(str::to_string).collect(),
+            "--mirror-dir" => o.mirror_dir = val().into(),
             "--rounds" => rounds = Some(val().parse()?),
             "--duration" => duration = Some(Duration::from_secs(val().parse()?)),
             _ => usage(),
@@ -97,11 +113,14 @@ fn parse_args() -> anyhow::Result<Options> {
     Ok(o)
 }
 
-fn pin_self(cpu: usize) {
+/// Run this process (and the processes it starts from now on) on `cpus` only.
+fn pin_self(cpus: impl IntoIterator<Item = usize>) {
     // SAFETY: a zeroed cpu_set_t is valid; CPU_SET and sched_setaffinity only touch it.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
+        for cpu in cpus {
+            libc::CPU_SET(cpu, &mut set);
+        }
         libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
     }
 }
@@ -472,7 +491,7 @@ fn main() -> anyhow::Result<()> {
     anyhow::ensure!(o.proxy_bin.exists(), "{} not found (cargo build --release --bins, or --proxy-bin)", o.proxy_bin.display());
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     anyhow::ensure!(cpus >= 2, "the benchmark pins the caches to CPU {CACHE_CPU} and the load to CPU {LOAD_CPU}: it needs 2 CPUs");
-    pin_self(LOAD_CPU);
+    pin_self([LOAD_CPU]);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let mut report = Report {
         commit: std::process::Command::new("git").args(["rev-parse", "--short", "HEAD"]).output().ok().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default(),
@@ -487,7 +506,13 @@ fn main() -> anyhow::Result<()> {
                 "hits" => hits(&o, &origin, &mut report).await?,
                 "cold" => cold(&o, &origin, &mut report).await?,
                 "zipf" => zipf(&o, &origin, &mut report).await?,
-                "clients" => report.clients = clients::run(&o.proxy_bin, o.rounds)?,
+                "clients" => {
+                    // Real clients, the proxy and the mirror share the machine as they would
+                    // on a build host: nothing pinned (pinned, they all shared one CPU).
+                    pin_self(0..cpus);
+                    report.clients = clients::run(&o.proxy_bin, o.rounds, &o.client_jobs, &o.clients_against, &o.mirror_dir)?;
+                    pin_self([LOAD_CPU]);
+                }
                 other => anyhow::bail!("unknown scenario {other}"),
             }
         }

@@ -161,11 +161,11 @@ pub fn dir_bytes(dir: &Path) -> u64 {
 }
 
 /// A free loopback port for servers that take a port number in their config (nginx, varnish).
-fn free_port() -> anyhow::Result<u16> {
+pub(crate) fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-fn wait_listening(addr: SocketAddr, child: &mut Child, what: &str) -> anyhow::Result<()> {
+pub(crate) fn wait_listening(addr: SocketAddr, child: &mut Child, what: &str) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     while TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_err() {
         if let Some(status) = child.try_wait()? {
