@@ -113,16 +113,37 @@ fn parse_args() -> anyhow::Result<Options> {
     Ok(o)
 }
 
+/// This process's CPU affinity (inherited from whoever started it).
+fn affinity() -> libc::cpu_set_t {
+    // SAFETY: a zeroed cpu_set_t is valid; sched_getaffinity writes at most its size.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            eprintln!("hangar-bench: cannot read the CPU affinity: {}", std::io::Error::last_os_error());
+        }
+        set
+    }
+}
+
+/// Run this process (and the processes it starts from now on) on the CPUs in `set`.
+fn set_affinity(set: &libc::cpu_set_t) {
+    // SAFETY: `set` is a valid cpu_set_t of the size given.
+    if unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), set) } != 0 {
+        eprintln!("hangar-bench: cannot set the CPU affinity: {}", std::io::Error::last_os_error());
+    }
+}
+
 /// Run this process (and the processes it starts from now on) on `cpus` only.
 fn pin_self(cpus: impl IntoIterator<Item = usize>) {
-    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET and sched_setaffinity only touch it.
-    unsafe {
+    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET only touches it.
+    let set = unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         for cpu in cpus {
             libc::CPU_SET(cpu, &mut set);
         }
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-    }
+        set
+    };
+    set_affinity(&set);
 }
 
 #[derive(Serialize)]
@@ -491,6 +512,7 @@ fn main() -> anyhow::Result<()> {
     anyhow::ensure!(o.proxy_bin.exists(), "{} not found (cargo build --release --bins, or --proxy-bin)", o.proxy_bin.display());
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     anyhow::ensure!(cpus >= 2, "the benchmark pins the caches to CPU {CACHE_CPU} and the load to CPU {LOAD_CPU}: it needs 2 CPUs");
+    let inherited = affinity();
     pin_self([LOAD_CPU]);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let mut report = Report {
@@ -508,8 +530,9 @@ fn main() -> anyhow::Result<()> {
                 "zipf" => zipf(&o, &origin, &mut report).await?,
                 "clients" => {
                     // Real clients, the proxy and the mirror share the machine as they would
-                    // on a build host: nothing pinned (pinned, they all shared one CPU).
-                    pin_self(0..cpus);
+                    // on a build host: the CPUs this bench was given, none pinned (pinned,
+                    // they all shared one CPU).
+                    set_affinity(&inherited);
                     report.clients = clients::run(&o.proxy_bin, o.rounds, &o.client_jobs, &o.clients_against, &o.mirror_dir)?;
                     pin_self([LOAD_CPU]);
                 }

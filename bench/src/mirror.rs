@@ -3,11 +3,12 @@
 //!
 //! Against a live registry the round trip to the internet dominates and drifts from one minute
 //! to the next; against the mirror the client's own work and the proxy's overhead are what is
-//! left, so a regression in the miss path shows. The snapshot holds the real packages and
-//! the registries' own metadata:
+//! left, so a regression in the miss path shows. The snapshot holds the real packages and,
+//! except for PyPI's pages, the registries' own metadata as they sent it:
 //!
 //! * PyPI: the wheels `pip download` chose, under simple index pages (PEP 503, with sha256
 //!   fragments and relative links) that list only those wheels, since the rest are not held.
+//!   Like the index reached here, they announce no PEP 658 metadata.
 //! * npm: each installed package's packument as the registry sent it to npm's Accept header
 //!   (every version listed, tarball URLs pointed at the mirror when served) and the installed
 //!   tarballs.
@@ -259,6 +260,9 @@ fn build_debian(dir: &Path, live: &Registries, scratch: &Path) -> anyhow::Result
         let rel = url.strip_prefix(&format!("{uri}/")).with_context(|| format!("package {url} is not under {uri}"))?;
         files.push((url.to_string(), dir.join(decoded(rel)?)));
     }
+    // apt may ask for one file twice (a retry, a by-hash and a plain name for one index).
+    files.sort();
+    files.dedup();
     fetch_all(&files, None)?;
     std::fs::write(dir.join("suite"), &suite)?;
     Ok(())
@@ -328,7 +332,7 @@ impl Mirror {
             s = s.display(),
         );
         std::fs::write(d.join("nginx.conf"), conf)?;
-        let mut child = Command::new("nginx")
+        let child = Command::new("nginx")
             .arg("-p")
             .arg(d)
             .arg("-c")
@@ -337,8 +341,10 @@ impl Mirror {
             .stderr(Stdio::inherit())
             .spawn()
             .context("starting nginx for the fixture mirror (apt-get install nginx)")?;
-        crate::peers::wait_listening(format!("127.0.0.1:{port}").parse()?, &mut child, "nginx (fixture mirror)")?;
-        Ok(Mirror { child, base, snapshot: s.clone(), _dir: dir })
+        // Owned before it is waited for, so a mirror that never listens is still stopped.
+        let mut mirror = Mirror { child, base, snapshot: s.clone(), _dir: dir };
+        crate::peers::wait_listening(format!("127.0.0.1:{port}").parse()?, &mut mirror.child, "nginx (fixture mirror)")?;
+        Ok(mirror)
     }
 
     /// The mirror's registries, for the parts of the snapshot that are complete.
