@@ -59,6 +59,10 @@ pub enum HopKind {
     Loopback,
     /// A proxy replaces a copy on origin that failed verification ([`REPLACES_HEADER`]).
     Replace,
+    /// A proxy reads a document through itself to learn the digests it lists, for a client
+    /// request its grants already allowed: served like any request (it may fetch), without a
+    /// credential of its own.
+    Listing,
 }
 
 impl HopKind {
@@ -67,6 +71,7 @@ impl HopKind {
             HopKind::Peer => "peer",
             HopKind::Loopback => "loopback",
             HopKind::Replace => "replace",
+            HopKind::Listing => "listing",
         }
     }
 }
@@ -135,6 +140,7 @@ impl HopKey {
             "peer" => HopKind::Peer,
             "loopback" => HopKind::Loopback,
             "replace" => HopKind::Replace,
+            "listing" => HopKind::Listing,
             _ => return Err(HopError::Malformed),
         };
         let time: u64 = time.parse().map_err(|_| HopError::Malformed)?;
@@ -248,6 +254,7 @@ mod tests {
             assert!(matches!(key.verify(bad, "GET", "/", now), Err(HopError::Malformed | HopError::Expired(_))), "{bad:?} is refused before any MAC is computed");
         }
         assert_eq!(key.verify(&key.sign(HopKind::Loopback, "GET", "/", now), "GET", "/", now), Ok(HopKind::Loopback));
+        assert_eq!(key.verify(&key.sign(HopKind::Listing, "GET", "/", now), "GET", "/", now), Ok(HopKind::Listing));
         assert!(!format!("{key:?}").contains("fleet"), "the secret is never printed");
     }
 }

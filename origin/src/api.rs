@@ -11,6 +11,8 @@
 //!   publishes) and sends a verified one. It must be signed ([`HopKind::Replace`], with
 //!   `fleet_secret`), and it replaces only the copy it names: a path holding anything else is
 //!   a 409, as for any overwrite. A blob claimed corrupt that hashes right is left alone.
+//! - A `PUT` larger than `max_upload_bytes` is a 413, before its body is read when its
+//!   `Content-Length` says so, else as soon as the body passes the limit; nothing is stored.
 //! - `GET /healthz`.
 //!
 //! Storage that cannot be reached is a 503, so a proxy falls back to the upstream and retries
@@ -149,6 +151,14 @@ impl Origin {
         if declared.as_deref().is_some_and(|d| d.len() != 64 || !d.bytes().all(|b| b.is_ascii_hexdigit())) {
             return error(StatusCode::BAD_REQUEST, &format!("{SHA256_HEADER} must be 64 hex digits"));
         }
+        let limit = self.config.max_upload_bytes.0;
+        let too_large = |size: &str| {
+            error(StatusCode::PAYLOAD_TOO_LARGE, &format!("the upload is {size}, over this origin's limit of {limit} bytes (max_upload_bytes in its config)"))
+        };
+        let declared_length = req.headers().get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok());
+        if let Some(length) = declared_length.filter(|&l| l > limit) {
+            return too_large(&format!("{length} bytes"));
+        }
         let replaces = match self.replacement(&req) {
             Ok(r) => r,
             Err(refused) => return *refused,
@@ -172,8 +182,11 @@ impl Origin {
                 Err(e) => return error(StatusCode::BAD_REQUEST, &format!("upload interrupted: {e}")),
             };
             if let Ok(data) = frame.into_data() {
-                hasher.update(&data);
                 size += data.len() as u64;
+                if size > limit {
+                    return too_large(&format!("more than {limit} bytes"));
+                }
+                hasher.update(&data);
                 if let Err(e) = file.write_all(&data).await {
                     return error(StatusCode::INSUFFICIENT_STORAGE, &format!("spool: {e}"));
                 }

@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use hangar_core::ByteSize;
 use serde::Deserialize;
 
 use crate::store::S3Options;
@@ -30,6 +31,12 @@ pub struct OriginConfig {
     /// refused (403) and a published path is never overwritten.
     #[serde(default)]
     pub fleet_secret: Option<FleetSecret>,
+    /// The largest upload accepted (`"16GiB"`, or bytes). A larger one is answered 413: at
+    /// once when its `Content-Length` says so, before a byte of the body is read; otherwise
+    /// as soon as its body passes the limit. Either way nothing of it is stored, and the
+    /// spool never holds more than this.
+    #[serde(default = "default_max_upload")]
+    pub max_upload_bytes: ByteSize,
 }
 
 /// A secret from the config file: usable, never printed.
@@ -78,6 +85,9 @@ fn default_listen() -> String {
 fn default_spool() -> PathBuf {
     std::env::temp_dir()
 }
+fn default_max_upload() -> ByteSize {
+    ByteSize(16 << 30)
+}
 fn default_presign_secs() -> u64 {
     300
 }
@@ -109,6 +119,10 @@ mod tests {
         assert!(matches!(c.store, StoreConfig::S3(ref s) if s.multipart_threshold == 64 << 20));
         assert_eq!(c.serve("oci"), Serve::Redirect);
         assert_eq!(c.serve("npm"), Serve::Bytes);
+        assert!(c.listen.starts_with("127.0.0.1:"), "the example origin binds loopback, not every interface: {}", c.listen);
         assert!(matches!(OriginConfig::default().store, StoreConfig::Local { .. }));
+        assert_eq!(OriginConfig::default().max_upload_bytes, ByteSize(16 << 30));
+        let small: OriginConfig = toml::from_str("max_upload_bytes = \"1KiB\"").unwrap();
+        assert_eq!(small.max_upload_bytes, ByteSize(1024));
     }
 }

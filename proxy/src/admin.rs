@@ -4,6 +4,10 @@
 //! entry under that prefix (`DELETE /cache/<repository>/*`: the whole repository); and the
 //! fleet's object index: `GET /index/<repository>/<path>` says which proxies hold the object,
 //! its size, digest, last access and hits by region (fleet-wide with Redis).
+//!
+//! Only `auth.open_admin_paths` (by default `/metrics`, `/healthz`, `/readyz`) are served
+//! without a credential; everything else needs one with the `admin` action on every
+//! repository (401 without, 403 with one that lacks it).
 
 use std::sync::Arc;
 
@@ -13,6 +17,7 @@ use pingora::apps::http_app::ServeHttp;
 use pingora::cache::eviction::EvictionManager;
 use pingora::protocols::http::ServerSession;
 
+use crate::config::Action;
 use crate::metadata::Metadata;
 use crate::metrics::Metrics;
 use crate::offline::OfflineSwitch;
@@ -29,6 +34,24 @@ pub struct AdminApp {
     pub router: Arc<Router>,
     /// The object index the request path writes (in-process, or the region's Redis).
     pub metadata: Arc<dyn Metadata>,
+    /// Everything but the open paths (`/metrics`, `/healthz`, `/readyz` by default) needs the
+    /// `admin` action.
+    pub auth: Arc<crate::auth::Authorizer>,
+}
+
+/// `{"error":"<message>"}` and a newline.
+fn json_message(message: &str) -> Vec<u8> {
+    format!("{{\"error\":\"{}\"}}\n", message.replace('\\', "\\\\").replace('"', "\\\"")).into_bytes()
+}
+
+/// A 401 with the challenges clients answer.
+fn unauthenticated(message: &str) -> Response<Vec<u8>> {
+    let body = json_message(message);
+    let mut builder = Response::builder().status(401).header(http::header::CONTENT_TYPE, "application/json").header(http::header::CONTENT_LENGTH, body.len());
+    for c in crate::auth::CHALLENGES {
+        builder = builder.header(http::header::WWW_AUTHENTICATE, c);
+    }
+    builder.body(body).expect("static response parts are valid")
 }
 
 fn reply(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
@@ -123,6 +146,22 @@ impl ServeHttp for AdminApp {
         // Purges and index lookups name objects with their query (`file?x=1`).
         let path = req.uri.path_and_query().map_or_else(|| req.uri.path().to_string(), |pq| pq.as_str().to_string());
         let method = req.method.clone();
+        if !self.auth.admin_path_is_open(req.uri.path()) {
+            if req.uri.query().is_some_and(|q| self.auth.secret_in_query(q)) {
+                return reply(400, "application/json", b"{\"error\":\"a credential in the URL query is refused: send it in the Authorization header\"}\n".to_vec());
+            }
+            match self.auth.authenticate(req.headers.get(http::header::AUTHORIZATION).map(|v| v.as_bytes()), crate::auth::unix_now) {
+                Err(e) => return unauthenticated(&e.to_string()),
+                Ok(crate::auth::Principal::Anonymous) if !self.auth.allows(&crate::auth::Principal::Anonymous, Action::Admin, None) => {
+                    return unauthenticated("the admin listener needs an admin credential: 'Authorization: Bearer <token>'");
+                }
+                Ok(p) if !self.auth.allows(&p, Action::Admin, None) => {
+                    let message = format!("'{}' may not use the admin listener: no grant gives it admin on every repository", p.name());
+                    return reply(403, "application/json", json_message(&message));
+                }
+                Ok(_) => {}
+            }
+        }
         if let Some(rest) = path.strip_prefix("/cache/") {
             if method != http::Method::DELETE {
                 return reply(405, "application/json", b"{\"error\":\"use DELETE\"}\n".to_vec());

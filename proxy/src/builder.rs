@@ -85,6 +85,8 @@ pub struct ProxyBuilder {
     disabled: Vec<DisabledRepository>,
     /// `repository 'name': ...` lines about valid but doubtful settings.
     warnings: Vec<String>,
+    /// The bootstrap admin credential ([`crate::auth::BOOTSTRAP_VARIABLE`]), if given.
+    bootstrap: Option<String>,
 }
 
 impl ProxyBuilder {
@@ -108,13 +110,21 @@ impl ProxyBuilder {
                 other => ConfigError::Invalid { file: source.to_string(), key: "tls_cert".into(), message: other.to_string() },
             })?;
         }
-        Ok(ProxyBuilder { config, source: source.to_string(), membership: None, sinks: Vec::new(), disabled: Vec::new(), warnings })
+        Ok(ProxyBuilder { config, source: source.to_string(), membership: None, sinks: Vec::new(), disabled: Vec::new(), warnings, bootstrap: None })
     }
 
     /// Tell clients of the repositories in `disabled` why they are off (a 404 naming the
     /// variable that would enable it) instead of that nothing is mounted there.
     pub fn disabled(mut self, disabled: Vec<DisabledRepository>) -> Self {
         self.disabled = disabled;
+        self
+    }
+
+    /// Accept `credential` as a bearer token (or the password of HTTP basic, any user name)
+    /// with every permission on both listeners: how a fresh install is first configured
+    /// (`HANGAR_ADMIN_TOKEN`). Empty: none.
+    pub fn bootstrap_admin(mut self, credential: Option<String>) -> Self {
+        self.bootstrap = credential.filter(|c| !c.is_empty());
         self
     }
 
@@ -255,7 +265,15 @@ impl ProxyBuilder {
         for sink in self.sinks {
             sinks.push(sink);
         }
+        let auth = crate::auth::Authorizer::new(&config.auth, self.bootstrap.as_deref());
+        if auth.has_bootstrap() {
+            tracing::warn!("bootstrap admin credential enabled ({}): every permission on every listener; configure tokens and unset it", crate::auth::BOOTSTRAP_VARIABLE);
+        }
+        if config.auth.grants.is_empty() {
+            tracing::warn!("no [[auth.grant]] in the config: every request is refused (deny by default)");
+        }
         let proxy = HangarProxy {
+            auth: auth.clone(),
             router: router.clone(),
             storage,
             eviction,
@@ -297,7 +315,7 @@ impl ProxyBuilder {
             }
             _ => proxy_service.add_tcp_with_settings(&listen.key(), socket_opts()),
         }
-        let mut admin_service = Service::new("hangar-admin".to_string(), AdminApp { metrics, storage, eviction, repositories: repo_count, offline, router, metadata: store });
+        let mut admin_service = Service::new("hangar-admin".to_string(), AdminApp { metrics, storage, eviction, repositories: repo_count, offline, router, metadata: store, auth });
         admin_service.add_tcp_with_settings(&admin_listen.key(), socket_opts());
         let (proxy_addr, admin_addr, scheme) = (listen.addr, admin_listen.addr, if config.tls_cert.is_some() { "https" } else { "http" });
         if let Some(internal) = &internal {

@@ -17,6 +17,12 @@ use pingora::upstreams::peer::HttpPeer;
 use crate::config::TimeoutConfig;
 use crate::upstream::{make_peer, ResolveError, SharedResolver};
 
+/// How long an upload waits for `100 Continue` (or a refusal) before sending its body anyway.
+pub const CONTINUE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// How much of an upload's answer is kept (origin answers with a line of JSON).
+const ANSWER_LIMIT: usize = 64 * 1024;
+
 /// Why a side request failed; each variant names the host.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -141,16 +147,38 @@ impl Client {
     /// Send `req` with the body read from `body` as it arrives (`length` bytes, or chunked when
     /// `None`), then return the response. A source that fails is an error, and the request is
     /// cut (with a length, the receiver also sees a short body).
+    ///
+    /// The request says `Expect: 100-continue` (RFC 9110 10.1.1): a receiver that will refuse it
+    /// (too large, not allowed) answers before a byte of the body is sent, and that answer is
+    /// returned. Without it, a refusal arrives while the body is still being written, the
+    /// receiver closes, and all the sender sees is a broken connection: an upload too large to
+    /// ever be taken would look like an outage and be retried forever. A receiver that ignores
+    /// the expectation is waited for [`CONTINUE_WAIT`], then sent the body anyway.
     pub async fn upload(&self, req: &Request<'_>, length: Option<u64>, body: &mut Streaming<'_>) -> Result<Response, ClientError> {
         let (mut session, peer) = self.send_head(req, Some(length)).await?;
         let failed = |source: Box<pingora::Error>| ClientError::Request { host: req.url.host.clone(), source };
+        if let Ok(read) = tokio::time::timeout(CONTINUE_WAIT, session.read_response_header()).await {
+            read.map_err(failed)?;
+            let head = session.response_header().cloned().ok_or_else(|| failed(pingora::Error::explain(pingora::ErrorType::InvalidHTTPHeader, "no response header")))?;
+            if !head.status.is_informational() {
+                // Answered without the body: the connection owes a body it will never carry,
+                // so it is read to the end of this answer and dropped, not pooled.
+                let mut answer = BytesMut::new();
+                while let Some(chunk) = session.read_response_body().await.map_err(failed)? {
+                    if answer.len() + chunk.len() <= ANSWER_LIMIT {
+                        answer.extend_from_slice(&chunk);
+                    }
+                }
+                return Ok(Response { head, body: answer.freeze() });
+            }
+        }
         while let Some(chunk) = body.chunk().await? {
             session.write_request_body(chunk, false).await.map_err(failed)?;
         }
         let mut response = self.finish(req, session, peer).await?;
         let mut answer = BytesMut::new();
         while let Some(chunk) = response.chunk().await? {
-            if answer.len() + chunk.len() <= 64 * 1024 {
+            if answer.len() + chunk.len() <= ANSWER_LIMIT {
                 answer.extend_from_slice(&chunk);
             }
         }
@@ -173,6 +201,9 @@ impl Client {
             Some(Some(length)) => head.insert_header(http::header::CONTENT_LENGTH, length.to_string()).map_err(|_| ClientError::BadHeader(http::header::CONTENT_LENGTH))?,
             Some(None) => head.insert_header(http::header::TRANSFER_ENCODING, "chunked").map_err(|_| ClientError::BadHeader(http::header::TRANSFER_ENCODING))?,
             None => {}
+        }
+        if body.is_some() {
+            head.insert_header(http::header::EXPECT, "100-continue").map_err(|_| ClientError::BadHeader(http::header::EXPECT))?;
         }
         let (mut session, _reused) = self.connector.get_http_session(&*peer).await.map_err(failed)?;
         session.set_read_timeout(Some(req.timeouts.read.0));

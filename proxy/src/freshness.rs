@@ -173,22 +173,27 @@ impl FreshnessPolicy {
         self.honor_request_directives
     }
 
-    /// Decide whether (and for how long) `resp` may be cached. `authorization` is whether the
-    /// request carried credentials.
-    pub fn decide(&self, class: PathClass, resp: &ResponseHeader, authorization: bool) -> RespCacheable {
+    /// Decide whether (and for how long) `resp` may be cached.
+    ///
+    /// RFC 9111 §3.5 (responses to requests with `Authorization` are stored only when the
+    /// origin allows a shared cache to) has nothing to act on here: a client's credentials
+    /// are Hangar's own, checked against the grants on every request, hits included, and never
+    /// sent upstream; what goes upstream is the repository's configured credentials, the same
+    /// for every client the grants let in.
+    pub fn decide(&self, class: PathClass, resp: &ResponseHeader) -> RespCacheable {
         match resp.status.as_u16() {
-            200 => self.decide_ok(class, resp, authorization),
-            404 => self.decide_not_found(resp, authorization),
+            200 => self.decide_ok(class, resp),
+            404 => self.decide_not_found(resp),
             _ => RespCacheable::Uncacheable(NoCacheReason::OriginNotCache),
         }
     }
 
     /// Negative caching: a 404 is remembered for `negative_ttl` at most (less if the upstream
     /// says so), and never served past that on an outage.
-    fn decide_not_found(&self, resp: &ResponseHeader, authorization: bool) -> RespCacheable {
+    fn decide_not_found(&self, resp: &ResponseHeader) -> RespCacheable {
         let (cc, _) = self.cache_control(&resp.headers);
         let refused = cc.as_ref().is_some_and(|c| c.is_cacheable() == pingora::cache::cache_control::Cacheable::No);
-        if refused || authorization || self.negative_ttl.is_zero() {
+        if refused || self.negative_ttl.is_zero() {
             return RespCacheable::Uncacheable(NoCacheReason::OriginNotCache);
         }
         let now = SystemTime::now();
@@ -198,16 +203,11 @@ impl FreshnessPolicy {
         RespCacheable::Cacheable(CacheMeta::new(until, now, 0, 0, resp.clone()))
     }
 
-    fn decide_ok(&self, class: PathClass, resp: &ResponseHeader, authorization: bool) -> RespCacheable {
+    fn decide_ok(&self, class: PathClass, resp: &ResponseHeader) -> RespCacheable {
         let uncacheable = RespCacheable::Uncacheable(NoCacheReason::OriginNotCache);
         let (cc, targeted) = self.cache_control(&resp.headers);
         // no-store and an unqualified private mean "never keep this", whatever the config says.
         if cc.as_ref().is_some_and(|c| c.is_cacheable() == pingora::cache::cache_control::Cacheable::No) {
-            return uncacheable;
-        }
-        // RFC 9111 §3.5: a response to an authenticated request is only stored when the origin
-        // says a shared cache may (public, s-maxage or must-revalidate).
-        if authorization && !cc.as_ref().is_some_and(|c| c.allow_caching_authorized_req()) {
             return uncacheable;
         }
         let now = SystemTime::now();
@@ -296,18 +296,18 @@ mod tests {
     #[test]
     fn origin_headers_then_heuristics_then_defaults() {
         let none = policy(FreshnessConfig::default());
-        assert_eq!(ttl(none.decide(HTTP, &resp(&[("cache-control", "max-age=60")]), false)), Some(60));
-        assert_eq!(ttl(none.decide(HTTP, &resp(&[("cache-control", "s-maxage=30, max-age=60")]), false)), Some(30), "s-maxage wins in a shared cache");
-        assert_eq!(ttl(none.decide(HTTP, &resp(&[]), false)), None, "nothing said, no validators, no default: not cached");
-        assert_eq!(ttl(none.decide(HTTP, &resp(&[("etag", "\"a\"")]), false)), Some(0), "validators only: stored, revalidated each use");
-        assert_eq!(ttl(none.decide(HTTP, &resp(&[("cache-control", "no-cache"), ("cache-control", "max-age=60")]), false)), Some(0));
+        assert_eq!(ttl(none.decide(HTTP, &resp(&[("cache-control", "max-age=60")]))), Some(60));
+        assert_eq!(ttl(none.decide(HTTP, &resp(&[("cache-control", "s-maxage=30, max-age=60")]))), Some(30), "s-maxage wins in a shared cache");
+        assert_eq!(ttl(none.decide(HTTP, &resp(&[]))), None, "nothing said, no validators, no default: not cached");
+        assert_eq!(ttl(none.decide(HTTP, &resp(&[("etag", "\"a\"")]))), Some(0), "validators only: stored, revalidated each use");
+        assert_eq!(ttl(none.decide(HTTP, &resp(&[("cache-control", "no-cache"), ("cache-control", "max-age=60")]))), Some(0));
         let day_old = httpdate::fmt_http_date(SystemTime::now() - Duration::from_secs(86400));
-        assert_eq!(ttl(none.decide(HTTP, &resp(&[("last-modified", &day_old)]), false)), Some(8640), "10% heuristic");
+        assert_eq!(ttl(none.decide(HTTP, &resp(&[("last-modified", &day_old)]))), Some(8640), "10% heuristic");
         let year_old = httpdate::fmt_http_date(SystemTime::now() - Duration::from_secs(365 * 86400));
-        assert_eq!(ttl(none.decide(HTTP, &resp(&[("last-modified", &year_old)]), false)), Some(86400), "capped");
-        assert_eq!(ttl(none.decide(HTTP, &resp(&[("cache-control", "no-store, max-age=60")]), false)), None);
-        assert_eq!(ttl(none.decide(HTTP, &resp(&[("cache-control", "private")]), false)), None);
-        assert_eq!(ttl(none.decide(HTTP, &resp(&[("cache-control", "private=\"set-cookie\", max-age=5")]), false)), Some(5), "qualified private strips fields only");
+        assert_eq!(ttl(none.decide(HTTP, &resp(&[("last-modified", &year_old)]))), Some(86400), "capped");
+        assert_eq!(ttl(none.decide(HTTP, &resp(&[("cache-control", "no-store, max-age=60")]))), None);
+        assert_eq!(ttl(none.decide(HTTP, &resp(&[("cache-control", "private")]))), None);
+        assert_eq!(ttl(none.decide(HTTP, &resp(&[("cache-control", "private=\"set-cookie\", max-age=5")]))), Some(5), "qualified private strips fields only");
 
         let p = policy(FreshnessConfig {
             immutable: vec!["*.tgz".into()],
@@ -315,17 +315,17 @@ mod tests {
             max_ttl: d(3600),
             ..FreshnessConfig::default()
         });
-        assert_eq!(ttl(p.decide(HTTP, &resp(&[]), false)), Some(300));
-        assert_eq!(ttl(p.decide(HTTP, &resp(&[("cache-control", "max-age=86400")]), false)), Some(3600));
+        assert_eq!(ttl(p.decide(HTTP, &resp(&[]))), Some(300));
+        assert_eq!(ttl(p.decide(HTTP, &resp(&[("cache-control", "max-age=86400")]))), Some(3600));
         let imm = p.configured_class("/a.tgz").unwrap();
-        assert_eq!(ttl(p.decide(imm, &resp(&[("cache-control", "max-age=5")]), false)), Some(IMMUTABLE_TTL.as_secs()));
-        assert_eq!(ttl(p.decide(imm, &resp(&[("cache-control", "no-store")]), false)), None);
+        assert_eq!(ttl(p.decide(imm, &resp(&[("cache-control", "max-age=5")]))), Some(IMMUTABLE_TTL.as_secs()));
+        assert_eq!(ttl(p.decide(imm, &resp(&[("cache-control", "no-store")]))), None);
         let mut not_found = resp(&[("cache-control", "max-age=600")]);
         not_found.set_status(404).unwrap();
-        assert_eq!(ttl(p.decide(HTTP, &not_found, false)), Some(60), "404s are remembered briefly");
+        assert_eq!(ttl(p.decide(HTTP, &not_found)), Some(60), "404s are remembered briefly");
         let mut gone = resp(&[]);
         gone.set_status(410).unwrap();
-        assert_eq!(ttl(p.decide(HTTP, &gone, false)), None);
+        assert_eq!(ttl(p.decide(HTTP, &gone)), None);
     }
 
     #[test]
@@ -334,26 +334,16 @@ mod tests {
         let now = SystemTime::now();
         let date = httpdate::fmt_http_date(now);
         let expires = httpdate::fmt_http_date(now + Duration::from_secs(120));
-        let lifetime = ttl(p.decide(HTTP, &resp(&[("date", &date), ("expires", &expires)]), false)).unwrap();
+        let lifetime = ttl(p.decide(HTTP, &resp(&[("date", &date), ("expires", &expires)]))).unwrap();
         assert!((119..=121).contains(&lifetime), "{lifetime}");
-        assert_eq!(ttl(p.decide(HTTP, &resp(&[("expires", "0")]), false)), Some(0), "invalid Expires is in the past");
-        match p.decide(HTTP, &resp(&[("cache-control", "max-age=100"), ("age", "40")]), false) {
+        assert_eq!(ttl(p.decide(HTTP, &resp(&[("expires", "0")]))), Some(0), "invalid Expires is in the past");
+        match p.decide(HTTP, &resp(&[("cache-control", "max-age=100"), ("age", "40")])) {
             RespCacheable::Cacheable(m) => {
                 assert!(m.age() >= Duration::from_secs(40));
                 assert!(m.fresh_until() <= SystemTime::now() + Duration::from_secs(60));
             }
             RespCacheable::Uncacheable(_) => panic!("cacheable"),
         }
-    }
-
-    #[test]
-    fn authorization_needs_explicit_permission() {
-        let p = policy(FreshnessConfig { default_ttl: d(300), ..FreshnessConfig::default() });
-        assert_eq!(ttl(p.decide(HTTP, &resp(&[]), true)), None);
-        assert_eq!(ttl(p.decide(HTTP, &resp(&[("cache-control", "max-age=60")]), true)), None);
-        assert_eq!(ttl(p.decide(HTTP, &resp(&[("cache-control", "public, max-age=60")]), true)), Some(60));
-        assert_eq!(ttl(p.decide(HTTP, &resp(&[("cache-control", "s-maxage=60")]), true)), Some(60));
-        assert_eq!(ttl(p.decide(HTTP, &resp(&[("cache-control", "must-revalidate, max-age=60")]), true)), Some(60));
     }
 
     #[test]
@@ -365,16 +355,16 @@ mod tests {
             max_stale: hangar_core::HumanDuration(Duration::from_secs(3600)),
             ..FreshnessConfig::default()
         });
-        assert_eq!(windows(p.decide(HTTP, &resp(&[("cache-control", "max-age=60")]), false)), (0, 3600));
-        assert_eq!(windows(p.decide(HTTP, &resp(&[("cache-control", "max-age=60, stale-while-revalidate=30")]), false)), (30, 3600));
+        assert_eq!(windows(p.decide(HTTP, &resp(&[("cache-control", "max-age=60")]))), (0, 3600));
+        assert_eq!(windows(p.decide(HTTP, &resp(&[("cache-control", "max-age=60, stale-while-revalidate=30")]))), (30, 3600));
         for forbid in ["must-revalidate", "proxy-revalidate", "s-maxage=60", "no-cache"] {
-            assert_eq!(windows(p.decide(HTTP, &resp(&[("cache-control", &format!("max-age=60, stale-while-revalidate=30, {forbid}"))]), false)), (0, 0), "{forbid}");
+            assert_eq!(windows(p.decide(HTTP, &resp(&[("cache-control", &format!("max-age=60, stale-while-revalidate=30, {forbid}"))]))), (0, 0), "{forbid}");
         }
         let meta = p.configured_class("/simple/pkg/").unwrap();
         assert_eq!(meta, PathClass::Metadata);
         let r = resp(&[("cache-control", "max-age=86400, must-revalidate")]);
-        assert_eq!(ttl(p.decide(meta, &r, false)), Some(120), "metadata_ttl replaces the origin's freshness");
-        assert_eq!(windows(p.decide(meta, &r, false)), (900, 3600));
-        assert_eq!(ttl(p.decide(meta, &resp(&[("cache-control", "no-store")]), false)), None, "refusals still hold");
+        assert_eq!(ttl(p.decide(meta, &r)), Some(120), "metadata_ttl replaces the origin's freshness");
+        assert_eq!(windows(p.decide(meta, &r)), (900, 3600));
+        assert_eq!(ttl(p.decide(meta, &resp(&[("cache-control", "no-store")]))), None, "refusals still hold");
     }
 }

@@ -13,6 +13,7 @@
 
 mod access_log;
 mod admin;
+pub mod auth;
 mod breaker;
 mod builder;
 mod client;

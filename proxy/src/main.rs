@@ -46,6 +46,11 @@ struct Cli {
     /// No access log (one line per request; `access_log = false` in the config file).
     #[arg(long)]
     no_access_log: bool,
+    /// Let requests without credentials read every repository: the grant
+    /// `{ role = "anonymous", repositories = ["*"], actions = ["read"] }` added to the config's.
+    /// Without it, and without grants in the config, every request is refused.
+    #[arg(long)]
+    allow_anonymous_read: bool,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -58,6 +63,39 @@ enum Format {
 enum Command {
     /// Validate a config file and exit (0 if valid).
     CheckConfig { file: PathBuf },
+    /// Make a new API token: prints the token once, and the `[[auth.token]]` table (with only
+    /// its hash) to add to the config.
+    Token {
+        /// What logs and the audit trail call it (unique).
+        #[arg(long)]
+        name: String,
+        /// A role it carries (repeatable); grants name roles.
+        #[arg(long = "role", required = true)]
+        roles: Vec<String>,
+        /// Who is answerable for it.
+        #[arg(long, default_value = "")]
+        owner: String,
+        /// When it stops working (RFC 3339, e.g. 2027-06-01T00:00:00Z).
+        #[arg(long)]
+        expires: Option<String>,
+    },
+}
+
+/// `token`: a new token and its config table.
+fn new_token(name: &str, roles: &[String], owner: &str, expires: Option<&str>) -> anyhow::Result<()> {
+    if let Some(e) = expires {
+        hangar_proxy::config::parse_expiry(e).map_err(|m| anyhow::anyhow!("--expires: {m}"))?;
+    }
+    let (token, hash) = hangar_proxy::auth::new_token().context("reading randomness from the OS")?;
+    let quoted = |s: &str| format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""));
+    eprintln!("The token, shown this once (store it where its user keeps secrets; the config holds only its hash):");
+    println!("{token}");
+    eprintln!("\nAdd to the config:\n");
+    eprintln!("[[auth.token]]\nname = {}\nowner = {}\nhash = \"{hash}\"\nroles = [{}]", quoted(name), quoted(owner), roles.iter().map(|r| quoted(r)).collect::<Vec<_>>().join(", "));
+    if let Some(e) = expires {
+        eprintln!("expires = {}", quoted(e));
+    }
+    Ok(())
 }
 
 fn repo_name_for(prefix: &str) -> String {
@@ -85,6 +123,9 @@ fn apply_flags(cli: &Cli, mut config: Config) -> anyhow::Result<Config> {
     }
     if cli.no_access_log {
         config.access_log = false;
+    }
+    if cli.allow_anonymous_read {
+        config.auth.grants.push(hangar_proxy::config::GrantConfig { role: hangar_proxy::config::ANONYMOUS_ROLE.into(), repositories: vec!["*".into()], actions: vec![hangar_proxy::config::Action::Read] });
     }
     for spec in &cli.upstreams {
         let (prefix, url) = spec
@@ -153,6 +194,7 @@ fn main() -> std::process::ExitCode {
 
     let result = match &cli.command {
         Some(Command::CheckConfig { file }) => check_config(file),
+        Some(Command::Token { name, roles, owner, expires }) => new_token(name, roles, owner, expires.as_deref()),
         None => (|| {
             let (config, disabled, source) = match &cli.config {
                 Some(path) => {
@@ -162,7 +204,8 @@ fn main() -> std::process::ExitCode {
                 None => (Config::default(), Vec::new(), "defaults".to_string()),
             };
             let config = apply_flags(&cli, config)?;
-            Ok(ProxyBuilder::new(config, &source)?.disabled(disabled).run()?)
+            let bootstrap = std::env::var(hangar_proxy::auth::BOOTSTRAP_VARIABLE).ok();
+            Ok(ProxyBuilder::new(config, &source)?.disabled(disabled).bootstrap_admin(bootstrap).run()?)
         })(),
     };
     // Every queued log line out before the last word.

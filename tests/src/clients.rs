@@ -83,3 +83,40 @@ pub fn client(program: &str, scratch: &Path) -> Command {
         .env("npm_config_audit", "false");
     cmd
 }
+
+/// A wheel with `name` and `version`: a zip with the three files pip reads.
+pub fn make_wheel(dir: &Path, name: &str, version: &str) -> (String, Vec<u8>) {
+    let file = format!("{name}-{version}-py3-none-any.whl");
+    let script = format!(
+        "import zipfile,sys\nz=zipfile.ZipFile(sys.argv[1],'w')\nd='{name}-{version}.dist-info/'\nz.writestr('{name}/__init__.py','')\nz.writestr(d+'METADATA','Metadata-Version: 2.1\\nName: {name}\\nVersion: {version}\\n')\nz.writestr(d+'WHEEL','Wheel-Version: 1.0\\nGenerator: hangar-tests\\nRoot-Is-Purelib: true\\nTag: py3-none-any\\n')\nz.writestr(d+'RECORD','')\nz.close()\n"
+    );
+    let path = dir.join(&file);
+    run(Command::new("python3").arg("-c").arg(script).arg(&path));
+    (file, std::fs::read(&path).unwrap())
+}
+
+/// npm's integrity string (SRI, sha512) of `b`.
+pub fn sri(b: &[u8]) -> String {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    format!("sha512-{}", base64::engine::general_purpose::STANDARD.encode(sha2::Sha512::digest(b)))
+}
+
+/// A packument for `name` 1.0.0 whose tarball is on `registry` with the integrity of `tgz`.
+pub fn packument(registry: &str, name: &str, tgz: &[u8]) -> String {
+    let file = name.rsplit('/').next().unwrap();
+    format!(
+        r#"{{"name":"{name}","dist-tags":{{"latest":"1.0.0"}},"time":{{"1.0.0":"2020-01-01T00:00:00.000Z"}},"versions":{{"1.0.0":{{"name":"{name}","version":"1.0.0","dist":{{"tarball":"{registry}{name}/-/{file}-1.0.0.tgz","integrity":"{}"}}}}}}}}"#,
+        sri(tgz)
+    )
+}
+
+/// A package tarball: `package/package.json` in a gzipped tar, made with the system tar.
+pub fn make_tgz(dir: &Path, name: &str) -> Vec<u8> {
+    let pkg = dir.join("package");
+    std::fs::create_dir_all(&pkg).unwrap();
+    std::fs::write(pkg.join("package.json"), format!(r#"{{"name":"{name}","version":"1.0.0"}}"#)).unwrap();
+    run(Command::new("tar").current_dir(dir).args(["czf", "pkg.tgz", "package"]));
+    std::fs::read(dir.join("pkg.tgz")).unwrap()
+}
+

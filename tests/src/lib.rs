@@ -21,7 +21,7 @@ pub mod tmpfs;
 pub mod upstream;
 
 pub use client::{get, http, put, Response};
-pub use proxy::{Proxy, ProxyBuilder};
+pub use proxy::{Proxy, ProxyBuilder, ADMIN, ADMIN_TOKEN};
 pub use tmpfs::Tmpfs;
 pub use upstream::{Body, Route, Upstream};
 

@@ -18,7 +18,15 @@ pub fn proxy_bin() -> PathBuf {
     bin
 }
 
+/// The bootstrap admin credential every proxy a test starts has (`HANGAR_ADMIN_TOKEN`).
+pub const ADMIN_TOKEN: &str = "hangar-test-admin-credential";
+
+/// The header that makes a request to the admin listener an admin's.
+pub const ADMIN: (&str, &str) = ("Authorization", "Bearer hangar-test-admin-credential");
+
 pub struct ProxyBuilder {
+    /// `--allow-anonymous-read` (on unless [`ProxyBuilder::deny_by_default`]).
+    anonymous_read: bool,
     listen: String,
     config: Option<String>,
     args: Vec<String>,
@@ -31,6 +39,12 @@ impl ProxyBuilder {
     /// Run the proxy with this many open files at most (`RLIMIT_NOFILE`, soft and hard).
     pub fn open_files(mut self, n: u64) -> Self {
         self.open_files = Some(n);
+        self
+    }
+
+    /// No `--allow-anonymous-read`: only what the config grants is served.
+    pub fn deny_by_default(mut self) -> Self {
+        self.anonymous_read = false;
         self
     }
 
@@ -79,8 +93,13 @@ impl ProxyBuilder {
             args.push("--config".into());
             args.push(p.display().to_string());
         }
+        if self.anonymous_read {
+            args.push("--allow-anonymous-read".into());
+        }
         args.extend(self.args.iter().cloned());
-        Proxy::spawn(args, self.env, self.cache_dir, self.open_files)
+        let mut env = vec![("HANGAR_ADMIN_TOKEN".to_string(), ADMIN_TOKEN.to_string())];
+        env.extend(self.env);
+        Proxy::spawn(args, env, self.cache_dir, self.open_files)
     }
 }
 
@@ -98,7 +117,7 @@ pub struct Proxy {
 
 impl Proxy {
     pub fn builder(cache_dir: &Path) -> ProxyBuilder {
-        ProxyBuilder { listen: "127.0.0.1:0".into(), config: None, args: Vec::new(), env: Vec::new(), cache_dir: cache_dir.to_path_buf(), open_files: None }
+        ProxyBuilder { anonymous_read: true, listen: "127.0.0.1:0".into(), config: None, args: Vec::new(), env: Vec::new(), cache_dir: cache_dir.to_path_buf(), open_files: None }
     }
 
     fn spawn(args: Vec<String>, env: Vec<(String, String)>, cache_dir: PathBuf, open_files: Option<u64>) -> Proxy {

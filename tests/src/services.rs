@@ -146,9 +146,14 @@ pub fn file_server(dir: &Path) -> Service {
 
 /// hangar-origin storing in a directory under `root`.
 pub fn origin_on_dir(root: &Path) -> Service {
+    origin_on_dir_with(root, "")
+}
+
+/// [`origin_on_dir`] with `top` added to its config's top level.
+pub fn origin_on_dir_with(root: &Path, top: &str) -> Service {
     let dir = root.join("origin");
     std::fs::create_dir_all(&dir).unwrap();
-    origin(&format!("spool_dir = \"{}\"\n[store]\nkind = \"local\"\ndir = \"{}\"\n", dir.display(), dir.join("store").display()), &dir, &[])
+    origin(&format!("{top}\nspool_dir = \"{}\"\n[store]\nkind = \"local\"\ndir = \"{}\"\n", dir.display(), dir.join("store").display()), &dir, &[])
 }
 
 /// hangar-origin storing in bucket `bucket` of `moto`, with `top` added to its config's top

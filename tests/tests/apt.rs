@@ -92,7 +92,7 @@ async fn apt_get_update_and_download_through_the_proxy_and_keep_working_offline(
             let after = proxy.metric("hangar_verified_total", &[("repository", "debian")]).await;
             assert_eq!(after, verified + 1.0, "the .deb was verified against the SHA256 its Packages index lists: {}", proxy.stderr());
             fetched = upstream_bytes;
-            let r = http(proxy.admin, "PUT", "/offline/debian", &[("Content-Length", "0")]).await.unwrap().collect().await;
+            let r = http(proxy.admin, "PUT", "/offline/debian", &[("Content-Length", "0"), hangar_e2e::ADMIN]).await.unwrap().collect().await;
             assert_eq!(r.status, 200);
         } else {
             assert_eq!(upstream_bytes, fetched, "offline: nothing fetched upstream");

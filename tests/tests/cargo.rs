@@ -54,7 +54,7 @@ async fn cargo_fetch_through_the_proxy_and_keep_working_offline() {
             assert!(proxy.metric("hangar_cache_results_total", &[("repository", "cargo"), ("result", "miss")]).await >= 8.0, "config.json, index files and crates through the proxy");
             assert_eq!(proxy.metric("hangar_integrity_failures_total", &[("repository", "cargo")]).await, 0.0);
             fetched = upstream_bytes;
-            let r = http(proxy.admin, "PUT", "/offline/cargo", &[("Content-Length", "0")]).await.unwrap().collect().await;
+            let r = http(proxy.admin, "PUT", "/offline/cargo", &[("Content-Length", "0"), hangar_e2e::ADMIN]).await.unwrap().collect().await;
             assert_eq!(r.status, 200);
         } else {
             assert_eq!(upstream_bytes, fetched, "offline: nothing fetched upstream");

@@ -246,12 +246,12 @@ async fn the_region_shares_an_index_of_objects_and_members_in_redis() {
     let members = redis_cli(&redis, &["ZRANGE", "hangar:test:members", "0", "-1"]);
     assert_eq!(members.lines().count(), 2, "{members}");
     // An operator reads the same index from any proxy's admin listener.
-    let index = get(b.admin, "/index/files/pkg/object-0.bin").await;
+    let index = hangar_e2e::http(b.admin, "GET", "/index/files/pkg/object-0.bin", &[hangar_e2e::ADMIN]).await.unwrap().collect().await;
     assert_eq!(index.status, 200, "{}", String::from_utf8_lossy(&index.body));
     let info: serde_json::Value = serde_json::from_slice(&index.body).unwrap();
     assert_eq!(info["size"], 65536);
     assert_eq!(info["tiers"].as_array().map(Vec::len), Some(2), "both proxies hold a copy: {info}");
-    assert_eq!(get(a.admin, "/index/files/pkg/never-fetched.bin").await.status, 404);
+    assert_eq!(hangar_e2e::http(a.admin, "GET", "/index/files/pkg/never-fetched.bin", &[hangar_e2e::ADMIN]).await.unwrap().collect().await.status, 404);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -408,7 +408,7 @@ async fn an_upload_of_an_artefact_purged_before_its_turn_reads_the_cache_only_an
     let a = start_proxy(root.path(), "a", &config);
     assert_eq!(get(a.addr, &object_path(0)).await.status, 200);
     a.wait_for_metric("hangar_origin_uploads_total", &[("result", "retried")], 1.0).await;
-    let purged = hangar_e2e::http(a.admin, "DELETE", &format!("/cache/files{}", object_path(0)), &[]).await.unwrap().collect().await;
+    let purged = hangar_e2e::http(a.admin, "DELETE", &format!("/cache/files{}", object_path(0)), &[hangar_e2e::ADMIN]).await.unwrap().collect().await;
     assert_eq!(purged.status, 200);
     // The next attempt's read-back is the proxy's own (signed): answered from cache or not at
     // all, never fetched from the upstream again.

@@ -112,7 +112,7 @@ async fn artefacts_are_verified_against_the_upstreams_sha1_and_metadata_refreshe
     let v2 = b"<metadata><versioning><latest>2.0</latest></versioning></metadata>".to_vec();
     up.route("/g/a/maven-metadata.xml", Route::ok(v2.clone()));
     up.route("/g/a/maven-metadata.xml.sha1", Route::ok(sha1_hex(&v2).into_bytes()));
-    let r = hangar_e2e::http(proxy.admin, "DELETE", "/cache/debian/g/a/maven-metadata.xml", &[]).await.unwrap().collect().await;
+    let r = hangar_e2e::http(proxy.admin, "DELETE", "/cache/debian/g/a/maven-metadata.xml", &[hangar_e2e::ADMIN]).await.unwrap().collect().await;
     assert_eq!(r.status, 200);
     let meta = get(proxy.addr, "/maven/debian/g/a/maven-metadata.xml").await;
     let sum = get(proxy.addr, "/maven/debian/g/a/maven-metadata.xml.sha1").await;

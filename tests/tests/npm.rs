@@ -5,8 +5,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use base64::Engine;
-use hangar_e2e::clients::{client, npm_registry, run, run_failing};
+use hangar_e2e::clients::{client, make_tgz, npm_registry, packument, run, run_failing};
 use hangar_e2e::{http, Proxy, Route, Upstream};
 use sha2::Digest as _;
 
@@ -114,25 +113,12 @@ async fn npm_pnpm_and_yarn_install_through_the_proxy_and_keep_working_offline() 
             assert!(upstream_bytes > 0.0);
             assert_eq!(proxy.metric("hangar_cache_skipped_total", &[("repository", "npm")]).await, 0.0, "every tarball was verified and cached");
             fetched = upstream_bytes;
-            let r = http(proxy.admin, "PUT", "/offline/npm", &[("Content-Length", "0")]).await.unwrap().collect().await;
+            let r = http(proxy.admin, "PUT", "/offline/npm", &[("Content-Length", "0"), hangar_e2e::ADMIN]).await.unwrap().collect().await;
             assert_eq!(r.status, 200);
         } else {
             assert_eq!(upstream_bytes, fetched, "offline: nothing fetched upstream");
         }
     }
-}
-
-fn sri(b: &[u8]) -> String {
-    format!("sha512-{}", base64::engine::general_purpose::STANDARD.encode(sha2::Sha512::digest(b)))
-}
-
-/// A packument for `name` 1.0.0 whose tarball is on `registry` with the integrity of `tgz`.
-fn packument(registry: &str, name: &str, tgz: &[u8]) -> String {
-    let file = name.rsplit('/').next().unwrap();
-    format!(
-        r#"{{"name":"{name}","dist-tags":{{"latest":"1.0.0"}},"time":{{"1.0.0":"2020-01-01T00:00:00.000Z"}},"versions":{{"1.0.0":{{"name":"{name}","version":"1.0.0","dist":{{"tarball":"{registry}{name}/-/{file}-1.0.0.tgz","integrity":"{}"}}}}}}}}"#,
-        sri(tgz)
-    )
 }
 
 /// A project `root/<name>` depending on `package` 1.0.0.
@@ -141,15 +127,6 @@ fn depending_on(root: &Path, name: &str, package: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(&d).unwrap();
     std::fs::write(d.join("package.json"), format!(r#"{{"name":"t","version":"1.0.0","dependencies":{{"{package}":"1.0.0"}}}}"#)).unwrap();
     d
-}
-
-/// A package tarball: `package/package.json` in a gzipped tar, made with the system tar.
-fn make_tgz(dir: &Path, name: &str) -> Vec<u8> {
-    let pkg = dir.join("package");
-    std::fs::create_dir_all(&pkg).unwrap();
-    std::fs::write(pkg.join("package.json"), format!(r#"{{"name":"{name}","version":"1.0.0"}}"#)).unwrap();
-    run(Command::new("tar").current_dir(dir).args(["czf", "pkg.tgz", "package"]));
-    std::fs::read(dir.join("pkg.tgz")).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

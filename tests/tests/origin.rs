@@ -46,6 +46,82 @@ async fn local_store_publishes_once_and_verifies_digests() {
 }
 
 
+/// Send `head` and `body` on one connection, then read the answer until the server closes
+/// (the requests say `Connection: close`): the status and the text. Fails, rather than hangs,
+/// if no answer comes: a server that waits for more body is a failure here.
+async fn raw_request(origin: &Service, head: &str, body: &[u8]) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(origin.addr).await.unwrap();
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(body).await.unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(std::time::Duration::from_secs(10), s.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "no answer within 10 s; so far: {:?}", String::from_utf8_lossy(&answer));
+    let text = String::from_utf8_lossy(&answer).to_string();
+    (text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_over_the_size_limit_are_refused_and_leave_nothing() {
+    let root = tempfile::tempdir().unwrap();
+    let origin = services::origin_on_dir_with(root.path(), "max_upload_bytes = \"1KiB\"");
+    let dir = root.path().join("origin");
+
+    // Declared too large: refused before the body is read, so the client need not send it.
+    let (status, text) = raw_request(&origin, "PUT /objects/r/declared.bin HTTP/1.1\r\nHost: o\r\nContent-Length: 1025\r\nConnection: close\r\n\r\n", b"").await;
+    assert_eq!(status, 413, "{text}");
+    assert!(text.contains("1025 bytes") && text.contains("max_upload_bytes"), "the message says what to change: {text}");
+
+    // No length: refused once the body passes the limit (the final chunk is never sent).
+    let chunk = vec![b'x'; 1025];
+    let head = "PUT /objects/r/streamed.bin HTTP/1.1\r\nHost: o\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n";
+    let mut body = format!("{:x}\r\n", chunk.len()).into_bytes();
+    body.extend_from_slice(&chunk);
+    body.extend_from_slice(b"\r\n");
+    let (status, text) = raw_request(&origin, head, &body).await;
+    assert_eq!(status, 413, "{text}");
+
+    for path in ["/objects/r/declared.bin", "/objects/r/streamed.bin"] {
+        assert_eq!(get(origin.addr, path).await.status, 404, "{path}: nothing was stored");
+    }
+    assert!(hangar_e2e::files_under(&dir.join("store")).is_empty(), "no blob and no manifest");
+    let spooled: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().filter(|e| e.path().is_file() && e.file_name() != "origin.toml").map(|e| e.file_name()).collect();
+    assert!(spooled.is_empty(), "the spool is cleaned up: {spooled:?}");
+
+    // At the limit: accepted.
+    let exact = vec![b'y'; 1024];
+    let (status, text) = put(&origin, "/objects/r/exact.bin", &exact, None).await;
+    assert_eq!(status, 201, "{text}");
+    assert_eq!(get(origin.addr, "/objects/r/exact.bin").await.body, exact);
+}
+
+/// A proxy hands origin what it fetched. One over origin's limit must come back as a refusal
+/// (counted, not retried): without `Expect: 100-continue` the proxy would be writing 8 MiB
+/// into a connection origin had already closed, and see only a broken pipe.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_upload_over_origins_limit_is_counted_refused_and_not_retried() {
+    let root = tempfile::tempdir().unwrap();
+    let origin = services::origin_on_dir_with(root.path(), "max_upload_bytes = \"1MiB\"");
+    let up = Upstream::start().await;
+    up.route("/pkg/big.bin", Route::pattern(1, 8 << 20));
+    up.route("/pkg/small.bin", Route::pattern(2, 4096));
+    let config = format!(
+        "[[repository]]\nname = \"files\"\nprefix = \"/\"\nupstream = \"{}\"\n[repository.freshness]\nimmutable = [\"*.bin\"]\n[origin]\nurl = \"http://{}/\"\nupload_workers = 1\n",
+        up.url(),
+        origin.addr
+    );
+    let proxy = Proxy::builder(&root.path().join("proxy")).config(&config).start();
+    assert_eq!(get(proxy.addr, "/pkg/big.bin").await.status, 200);
+    proxy.wait_for_metric("hangar_origin_uploads_total", &[("result", "rejected")], 1.0).await;
+    // One worker: the small one is taken only once the big one is settled.
+    assert_eq!(get(proxy.addr, "/pkg/small.bin").await.status, 200);
+    proxy.wait_for_metric("hangar_origin_uploads_total", &[("result", "stored")], 1.0).await;
+    assert_eq!(proxy.metric("hangar_origin_uploads_total", &[("result", "retried")]).await, 0.0, "a refusal is not an outage");
+    assert_eq!(proxy.metric("hangar_origin_uploads_total", &[("result", "rejected")]).await, 1.0);
+    let blobs = hangar_e2e::files_under(&root.path().join("origin/store/blobs"));
+    assert_eq!(blobs.len(), 1, "only the small artefact reached origin: {blobs:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_store_publishes_once_verifies_and_uploads_large_objects_in_parts() {
     let root = tempfile::tempdir().unwrap();

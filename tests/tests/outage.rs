@@ -109,7 +109,7 @@ async fn offline_mode_serves_everything_cached_without_the_upstream() {
     get(proxy.addr, "/old").await;
     let seen = up.total();
 
-    let r = http(proxy.admin, "PUT", "/offline/r", &[("Content-Length", "0")]).await.unwrap().collect().await;
+    let r = http(proxy.admin, "PUT", "/offline/r", &[("Content-Length", "0"), hangar_e2e::ADMIN]).await.unwrap().collect().await;
     assert_eq!(r.status, 200);
     assert!(String::from_utf8_lossy(&r.body).contains("\"r\":true"));
     let r = get(proxy.addr, "/fresh").await;
@@ -122,11 +122,11 @@ async fn offline_mode_serves_everything_cached_without_the_upstream() {
     assert_eq!(up.total(), seen, "offline: the upstream was not contacted");
 
     // Back online: the stale entry is refreshed from the upstream again.
-    let r = http(proxy.admin, "DELETE", "/offline/r", &[]).await.unwrap().collect().await;
+    let r = http(proxy.admin, "DELETE", "/offline/r", &[hangar_e2e::ADMIN]).await.unwrap().collect().await;
     assert_eq!(r.status, 200);
     get(proxy.addr, "/old").await;
     assert_eq!(up.total(), seen + 1);
-    assert_eq!(http(proxy.admin, "PUT", "/offline/nope", &[("Content-Length", "0")]).await.unwrap().collect().await.status, 404);
+    assert_eq!(http(proxy.admin, "PUT", "/offline/nope", &[("Content-Length", "0"), hangar_e2e::ADMIN]).await.unwrap().collect().await.status, 404);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -206,7 +206,7 @@ async fn purge_drops_one_entry_a_prefix_or_a_repository_at_once() {
         assert_eq!(warm(p).await, "hit");
     }
     let purge = |target: &'static str| async move {
-        let r = http(proxy.admin, "DELETE", target, &[]).await.unwrap().collect().await;
+        let r = http(proxy.admin, "DELETE", target, &[hangar_e2e::ADMIN]).await.unwrap().collect().await;
         (r.status, String::from_utf8_lossy(&r.body).trim().to_string())
     };
     assert_eq!(purge("/cache/r/pkg/b/1").await, (200, "{\"purged\":1}".to_string()));

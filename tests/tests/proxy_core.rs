@@ -329,18 +329,20 @@ async fn a_gigabyte_object_streams_in_bounded_memory() {
 async fn redirects_are_followed_and_cached_under_the_original_url() {
     let up = Upstream::start().await;
     let cdn = Upstream::start().await;
-    up.route("/release/v1.tar.gz", Route::ok(Vec::new()).status(302).header("Location", &format!("{}/signed/abc?sig=1", cdn.url())).header("Cache-Control", "no-store"));
+    // The upstream asks for the repository's configured credentials, then redirects.
+    let redirect = Route::ok(Vec::new()).status(302).header("Location", &format!("{}/signed/abc?sig=1", cdn.url())).header("Cache-Control", "no-store");
+    up.route("/release/v1.tar.gz", Route::ok(Vec::new()).status(401).header("WWW-Authenticate", "Basic realm=\"up\"").when_header("authorization", "Basic dTpzZWNyZXQ=", redirect));
     cdn.route("/signed/abc", Route::ok(b"asset bytes".to_vec()));
     up.route("/moved", Route::ok(Vec::new()).status(301).header("Location", "/here"));
     up.route("/here", Route::ok(b"same host".to_vec()));
     let dir = cache_dir();
     // The "CDN" is on loopback here, which redirects may only reach when allowed.
-    let config = format!("[[repository]]\nname = \"root\"\nprefix = \"/\"\nupstream = \"{}\"\nallow_private_redirects = true\n", up.url());
+    let config = format!("[[repository]]\nname = \"root\"\nprefix = \"/\"\nupstream = \"{}\"\nallow_private_redirects = true\ncredentials = {{ username = \"u\", password = \"secret\" }}\n", up.url());
     let proxy = Proxy::builder(dir.path()).config(&config).start();
 
-    let r = http(proxy.addr, "GET", "/release/v1.tar.gz", &[("Authorization", "Bearer secret")]).await.unwrap().collect().await;
+    let r = http(proxy.addr, "GET", "/release/v1.tar.gz", &[]).await.unwrap().collect().await;
     assert_eq!((r.status, r.body.as_slice()), (200, &b"asset bytes"[..]));
-    assert_eq!(up.requests("/release/v1.tar.gz")[0].header("authorization"), Some("Bearer secret"));
+    assert!(up.requests("/release/v1.tar.gz").iter().any(|q| q.header("authorization") == Some("Basic dTpzZWNyZXQ=")), "the upstream got its credentials");
     assert_eq!(cdn.requests("/signed/abc")[0].header("authorization"), None, "credentials must not follow a redirect to another host");
 
     let r = get(proxy.addr, "/moved").await;

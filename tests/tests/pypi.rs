@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use hangar_e2e::clients::{client, pypi_upstreams, run, run_failing};
+use hangar_e2e::clients::{client, make_wheel, pypi_upstreams, run, run_failing};
 use hangar_e2e::{http, Proxy, Route, Upstream};
 use sha2::Digest as _;
 
@@ -56,24 +56,13 @@ async fn pip_and_uv_install_through_the_proxy_and_keep_working_offline() {
             assert!(proxy.metric("hangar_cache_results_total", &[("repository", "pypi"), ("result", "miss")]).await >= 6.0);
             assert!(upstream_bytes > 100_000.0, "the files came from the upstream through the proxy");
             fetched = upstream_bytes;
-            let r = http(proxy.admin, "PUT", "/offline/pypi", &[("Content-Length", "0")]).await.unwrap().collect().await;
+            let r = http(proxy.admin, "PUT", "/offline/pypi", &[("Content-Length", "0"), hangar_e2e::ADMIN]).await.unwrap().collect().await;
             assert_eq!(r.status, 200);
         } else {
             assert_eq!(upstream_bytes, fetched, "offline: nothing fetched upstream");
         }
     }
     assert!(proxy.metric("hangar_cache_results_total", &[("repository", "pypi"), ("result", "hit")]).await >= 6.0);
-}
-
-/// A wheel with `name` and `version`: a zip with the three files pip reads.
-fn make_wheel(dir: &Path, name: &str, version: &str) -> (String, Vec<u8>) {
-    let file = format!("{name}-{version}-py3-none-any.whl");
-    let script = format!(
-        "import zipfile,sys\nz=zipfile.ZipFile(sys.argv[1],'w')\nd='{name}-{version}.dist-info/'\nz.writestr('{name}/__init__.py','')\nz.writestr(d+'METADATA','Metadata-Version: 2.1\\nName: {name}\\nVersion: {version}\\n')\nz.writestr(d+'WHEEL','Wheel-Version: 1.0\\nGenerator: hangar-tests\\nRoot-Is-Purelib: true\\nTag: py3-none-any\\n')\nz.writestr(d+'RECORD','')\nz.close()\n"
-    );
-    let path = dir.join(&file);
-    run(Command::new("python3").arg("-c").arg(script).arg(&path));
-    (file, std::fs::read(&path).unwrap())
 }
 
 fn sha256_hex(b: &[u8]) -> String {

@@ -247,7 +247,7 @@ async fn an_unknown_unsafe_method_is_forwarded_and_invalidates_like_post() {
     let proxy = proxy_for(&up, dir.path(), "");
     get(proxy.addr, "/r").await;
     assert_eq!(get(proxy.addr, "/r").await.cache(), "hit");
-    let r = http(proxy.addr, "PURGEX", "/r", &[("Content-Length", "0")]).await.unwrap().collect().await;
+    let r = http(proxy.addr, "PURGEX", "/r", &[("Content-Length", "0"), hangar_e2e::ADMIN]).await.unwrap().collect().await;
     assert_eq!(r.status, 200, "forwarded, not 405");
     assert_eq!(up.requests("/r").last().map(|q| q.method.clone()), Some("PURGEX".to_string()));
     assert_eq!(get(proxy.addr, "/r").await.cache(), "miss", "a successful unknown method invalidates the URL");

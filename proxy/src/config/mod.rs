@@ -7,10 +7,11 @@
 //! region turns on the ones it has credentials and network paths for. Last, [`Config::validate`]
 //! checks what the types cannot. Every default is written once, in its struct's `Default`.
 //!
-//! One module per concern: [`cache`], [`fleet`] (and origin), [`repository`], [`interpolate`],
-//! [`validate`]. This module imports nothing from the rest of the proxy, so everything else may
+//! One module per concern: [`auth`], [`cache`], [`fleet`] (and origin), [`repository`],
+//! [`interpolate`], [`validate`]. This module imports nothing from the rest of the proxy, so everything else may
 //! import it.
 
+mod auth;
 mod cache;
 mod fleet;
 mod interpolate;
@@ -23,6 +24,7 @@ use std::time::Duration;
 use hangar_core::{ByteSize, FormatKind, HumanDuration};
 use serde::Deserialize;
 
+pub use auth::{parse_expiry, parse_token_hash, Action, AuthConfig, GrantConfig, TokenConfig, ANONYMOUS_ROLE, AUTHENTICATED_ROLE};
 pub use cache::CacheConfig;
 pub use fleet::{FleetSettings, OriginSettings, Secret};
 pub use interpolate::{interpolate, InterpolationError};
@@ -80,6 +82,8 @@ pub struct Config {
     pub origin: Option<OriginSettings>,
     /// Membership of a region's fleet and the metadata it shares.
     pub fleet: FleetSettings,
+    /// Tokens and grants: who may do what (deny by default).
+    pub auth: AuthConfig,
     /// The `[[repository]]` tables, in file order.
     #[serde(rename = "repository")]
     pub repositories: Vec<RepositoryConfig>,
@@ -102,6 +106,7 @@ impl Default for Config {
             cache: CacheConfig::default(),
             origin: None,
             fleet: FleetSettings::default(),
+            auth: AuthConfig::default(),
             repositories: Vec::new(),
         }
     }

@@ -107,3 +107,18 @@ fn defaults_are_what_an_empty_file_gives() {
     let one = Config::from_toml("[[repository]]\nname = \"a\"\nprefix = \"/a/\"\nupstream = \"http://x/\"\n", "f.toml", &env).unwrap().config;
     assert_eq!(format!("{:?}", one.repositories[0]), format!("{:?}", RepositoryConfig::new("a", "/a/", hangar_core::FormatKind::Generic, "http://x/")));
 }
+
+#[test]
+fn the_shipped_fleet_config_keeps_its_admin_listener_on_loopback_unless_told() {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../config/fleet-proxy.toml")).unwrap();
+    let fleet = |vars: &'static [(&'static str, &'static str)]| {
+        move |n: &str| {
+            let base = [("HANGAR_REDIS_URL", "redis://127.0.0.1:1/"), ("HANGAR_FLEET_SECRET", "0123456789abcdef"), ("HANGAR_ADVERTISE", "10.0.3.17:8080")];
+            vars.iter().chain(base.iter()).find(|(k, _)| *k == n).map(|(_, v)| v.to_string())
+        }
+    };
+    let default = Config::from_toml(&text, "fleet-proxy.toml", &fleet(&[])).unwrap().config;
+    assert_eq!(default.admin_listen, "127.0.0.1:9090", "purges and the offline switch are not on every interface by default");
+    let told = Config::from_toml(&text, "fleet-proxy.toml", &fleet(&[("HANGAR_ADMIN_LISTEN", "10.0.3.17:9090")])).unwrap().config;
+    assert_eq!(told.admin_listen, "10.0.3.17:9090");
+}

@@ -46,6 +46,7 @@ impl Config {
             }
         }
         self.validate_fleet(file)?;
+        self.auth.validate(&|key, message| invalid(key, message))?;
         if let Some(origin) = &self.origin {
             if origin.url.is_empty() {
                 return Err(invalid("origin.url".into(), "required: the base URL of hangar-origin, as http://host:port/".into()));

@@ -371,6 +371,13 @@ pub trait Format: Send + Sync {
         method == Method::GET || method == Method::HEAD
     }
 
+    /// Whether a request it allows only reads (the `read` action of the grants): GET, HEAD
+    /// and OPTIONS, and whatever else only asks the registry something (npm's advisory
+    /// queries are POSTs). Everything else is a write: DELETE a `delete`, the rest `publish`.
+    fn reads(&self, method: &Method, _path: &str) -> bool {
+        method == Method::GET || method == Method::HEAD || method == Method::OPTIONS
+    }
+
     /// Where clients address this kind of registry whatever the repository's prefix (OCI's
     /// `/v2/`): the version check is answered there, and `?ns=` picks the repository.
     fn registry_root(&self) -> Option<&'static str> {

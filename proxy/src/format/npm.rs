@@ -210,6 +210,11 @@ impl Format for Npm {
             || (method == http::Method::POST && path.starts_with("-/npm/v1/security/"))
     }
 
+    /// The advisory queries (`npm audit`) are POSTs that only ask.
+    fn reads(&self, method: &http::Method, path: &str) -> bool {
+        self.allows(method, path)
+    }
+
     fn resolve(&self, path: &RequestPath<'_>, headers: &HeaderMap) -> Result<Resolved, FormatError> {
         let rel = path.relative;
         if let Some(api) = rel.strip_prefix("-/") {

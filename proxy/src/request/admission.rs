@@ -1,6 +1,7 @@
 //! The first phase: refuse what no repository should see (oversized targets and headers, bad
-//! methods, unmounted paths), establish who sent the request, and strip every internal header a
-//! client sent.
+//! methods, unmounted paths), establish who sent the request and whether a grant lets them
+//! (before any cache or upstream work: hits are checked too), and strip every internal header
+//! a client sent.
 //!
 //! Hangar's own parts mark their hops with a signed `x-hangar-hop` header (see
 //! [`hangar_core::wire::HopKey`]). Every `x-hangar-*` request header is removed here, before
@@ -15,6 +16,8 @@ use http::Method;
 use pingora::proxy::Session;
 
 use super::ctx::Caller;
+use crate::auth::Principal;
+use crate::config::Action;
 use super::local::Reply;
 use super::{target_of, HangarProxy, RequestCtx};
 use crate::repository::Repository;
@@ -42,6 +45,11 @@ impl HangarProxy {
         }
         ctx.caller = self.caller(session);
         let req = session.req_header();
+        // First, so that whatever else refuses the request, its line is written without it.
+        if req.uri.query().is_some_and(|q| self.auth.secret_in_query(q)) {
+            ctx.caller.secret_in_query = true;
+            return Err(Reply::error(400, "a credential in the URL query is refused: send it in the Authorization header (and replace it: URLs end up in logs)"));
+        }
         // RFC 3986 5.2.4: the path is routed with its dot segments removed; a `..` that
         // would take it out of the repository its spelling names (to another repository, one
         // nested in it or a disabled one) is refused, not followed.
@@ -63,7 +71,35 @@ impl HangarProxy {
             let allow = STANDARD_METHODS.iter().filter(|m| repo.allows(m, &rest)).map(Method::as_str).collect::<Vec<_>>().join(", ");
             return Err(Reply::Error { status: 405, message: "method not allowed".into(), allow: Some(allow) });
         }
+        // The proxy's own reads, fleet members' hops and background refreshes were allowed
+        // when the client's request that caused them was.
+        if !(ctx.caller.peer || ctx.caller.loopback || ctx.caller.listing || ctx.caller.background) {
+            self.authorize(req, &repo, &rest)?;
+        }
         Ok((repo.clone(), rest.into_owned()))
+    }
+
+    /// Whether the request's credentials (none: anonymous) allow it on `repo`: what the format
+    /// calls a read (GET, HEAD, npm's advisory queries) is `read`, DELETE is `delete`, any
+    /// other method `publish`. 401 for credentials that are missing where a grant needs them,
+    /// or malformed, unknown or expired; 403 for valid ones without the grant.
+    fn authorize(&self, req: &pingora::http::RequestHeader, repo: &Repository, rest: &str) -> Result<(), Reply> {
+        let action = if repo.format.reads(&req.method, rest) {
+            Action::Read
+        } else if req.method == Method::DELETE {
+            Action::Delete
+        } else {
+            Action::Publish
+        };
+        let principal = self.auth.authenticate(req.headers.get(http::header::AUTHORIZATION).map(|v| v.as_bytes()), crate::auth::unix_now).map_err(|e| Reply::Unauthenticated(e.to_string()))?;
+        if self.auth.allows(&principal, action, Some(&repo.name)) {
+            return Ok(());
+        }
+        let (what, name) = (action.as_str(), &repo.name);
+        Err(match principal {
+            Principal::Anonymous => Reply::Unauthenticated(format!("{what} on repository '{name}' needs a credential: a token as 'Authorization: Bearer <token>' or as the password of HTTP basic")),
+            p => Reply::error(403, format!("'{}' lacks the '{what}' permission on repository '{name}': no grant gives it", p.name())),
+        })
     }
 
     /// Who sent the request: a hop proof that verifies makes it a peer's or the proxy's own;
@@ -79,6 +115,7 @@ impl HangarProxy {
                 Some(HopKind::Peer) => caller.peer = true,
                 Some(HopKind::Loopback) => caller.loopback = true,
                 // Meant for origin, not for a proxy: nothing special here.
+                Some(HopKind::Listing) => caller.listing = true,
                 Some(HopKind::Replace) | None => {}
             }
         }

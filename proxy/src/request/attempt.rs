@@ -388,18 +388,22 @@ impl HangarProxy {
         }
         match attempt.hop {
             // The upstream's credentials are for the upstream: not for fleet peers or origin.
-            Hop::Upstream if !attempt.cross_origin => {
-                if let Some(auth) = &attempt.authorization {
-                    req.insert_header(header::AUTHORIZATION, auth.as_str())?;
+            // A client's own `Authorization` is its credential for Hangar: never passed on.
+            Hop::Upstream if !attempt.cross_origin => match &attempt.authorization {
+                Some(auth) => req.insert_header(header::AUTHORIZATION, auth.as_str())?,
+                None => {
+                    req.remove_header(&header::AUTHORIZATION);
                 }
-            }
+            },
             Hop::Upstream | Hop::Origin => {
                 req.remove_header(&header::AUTHORIZATION);
                 req.remove_header(&header::COOKIE);
             }
             Hop::Peer(_) => {
-                // The owner answers as this proxy would: same Host (rewritten documents point
-                // where the client expects), and it must not forward again.
+                // The owner trusts this proxy's proof (not the client's credential) and answers
+                // as this proxy would: same Host, and it must not forward again.
+                req.remove_header(&header::AUTHORIZATION);
+                req.remove_header(&header::COOKIE);
                 req.insert_header(HOP_HEADER, self.fleet.sign(HopKind::Peer, req.method.as_str(), &target.path))?;
                 if let Some(host) = session.req_header().headers.get(header::HOST).cloned() {
                     req.insert_header(header::HOST, host)?;

@@ -326,7 +326,12 @@ impl HangarProxy {
     async fn learn_digests(&self, repo: &Repository, document: &str) -> bool {
         let target = format!("{}{}", repo.prefix, document);
         let url = hangar_core::UpstreamUrl::http(self.listen_addr);
-        let headers = [(header::ACCEPT, repo.format.document_accept().to_string()), (header::ACCEPT_ENCODING, "identity".to_string())];
+        // Signed as a listing read: the client request that needs it has passed the grants.
+        let headers = [
+            (header::ACCEPT, repo.format.document_accept().to_string()),
+            (header::ACCEPT_ENCODING, "identity".to_string()),
+            (http::HeaderName::from_static(hangar_core::wire::HOP_HEADER), self.fleet.sign(hangar_core::wire::HopKind::Listing, "GET", &target)),
+        ];
         let timeouts = TimeoutConfig::default();
         let request = Request { method: http::Method::GET, url: &url, target: &target, headers: &headers, timeouts: &timeouts };
         let read = match tokio::time::timeout(LISTING_READ_TIMEOUT, self.client.fetch(&request, repo.max_document_bytes)).await {

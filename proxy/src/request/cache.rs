@@ -255,9 +255,8 @@ impl HangarProxy {
     }
 
     /// `response_cache_filter`: whether a fetched response may be stored, and for how long.
-    pub(super) fn storable(&self, session: &Session, resp: &ResponseHeader, ctx: &mut RequestCtx) -> RespCacheable {
+    pub(super) fn storable(&self, resp: &ResponseHeader, ctx: &mut RequestCtx) -> RespCacheable {
         let Some((repo, route)) = ctx.routed() else { return RespCacheable::Uncacheable(NoCacheReason::NeverEnabled) };
-        let authorization = session.req_header().headers.contains_key(header::AUTHORIZATION);
         let derived_count = route.resolved.lists_derived.as_deref().map(|group| self.derived_count(repo, group));
         // `Vary: *`: no request can be known to match, so nothing is stored (RFC 9111 §4.1).
         let vary_any = resp.headers.get_all(header::VARY).iter().any(|v| v.to_str().unwrap_or("").split(',').any(|n| n.trim() == "*"));
@@ -284,7 +283,7 @@ impl HangarProxy {
             }
             None => resp,
         };
-        let mut decision = repo.freshness.decide(class, resp, authorization);
+        let mut decision = repo.freshness.decide(class, resp);
         // What the body is verified against is kept with it, so a later request naming a
         // digest knows what it would be served. Only a body this request hashes (a 304 keeps
         // what the stored copy was verified against).

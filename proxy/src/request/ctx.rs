@@ -29,6 +29,11 @@ pub struct Caller {
     pub loopback: bool,
     /// A stale-while-revalidate refresh pingora runs in the background.
     pub background: bool,
+    /// The proxy's own read of a listing for a request already allowed (its hop proof
+    /// verified): not checked against the grants again.
+    pub listing: bool,
+    /// The query carries a credential: refused, and logged without its query.
+    pub secret_in_query: bool,
 }
 
 /// What the request is for, once its format has resolved it.

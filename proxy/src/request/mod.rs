@@ -62,6 +62,8 @@ const DOCUMENT_GZIP_LEVEL: u32 = 1;
 
 /// Everything the phases share; one per process.
 pub struct HangarProxy {
+    /// Who may do what: checked first on every request.
+    pub auth: Arc<crate::auth::Authorizer>,
     pub router: Arc<Router>,
     pub storage: &'static TieredStorage,
     pub eviction: &'static DiskEviction,
@@ -209,8 +211,8 @@ impl ProxyHttp for HangarProxy {
         self.variant(meta, ctx, req)
     }
 
-    fn response_cache_filter(&self, session: &Session, resp: &ResponseHeader, ctx: &mut RequestCtx) -> Result<RespCacheable> {
-        Ok(self.storable(session, resp, ctx))
+    fn response_cache_filter(&self, _session: &Session, resp: &ResponseHeader, ctx: &mut RequestCtx) -> Result<RespCacheable> {
+        Ok(self.storable(resp, ctx))
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {

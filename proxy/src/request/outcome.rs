@@ -43,7 +43,8 @@ impl HangarProxy {
             repository: ctx.repo.as_deref().map(|r| r.name.as_str()),
             format: ctx.repo.as_deref().map(|r| r.format.kind()),
             method: &req.method,
-            target: target_of(req),
+            // A credential in the query is refused, and not written down either.
+            target: if ctx.caller.secret_in_query { req.uri.path() } else { target_of(req) },
             host: req.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()),
             key_path: ctx.route.as_ref().map(|r| r.resolved.key_path.as_str()),
             class: ctx.route.as_ref().map(|r| r.class),
