@@ -150,16 +150,11 @@ impl ServeHttp for AdminApp {
             if req.uri.query().is_some_and(|q| self.auth.secret_in_query(q)) {
                 return reply(400, "application/json", b"{\"error\":\"a credential in the URL query is refused: send it in the Authorization header\"}\n".to_vec());
             }
-            match self.auth.authenticate(req.headers.get(http::header::AUTHORIZATION).map(|v| v.as_bytes()), crate::auth::unix_now) {
-                Err(e) => return unauthenticated(&e.to_string()),
-                Ok(crate::auth::Principal::Anonymous) if !self.auth.allows(&crate::auth::Principal::Anonymous, Action::Admin, None) => {
-                    return unauthenticated("the admin listener needs an admin credential: 'Authorization: Bearer <token>'");
-                }
-                Ok(p) if !self.auth.allows(&p, Action::Admin, None) => {
-                    let message = format!("'{}' may not use the admin listener: no grant gives it admin on every repository", p.name());
-                    return reply(403, "application/json", json_message(&message));
-                }
+            let asked = crate::auth::Asked { action: Action::Admin, repository: None, package: None };
+            match self.auth.check(req.headers.get(http::header::AUTHORIZATION).map(|v| v.as_bytes()), &asked).await {
                 Ok(_) => {}
+                Err(crate::auth::Refusal::Unauthenticated(message)) => return unauthenticated(&message),
+                Err(crate::auth::Refusal::Forbidden(message)) => return reply(403, "application/json", json_message(&message)),
             }
         }
         if let Some(rest) = path.strip_prefix("/cache/") {

@@ -265,7 +265,8 @@ impl ProxyBuilder {
         for sink in self.sinks {
             sinks.push(sink);
         }
-        let auth = crate::auth::Authorizer::new(&config.auth, self.bootstrap.as_deref());
+        let registry_secret = config.fleet.secret.as_ref().map(|s| s.0.as_bytes());
+        let auth = crate::auth::Authorizer::new(&config.auth, self.bootstrap.as_deref(), client.clone(), registry_secret);
         if auth.has_bootstrap() {
             tracing::warn!("bootstrap admin credential enabled ({}): every permission on every listener; configure tokens and unset it", crate::auth::BOOTSTRAP_VARIABLE);
         }

@@ -125,7 +125,7 @@ fn apply_flags(cli: &Cli, mut config: Config) -> anyhow::Result<Config> {
         config.access_log = false;
     }
     if cli.allow_anonymous_read {
-        config.auth.grants.push(hangar_proxy::config::GrantConfig { role: hangar_proxy::config::ANONYMOUS_ROLE.into(), repositories: vec!["*".into()], actions: vec![hangar_proxy::config::Action::Read] });
+        config.auth.grants.push(hangar_proxy::config::GrantConfig { packages: Vec::new(), role: hangar_proxy::config::ANONYMOUS_ROLE.into(), repositories: vec!["*".into()], actions: vec![hangar_proxy::config::Action::Read] });
     }
     for spec in &cli.upstreams {
         let (prefix, url) = spec

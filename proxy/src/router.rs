@@ -74,6 +74,12 @@ impl Router {
         self.repos.iter().find(|r| r.name == name)
     }
 
+    /// The registry root (`/v2/`) whose token endpoint (`/v2/token`) `path` is, when a
+    /// registry repository is mounted.
+    pub fn registry_token_root(&self, path: &str) -> Option<&'static str> {
+        self.repos.iter().filter_map(|r| r.format.registry_root()).find(|root| path.strip_prefix(root) == Some("token"))
+    }
+
     /// The repository serving `path` and the rest of the path below its prefix.
     ///
     /// Below a registry root (OCI's `/v2/`), containerd names the registry it wants in

@@ -195,3 +195,74 @@ async fn without_grants_nothing_is_served() {
     assert_eq!(up.hits("/a.bin"), 1);
     proxy.wait_for_log(|l| l.contains("every request is refused")).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_answer_429_per_principal_and_address_rules_fence_repositories() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Upstream::start().await;
+    up.route("/pkg/a.bin", Route::ok(b"artefact bytes".to_vec()));
+    let config = format!(
+        r#"
+[[repository]]
+name = "open"
+prefix = "/open/"
+upstream = "{up}/"
+[repository.freshness]
+immutable = ["*.bin"]
+
+[[repository]]
+name = "fenced"
+prefix = "/fenced/"
+upstream = "{up}/"
+
+[[auth.token]]
+name = "builder"
+hash = "{builder}"
+roles = ["builder"]
+
+[[auth.token]]
+name = "other"
+hash = "{other}"
+roles = ["builder"]
+
+[[auth.grant]]
+role = "builder"
+repositories = ["*"]
+actions = ["read"]
+
+[auth.limits]
+principal_reads_per_second = 3
+
+[[auth.addresses]]
+repositories = ["fenced"]
+allow = ["192.0.2.0/24"]
+"#,
+        up = up.url(),
+        builder = hash(BUILDER),
+        other = hash(OTHER)
+    );
+    let proxy = Proxy::builder(&dir.path().join("cache")).config(&config).deny_by_default().start();
+    let (builder, other) = (format!("Bearer {BUILDER}"), format!("Bearer {OTHER}"));
+
+    let r = read(&proxy, "/fenced/pkg/a.bin", Some(&builder)).await;
+    assert_eq!(r.status, 403, "loopback is not in the fenced repository's allow list");
+    assert!(String::from_utf8_lossy(&r.body).contains("not reachable from 127.0.0.1"), "{}", String::from_utf8_lossy(&r.body));
+
+    // Asked faster than 3 a second, the builder is refused with when to come back...
+    let mut admitted = 0;
+    let refused = loop {
+        let r = read(&proxy, "/open/pkg/a.bin", Some(&builder)).await;
+        match r.status {
+            200 => admitted += 1,
+            429 => break r,
+            s => panic!("unexpected {s}"),
+        }
+        assert!(admitted < 1000, "the budget never ran out");
+    };
+    assert!(admitted >= 3, "the budget was given first: {admitted}");
+    assert_eq!(refused.header("retry-after"), Some("1"));
+    assert!(String::from_utf8_lossy(&refused.body).contains("principal 'builder' is over its budget of 3 reads per second"), "{}", String::from_utf8_lossy(&refused.body));
+    // ...while another principal, from the same address, is not slowed.
+    assert_eq!(read(&proxy, "/open/pkg/a.bin", Some(&other)).await.status, 200);
+    assert_eq!(up.hits("/pkg/a.bin"), 1, "refusals reached no upstream");
+}

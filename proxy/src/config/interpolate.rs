@@ -95,6 +95,12 @@ pub(super) fn interpolate_config(config: &mut Config, file: &str, env: &dyn Fn(&
             Err(e) => return Err(invalid("fleet.secret", e)),
         };
     }
+    for (i, oidc) in config.auth.oidc.iter_mut().enumerate() {
+        oidc.issuer = interpolate(&oidc.issuer, env).map_err(|e| invalid(&format!("auth.oidc[{i}].issuer"), e))?;
+        if let Some(url) = oidc.jwks_url.as_mut() {
+            *url = interpolate(url, env).map_err(|e| invalid(&format!("auth.oidc[{i}].jwks_url"), e))?;
+        }
+    }
     if let Some(origin) = config.origin.as_mut() {
         match interpolate(&origin.url, env) {
             Ok(url) => origin.url = url,

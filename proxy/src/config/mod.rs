@@ -24,7 +24,9 @@ use std::time::Duration;
 use hangar_core::{ByteSize, FormatKind, HumanDuration};
 use serde::Deserialize;
 
-pub use auth::{parse_expiry, parse_token_hash, Action, AuthConfig, GrantConfig, TokenConfig, ANONYMOUS_ROLE, AUTHENTICATED_ROLE};
+pub use auth::{
+    parse_expiry, parse_network, parse_token_hash, pattern_matches, Action, AddressRule, AuthConfig, ClaimRule, GrantConfig, LimitsConfig, OidcConfig, TokenConfig, ANONYMOUS_ROLE, AUTHENTICATED_ROLE,
+};
 pub use cache::CacheConfig;
 pub use fleet::{FleetSettings, OriginSettings, Secret};
 pub use interpolate::{interpolate, InterpolationError};

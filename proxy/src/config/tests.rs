@@ -122,3 +122,24 @@ fn the_shipped_fleet_config_keeps_its_admin_listener_on_loopback_unless_told() {
     let told = Config::from_toml(&text, "fleet-proxy.toml", &fleet(&[("HANGAR_ADMIN_LISTEN", "10.0.3.17:9090")])).unwrap().config;
     assert_eq!(told.admin_listen, "10.0.3.17:9090");
 }
+
+#[test]
+fn auth_errors_name_the_key_of_an_issuer_an_address_rule_or_a_package_pattern() {
+    let err = |text: &str| Config::from_toml(text, "f.toml", &env).unwrap_err().to_string();
+    let oidc = |extra: &str| format!("[[auth.oidc]]\nissuer = \"https://ci.test\"\naudience = \"hangar\"\n{extra}");
+    assert!(err("[[auth.oidc]]\nissuer = \"not a url\"\naudience = \"hangar\"\n").starts_with("f.toml: auth.oidc[0].issuer:"));
+    assert!(err("[[auth.oidc]]\nissuer = \"https://ci.test\"\naudience = \" \"\n").starts_with("f.toml: auth.oidc[0].audience:"));
+    assert!(err(&oidc("[[auth.oidc.rule]]\nclaims = {}\nroles = [\"x\"]\n")).starts_with("f.toml: auth.oidc[0].rule[0].claims:"));
+    assert!(err(&oidc("[[auth.oidc.rule]]\nclaims = { sub = \"*\" }\nroles = [\"anonymous\"]\n")).starts_with("f.toml: auth.oidc[0].rule[0].roles:"));
+    let unset = err("[[auth.oidc]]\nissuer = \"${NO_SUCH_ISSUER}\"\naudience = \"hangar\"\n");
+    assert!(unset.starts_with("f.toml: auth.oidc[0].issuer:") && unset.contains("NO_SUCH_ISSUER"), "{unset}");
+    let issuer = Config::from_toml(&oidc("[[auth.oidc.rule]]\nclaims = { repository = \"acme/*\" }\nroles = [\"ci\"]\n"), "f.toml", &env).unwrap().config;
+    assert_eq!(issuer.auth.oidc[0].jwks_min_refetch.0, std::time::Duration::from_secs(10));
+    let cidr = err("[[auth.addresses]]\nrepositories = [\"*\"]\nallow = [\"10.0.0.0/33\"]\n");
+    assert!(cidr.starts_with("f.toml: auth.addresses[0].allow:") && cidr.contains("10.0.0.0/33"), "{cidr}");
+    assert!(err("[[auth.addresses]]\nrepositories = [\"*\"]\n").starts_with("f.toml: auth.addresses[0].allow:"));
+    assert!(Config::from_toml("[[auth.addresses]]\nrepositories = [\"a\"]\nblock = [\"192.0.2.1\", \"2001:db8::/32\"]\n", "f.toml", &env).is_ok());
+    let pattern = err("[[auth.grant]]\nrole = \"r\"\nrepositories = [\"*\"]\nactions = [\"publish\"]\npackages = [\"\"]\n");
+    assert!(pattern.starts_with("f.toml: auth.grant[0].packages:"), "{pattern}");
+    assert!(err("[auth.limits]\nprincipal_reads_per_second = -1\n").contains("principal_reads_per_second"));
+}

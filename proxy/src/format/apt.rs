@@ -134,6 +134,13 @@ impl Format for Apt {
         FormatKind::Apt
     }
 
+    /// A `pool/` file's binary or source package: its name up to the first `_`.
+    fn package(&self, path: &str) -> Option<String> {
+        let file = path.strip_prefix("pool/")?.rsplit('/').next()?;
+        let (name, _) = file.split_once('_')?;
+        Some(name.to_string())
+    }
+
     fn resolve(&self, path: &RequestPath<'_>, _headers: &HeaderMap) -> Result<Resolved, FormatError> {
         let rel = path.checked_relative(false)?;
         let mut resolved = Resolved::passthrough(with_query(&rel, path.query), PathClass::Metadata);

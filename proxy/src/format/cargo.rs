@@ -71,6 +71,17 @@ impl Format for Cargo {
         FormatKind::Cargo
     }
 
+    /// The crate: the last part of an index file's path, or the `dl/<crate>/...` download's.
+    fn package(&self, path: &str) -> Option<String> {
+        let parts: Vec<&str> = path.split('/').collect();
+        match parts.as_slice() {
+            ["dl", name, ..] => Some(name.to_ascii_lowercase()),
+            ["1" | "2", name] | ["3", _, name] => Some(name.to_ascii_lowercase()),
+            [a, b, name] if a.len() == 2 && b.len() == 2 => Some(name.to_ascii_lowercase()),
+            _ => None,
+        }
+    }
+
     /// The `dl` template's origin; the format fills in the whole path.
     fn files_upstream(&self) -> Option<UpstreamUrl> {
         Some(self.dl_origin.clone())

@@ -50,6 +50,20 @@ impl Format for Gems {
         FormatKind::Gems
     }
 
+    /// `info/<name>`, or a gem's (`gems/<name>-<version>[-<platform>].gem`, `quick/...`): the
+    /// name ends where a `-` is followed by the version's first digit.
+    fn package(&self, path: &str) -> Option<String> {
+        if let Some(name) = path.strip_prefix("info/") {
+            return (!name.is_empty() && !name.contains('/')).then(|| name.to_string());
+        }
+        if !(path.starts_with("gems/") || path.starts_with("quick/")) {
+            return None;
+        }
+        let file = path.rsplit('/').next()?;
+        let cut = file.char_indices().find(|&(i, c)| c == '-' && file[i + 1..].starts_with(|d: char| d.is_ascii_digit()))?.0;
+        Some(file[..cut].to_string())
+    }
+
     fn resolve(&self, path: &RequestPath<'_>, _headers: &HeaderMap) -> Result<Resolved, FormatError> {
         let rel = path.checked_relative(false)?;
         if let Some(file) = rel.strip_prefix("gems/") {

@@ -32,6 +32,21 @@ impl Format for Maven {
         FormatKind::Maven
     }
 
+    /// `groupId.artifactId`: the directories, less the version's when the file is one of its
+    /// (`lib-1.0.jar` below `lib/1.0/`, anything below a version starting with a digit).
+    fn package(&self, path: &str) -> Option<String> {
+        let (dirs, file) = path.rsplit_once('/')?;
+        let mut dirs: Vec<&str> = dirs.split('/').filter(|d| !d.is_empty()).collect();
+        if dirs.len() >= 3 {
+            let artifact = dirs[dirs.len() - 2];
+            let version = dirs[dirs.len() - 1];
+            if file.starts_with(&format!("{artifact}-")) || version.starts_with(|c: char| c.is_ascii_digit()) {
+                dirs.pop();
+            }
+        }
+        (dirs.len() >= 2).then(|| dirs.join("."))
+    }
+
     fn resolve(&self, path: &RequestPath<'_>, _headers: &HeaderMap) -> Result<Resolved, FormatError> {
         let rel = path.checked_relative(false)?;
         if rel.is_empty() || rel.ends_with('/') {

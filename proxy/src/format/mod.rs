@@ -378,6 +378,14 @@ pub trait Format: Send + Sync {
         method == Method::GET || method == Method::HEAD || method == Method::OPTIONS
     }
 
+    /// The package `path` (below the prefix, without its query) is about, in the registry's own
+    /// naming, for grants limited to package names: an npm `@scope/name`, a PyPI project's
+    /// normalised name, Maven's `groupId.artifactId`, an image's name. `None` where the path
+    /// names no one package (an index root, a search).
+    fn package(&self, _path: &str) -> Option<String> {
+        None
+    }
+
     /// Where clients address this kind of registry whatever the repository's prefix (OCI's
     /// `/v2/`): the version check is answered there, and `?ns=` picks the repository.
     fn registry_root(&self) -> Option<&'static str> {
@@ -516,6 +524,9 @@ pub(crate) fn with_query(path: &str, query: Option<&str>) -> String {
         None => path.to_string(),
     }
 }
+
+#[cfg(test)]
+mod package_tests;
 
 #[cfg(test)]
 mod tests {

@@ -204,6 +204,19 @@ impl Format for Npm {
         FormatKind::Npm
     }
 
+    fn package(&self, path: &str) -> Option<String> {
+        if path.starts_with("-/") {
+            return None;
+        }
+        let path = path.replace("%2f", "/").replace("%2F", "/");
+        let mut parts = path.split('/').filter(|p| !p.is_empty());
+        let first = parts.next()?;
+        Some(match first.starts_with('@') {
+            true => format!("{first}/{}", parts.next()?),
+            false => first.to_string(),
+        })
+    }
+
     fn allows(&self, method: &http::Method, path: &str) -> bool {
         method == http::Method::GET
             || method == http::Method::HEAD

@@ -75,6 +75,11 @@ impl Format for Oci {
         FormatKind::Oci
     }
 
+    /// The image's name: what precedes `/manifests/`, `/blobs/` or `/tags/`.
+    fn package(&self, path: &str) -> Option<String> {
+        ["/manifests/", "/blobs/", "/tags/"].iter().find_map(|part| path.rfind(part).map(|at| path[..at].to_string())).filter(|n| !n.is_empty())
+    }
+
     /// Manifests by tag, tag lists and referrers are JSON objects (by digest, they are
     /// verified against it instead).
     fn check_document(&self, resolved: &Resolved, content_type: Option<&str>, head: Option<&[u8]>) -> Result<(), String> {

@@ -227,6 +227,20 @@ impl Format for Pypi {
         FormatKind::Pypi
     }
 
+    fn package(&self, path: &str) -> Option<String> {
+        if let Some(project) = path.strip_prefix("simple/") {
+            return normalize(project.trim_end_matches('/')).filter(|p| !p.is_empty() && !project.trim_end_matches('/').contains('/'));
+        }
+        let file = path.strip_prefix("files/")?.rsplit('/').next()?;
+        let file = file.strip_suffix(".metadata").unwrap_or(file);
+        // A wheel's name ends at its first '-' (PEP 427 escapes it in names); an sdist's at its last.
+        let name = match file.ends_with(".whl") {
+            true => file.split('-').next()?,
+            false => file.rsplit_once('-')?.0,
+        };
+        normalize(name).filter(|n| !n.is_empty())
+    }
+
     fn files_upstream(&self) -> Option<UpstreamUrl> {
         Some(self.files_upstream.clone())
     }

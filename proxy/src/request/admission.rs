@@ -16,7 +16,7 @@ use http::Method;
 use pingora::proxy::Session;
 
 use super::ctx::Caller;
-use crate::auth::Principal;
+use crate::auth::{registry, Asked, Refusal};
 use crate::config::Action;
 use super::local::Reply;
 use super::{target_of, HangarProxy, RequestCtx};
@@ -34,7 +34,7 @@ const STANDARD_METHODS: [Method; 7] = [Method::GET, Method::HEAD, Method::POST, 
 
 impl HangarProxy {
     /// Admit the request: its repository and the path below the repository's prefix.
-    pub(super) fn admit(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<(Arc<Repository>, String), Reply> {
+    pub(super) async fn admit(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<(Arc<Repository>, String), Reply> {
         let req = session.req_header();
         if req.raw_path().len() > MAX_URI_BYTES {
             return Err(Reply::error(414, "request URI too long"));
@@ -55,6 +55,9 @@ impl HangarProxy {
         // nested in it or a disabled one) is refused, not followed.
         let refused = |e: hangar_core::PathError| Reply::error(400, format!("{e}: a '..' may not leave the repository"));
         let path = remove_dot_segments(req.uri.path(), DotSegments::All).map_err(refused)?;
+        if let Some(root) = self.router.registry_token_root(&path) {
+            return Err(Box::pin(self.registry_token(req, root)).await);
+        }
         let routed = self.router.route(&path, req.uri.query());
         if path.len() != req.uri.path().len() {
             let spelled = remove_dot_segments(req.uri.path(), DotSegments::Current).map_err(refused)?;
@@ -74,16 +77,32 @@ impl HangarProxy {
         // The proxy's own reads, fleet members' hops and background refreshes were allowed
         // when the client's request that caused them was.
         if !(ctx.caller.peer || ctx.caller.loopback || ctx.caller.listing || ctx.caller.background) {
-            self.authorize(req, &repo, &rest)?;
+            let address = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
+            self.authorize(req, &repo, &rest, address).await?;
         }
         Ok((repo.clone(), rest.into_owned()))
     }
 
     /// Whether the request's credentials (none: anonymous) allow it on `repo`: what the format
     /// calls a read (GET, HEAD, npm's advisory queries) is `read`, DELETE is `delete`, any
-    /// other method `publish`. 401 for credentials that are missing where a grant needs them,
-    /// or malformed, unknown or expired; 403 for valid ones without the grant.
-    fn authorize(&self, req: &pingora::http::RequestHeader, repo: &Repository, rest: &str) -> Result<(), Reply> {
+    /// other method `publish`, on the package the format names in the path. 401 for
+    /// credentials that are missing where a grant needs them, or malformed, unknown or
+    /// expired; 403 for valid ones without the grant. A registry's 401s carry its token
+    /// endpoint's challenge, and its version check (`/v2/`) answers 401 to a request without
+    /// credentials, as registries do: that is how `docker login` and the token flow begin.
+    async fn authorize(&self, req: &pingora::http::RequestHeader, repo: &Repository, rest: &str, address: Option<std::net::IpAddr>) -> Result<(), Reply> {
+        if !self.auth.address_permitted(&repo.name, address) {
+            let shown = address.map_or_else(|| "an unknown address".to_string(), |a| a.to_string());
+            return Err(Reply::error(403, format!("repository '{}' is not reachable from {shown} ([[auth.addresses]])", repo.name)));
+        }
+        let authorization = req.headers.get(http::header::AUTHORIZATION).map(|v| v.as_bytes());
+        let challenge = repo.format.registry_root().map(|root| registry::challenge(&super::body::client_origin(repo, req), root));
+        if challenge.is_some() && rest.is_empty() {
+            if authorization.is_none() {
+                return Err(Reply::Unauthenticated { message: "a registry's version check needs a credential: ask the token endpoint its challenge names".into(), challenge });
+            }
+            return self.auth.authenticate(authorization).await.map(drop).map_err(|e| Reply::Unauthenticated { message: e.to_string(), challenge });
+        }
         let action = if repo.format.reads(&req.method, rest) {
             Action::Read
         } else if req.method == Method::DELETE {
@@ -91,15 +110,29 @@ impl HangarProxy {
         } else {
             Action::Publish
         };
-        let principal = self.auth.authenticate(req.headers.get(http::header::AUTHORIZATION).map(|v| v.as_bytes()), crate::auth::unix_now).map_err(|e| Reply::Unauthenticated(e.to_string()))?;
-        if self.auth.allows(&principal, action, Some(&repo.name)) {
-            return Ok(());
+        let package = repo.format.package(rest);
+        let asked = Asked { action, repository: Some(&repo.name), package: package.as_deref() };
+        match self.auth.check(authorization, &asked).await {
+            Ok(principal) => self.auth.take(&principal, address, action != Action::Read).map_err(|l| Reply::Limited { message: l.to_string(), retry_after: l.retry_after }),
+            Err(Refusal::Unauthenticated(message)) => Err(Reply::Unauthenticated { message, challenge }),
+            Err(Refusal::Forbidden(message)) => Err(Reply::error(403, message)),
         }
-        let (what, name) = (action.as_str(), &repo.name);
-        Err(match principal {
-            Principal::Anonymous => Reply::Unauthenticated(format!("{what} on repository '{name}' needs a credential: a token as 'Authorization: Bearer <token>' or as the password of HTTP basic")),
-            p => Reply::error(403, format!("'{}' lacks the '{what}' permission on repository '{name}': no grant gives it", p.name())),
-        })
+    }
+
+    /// The Docker token flow's token endpoint (`/v2/token`): the credentials sent (basic, as
+    /// registry clients send them; none: anonymous) for a short-lived registry token.
+    async fn registry_token(&self, req: &pingora::http::RequestHeader, root: &str) -> Reply {
+        if req.method != Method::GET {
+            return Reply::Error { status: 405, message: "the token endpoint answers GET".into(), allow: Some("GET".into()) };
+        }
+        match self.auth.authenticate(req.headers.get(http::header::AUTHORIZATION).map(|v| v.as_bytes())).await {
+            Ok(principal) => match self.auth.issue_registry_token(&principal).map(|issued| serde_json::to_vec(&issued)) {
+                Ok(Ok(body)) => Reply::Json(body.into()),
+                Ok(Err(e)) => Reply::error(500, format!("the registry token could not be written: {e}")),
+                Err(e) => Reply::error(500, format!("the registry token could not be signed: {e}")),
+            },
+            Err(e) => Reply::Unauthenticated { message: format!("{e} (the token endpoint at {root}token takes an API token as the password of HTTP basic)"), challenge: None },
+        }
     }
 
     /// Who sent the request: a hop proof that verifies makes it a peer's or the proxy's own;

@@ -35,6 +35,19 @@ pub(super) fn proxy_base(repo: &Repository, req: &RequestHeader) -> (String, Opt
     if let Some(u) = &repo.public_url {
         return (u.clone(), None);
     }
+    (format!("{}{}", super::rebase::PLACEHOLDER_ORIGIN, repo.prefix), Some(request_origin(req)))
+}
+
+/// The scheme and authority clients reach `repo` at: its `public_url`'s, or the request's
+/// (see [`proxy_base`]).
+pub(super) fn client_origin(repo: &Repository, req: &RequestHeader) -> String {
+    if let Some(u) = repo.public_url.as_deref().and_then(|u| url::Url::parse(u).ok()) {
+        return u.origin().ascii_serialization();
+    }
+    request_origin(req)
+}
+
+fn request_origin(req: &RequestHeader) -> String {
     let host = req
         .headers
         .get(header::HOST)
@@ -43,8 +56,7 @@ pub(super) fn proxy_base(repo: &Repository, req: &RequestHeader) -> (String, Opt
         .or_else(|| req.uri.authority().map(|a| a.as_str()))
         .unwrap_or("localhost");
     let https = req.headers.get("x-forwarded-proto").and_then(|v| v.to_str().ok()).is_some_and(|v| v.eq_ignore_ascii_case("https"));
-    let origin = format!("{}://{host}", if https { "https" } else { "http" });
-    (format!("{}{}", super::rebase::PLACEHOLDER_ORIGIN, repo.prefix), Some(origin))
+    format!("{}://{host}", if https { "https" } else { "http" })
 }
 
 fn repo_max_document(ctx: &RequestCtx) -> usize {

@@ -17,8 +17,13 @@ use crate::format::{FormatError, LocalAnswer};
 pub enum Reply {
     /// `{"error":...,"status":...,"path":...}`.
     Error { status: u16, message: String, allow: Option<String> },
-    /// A 401 error reply with the `WWW-Authenticate` challenges of [`crate::auth::CHALLENGES`].
-    Unauthenticated(String),
+    /// A 401 error reply with its `WWW-Authenticate` challenge: a registry's (its token
+    /// endpoint), or by default those of [`crate::auth::CHALLENGES`].
+    Unauthenticated { message: String, challenge: Option<String> },
+    /// A 429: over a rate limit, with when to ask again (`Retry-After`, seconds).
+    Limited { message: String, retry_after: u64 },
+    /// A JSON body only for this client (a registry token): 200, never stored by a cache.
+    Json(Bytes),
     /// What the format answers (a registry's version check, a registry error).
     Format(LocalAnswer),
     /// A file the proxy derived from an artefact it holds (a wheel's core metadata): served
@@ -47,8 +52,9 @@ pub fn json_error(status: u16, message: &str, path: &str) -> Bytes {
     Bytes::from(format!("{{\"error\":\"{}\",\"status\":{status},\"path\":\"{}\"}}\n", esc(message), esc(path)))
 }
 
-/// Write an error reply: the JSON body, `Allow` for a 405, the challenges for a 401.
-async fn write_error(session: &mut Session, status: u16, message: &str, allow: Option<String>) -> Result<()> {
+/// Write an error reply: the JSON body and `headers` (`Allow` for a 405, the challenges of a
+/// 401, `Retry-After` for a 429).
+async fn write_error(session: &mut Session, status: u16, message: &str, headers: Vec<(header::HeaderName, String)>) -> Result<()> {
     // The path helps say which request failed; a path the reply refuses for its length
     // is not worth repeating whole.
     let path = session.req_header().uri.path();
@@ -61,13 +67,8 @@ async fn write_error(session: &mut Session, status: u16, message: &str, allow: O
     resp.insert_header(header::CONTENT_TYPE, "application/json")?;
     resp.insert_header(header::CONTENT_LENGTH, body.len().to_string())?;
     resp.insert_header(CACHE_HEADER, CacheResult::Bypass.as_str())?;
-    if let Some(allow) = allow {
-        resp.insert_header(header::ALLOW, allow)?;
-    }
-    if status == 401 {
-        for c in crate::auth::CHALLENGES {
-            resp.append_header(header::WWW_AUTHENTICATE, c)?;
-        }
+    for (name, value) in headers {
+        resp.append_header(name, value)?;
     }
     // An over-long or malformed request is not worth keeping the connection for.
     if status == 414 || status == 431 || status == 400 {
@@ -81,8 +82,24 @@ async fn write_error(session: &mut Session, status: u16, message: &str, allow: O
 pub async fn respond(session: &mut Session, ctx: &mut RequestCtx, reply: Reply) -> Result<bool> {
     ctx.local = Some(CacheResult::Bypass);
     match reply {
-        Reply::Error { status, message, allow } => write_error(session, status, &message, allow).await?,
-        Reply::Unauthenticated(message) => write_error(session, 401, &message, None).await?,
+        Reply::Error { status, message, allow } => write_error(session, status, &message, allow.map(|a| (header::ALLOW, a)).into_iter().collect()).await?,
+        Reply::Unauthenticated { message, challenge } => {
+            let challenges = match challenge {
+                Some(c) => vec![(header::WWW_AUTHENTICATE, c)],
+                None => crate::auth::CHALLENGES.iter().map(|c| (header::WWW_AUTHENTICATE, c.to_string())).collect(),
+            };
+            write_error(session, 401, &message, challenges).await?
+        }
+        Reply::Limited { message, retry_after } => write_error(session, 429, &message, vec![(header::RETRY_AFTER, retry_after.to_string())]).await?,
+        Reply::Json(body) => {
+            let mut resp = ResponseHeader::build(200, Some(4))?;
+            resp.insert_header(header::CONTENT_TYPE, "application/json")?;
+            resp.insert_header(header::CONTENT_LENGTH, body.len().to_string())?;
+            resp.insert_header(header::CACHE_CONTROL, "no-store")?;
+            resp.insert_header(CACHE_HEADER, CacheResult::Bypass.as_str())?;
+            session.write_response_header(Box::new(resp), false).await?;
+            session.write_response_body(Some(body), true).await?;
+        }
         Reply::Derived(body) => {
             ctx.local = Some(CacheResult::Hit);
             let mut resp = ResponseHeader::build(200, Some(4))?;

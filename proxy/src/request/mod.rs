@@ -158,7 +158,7 @@ impl ProxyHttp for HangarProxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        let admitted = self.admit(session, ctx);
+        let admitted = self.admit(session, ctx).await;
         let resolved = match admitted {
             Ok((repo, rest)) => self.resolve(session, ctx, repo, &rest).await,
             Err(reply) => Err(reply),
