@@ -207,6 +207,7 @@ mod tests {
             background: false,
             failed: false,
             client: upstream.then(|| "127.0.0.1:4000".parse().unwrap()),
+            audit: None,
         }
     }
 

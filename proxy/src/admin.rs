@@ -5,6 +5,9 @@
 //! fleet's object index: `GET /index/<repository>/<path>` says which proxies hold the object,
 //! its size, digest, last access and hits by region (fleet-wide with Redis).
 //!
+//! `GET /audit?since=&until=&principal=&package=&limit=` returns the audit log's events
+//! (NDJSON, oldest first).
+//!
 //! Only `auth.open_admin_paths` (by default `/metrics`, `/healthz`, `/readyz`) are served
 //! without a credential; everything else needs one with the `admin` action on every
 //! repository (401 without, 403 with one that lacks it).
@@ -37,6 +40,8 @@ pub struct AdminApp {
     /// Everything but the open paths (`/metrics`, `/healthz`, `/readyz` by default) needs the
     /// `admin` action.
     pub auth: Arc<crate::auth::Authorizer>,
+    /// Admin actions and refusals are recorded; `GET /audit` reads it.
+    pub audit: Arc<crate::auth::audit::AuditLog>,
 }
 
 /// `{"error":"<message>"}` and a newline.
@@ -64,6 +69,21 @@ fn reply(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
 }
 
 impl AdminApp {
+    /// `GET /audit`: the events the query selects, as NDJSON; a bad parameter is a 400 that
+    /// names it.
+    async fn audit_events(&self, query: Option<&str>) -> Response<Vec<u8>> {
+        let query = match crate::auth::audit::Query::parse(query) {
+            Ok(q) => q,
+            Err(message) => return reply(400, "application/json", json_message(&message)),
+        };
+        let dir = self.audit.dir().to_path_buf();
+        match tokio::task::spawn_blocking(move || crate::auth::audit::read(&dir, &query)).await {
+            Ok(Ok(lines)) => reply(200, "application/x-ndjson", lines),
+            Ok(Err(e)) => reply(500, "application/json", json_message(&format!("reading the audit log: {e}"))),
+            Err(e) => reply(500, "application/json", json_message(&format!("reading the audit log: {e}"))),
+        }
+    }
+
     /// `rest` is `<repository>/<path>`, the path as the client would request it below the
     /// repository's prefix; a trailing `*` makes it a prefix.
     fn purge(&self, rest: &str) -> Response<Vec<u8>> {
@@ -146,16 +166,51 @@ impl ServeHttp for AdminApp {
         // Purges and index lookups name objects with their query (`file?x=1`).
         let path = req.uri.path_and_query().map_or_else(|| req.uri.path().to_string(), |pq| pq.as_str().to_string());
         let method = req.method.clone();
-        if !self.auth.admin_path_is_open(req.uri.path()) {
-            if req.uri.query().is_some_and(|q| self.auth.secret_in_query(q)) {
-                return reply(400, "application/json", b"{\"error\":\"a credential in the URL query is refused: send it in the Authorization header\"}\n".to_vec());
+        if self.auth.admin_path_is_open(req.uri.path()) {
+            return self.serve(&method, &path).await;
+        }
+        if req.uri.query().is_some_and(|q| self.auth.secret_in_query(q)) {
+            return reply(400, "application/json", b"{\"error\":\"a credential in the URL query is refused: send it in the Authorization header\"}\n".to_vec());
+        }
+        let asked = crate::auth::Asked { action: Action::Admin, repository: None, package: None };
+        let authorization = req.headers.get(http::header::AUTHORIZATION).map(|v| v.as_bytes());
+        let client = session.client_addr().and_then(|a| a.as_inet()).copied();
+        let (principal, response) = match self.auth.check(authorization, &asked).await {
+            Ok(p) => (p.name().to_string(), self.serve(&method, &path).await),
+            Err(crate::auth::Refusal::Unauthenticated(message)) => (if authorization.is_some() { "unauthenticated" } else { crate::config::ANONYMOUS_ROLE }.to_string(), unauthenticated(&message)),
+            Err(crate::auth::Refusal::Forbidden { principal, message }) => (principal, reply(403, "application/json", json_message(&message))),
+        };
+        // Refusals, and whatever changes something (purges, the offline switch), are recorded.
+        let status = response.status().as_u16();
+        if status == 401 || status == 403 || method != http::Method::GET {
+            let path = path.split('?').next().unwrap_or("");
+            self.audit.write(crate::auth::audit::Event {
+                time: String::new(),
+                id: String::new(),
+                principal: &principal,
+                client,
+                action: Action::Admin.as_str(),
+                repository: None,
+                package: None,
+                method: method.as_str(),
+                path,
+                status,
+                result: if status == 401 || status == 403 { "denied" } else { "allowed" },
+            });
+        }
+        response
+    }
+}
+
+impl AdminApp {
+    /// What the admin listener answers to an admitted request.
+    async fn serve(&self, method: &http::Method, path: &str) -> Response<Vec<u8>> {
+        let method = method.clone();
+        if path == "/audit" || path.starts_with("/audit?") {
+            if method != http::Method::GET {
+                return reply(405, "application/json", b"{\"error\":\"use GET\"}\n".to_vec());
             }
-            let asked = crate::auth::Asked { action: Action::Admin, repository: None, package: None };
-            match self.auth.check(req.headers.get(http::header::AUTHORIZATION).map(|v| v.as_bytes()), &asked).await {
-                Ok(_) => {}
-                Err(crate::auth::Refusal::Unauthenticated(message)) => return unauthenticated(&message),
-                Err(crate::auth::Refusal::Forbidden(message)) => return reply(403, "application/json", json_message(&message)),
-            }
+            return self.audit_events(path.split_once('?').map(|(_, q)| q)).await;
         }
         if let Some(rest) = path.strip_prefix("/cache/") {
             if method != http::Method::DELETE {

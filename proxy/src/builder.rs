@@ -63,6 +63,9 @@ pub enum StartError {
     /// The cache directory cannot be created, read or written.
     #[error("opening cache directory {dir}: {source}")]
     Cache { dir: String, source: Box<dyn std::error::Error + Send + Sync> },
+    /// The audit log's directory cannot be created or its writer started.
+    #[error("opening the audit log in {dir} (auth.audit_dir): {source}")]
+    Audit { dir: String, source: std::io::Error },
     /// A listener cannot be bound (the address is in use, or not this host's).
     #[error(transparent)]
     Listen(#[from] ListenError),
@@ -265,6 +268,10 @@ impl ProxyBuilder {
         for sink in self.sinks {
             sinks.push(sink);
         }
+        let audit_dir = config.auth.audit_dir.as_ref().map_or_else(|| dir.join("audit"), std::path::PathBuf::from);
+        // Kept until the server has stopped: dropping it writes out what is queued.
+        let (audit, _audit_guard) = crate::auth::audit::AuditLog::start(&audit_dir).map_err(|source| StartError::Audit { dir: audit_dir.display().to_string(), source })?;
+        sinks.push(audit.clone());
         let registry_secret = config.fleet.secret.as_ref().map(|s| s.0.as_bytes());
         let auth = crate::auth::Authorizer::new(&config.auth, self.bootstrap.as_deref(), client.clone(), registry_secret);
         if auth.has_bootstrap() {
@@ -316,7 +323,7 @@ impl ProxyBuilder {
             }
             _ => proxy_service.add_tcp_with_settings(&listen.key(), socket_opts()),
         }
-        let mut admin_service = Service::new("hangar-admin".to_string(), AdminApp { metrics, storage, eviction, repositories: repo_count, offline, router, metadata: store, auth });
+        let mut admin_service = Service::new("hangar-admin".to_string(), AdminApp { metrics, storage, eviction, repositories: repo_count, offline, router, metadata: store, auth, audit });
         admin_service.add_tcp_with_settings(&admin_listen.key(), socket_opts());
         let (proxy_addr, admin_addr, scheme) = (listen.addr, admin_listen.addr, if config.tls_cert.is_some() { "https" } else { "http" });
         if let Some(internal) = &internal {

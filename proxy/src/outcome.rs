@@ -65,6 +65,8 @@ pub struct Outcome<'a> {
     pub failed: bool,
     /// The client's address, when it connected over TCP.
     pub client: Option<SocketAddr>,
+    /// Who did what, for requests the audit log records (writes, deletes, refusals).
+    pub audit: Option<&'a crate::auth::audit::AuditFacts>,
 }
 
 /// Something that wants to know how requests ended.

@@ -266,3 +266,56 @@ allow = ["192.0.2.0/24"]
     assert_eq!(read(&proxy, "/open/pkg/a.bin", Some(&other)).await.status, 200);
     assert_eq!(up.hits("/pkg/a.bin"), 1, "refusals reached no upstream");
 }
+
+/// The audit log's events, as `GET /audit` on the admin listener returns them.
+async fn audit(proxy: &Proxy, query: &str) -> Vec<serde_json::Value> {
+    let r = http(proxy.admin, "GET", &format!("/audit{query}"), &[ADMIN]).await.unwrap().collect().await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    r.body.split(|&b| b == b'\n').filter(|l| !l.is_empty()).map(|l| serde_json::from_slice(l).unwrap()).collect()
+}
+
+/// Polls `GET /audit` until it holds `n` events (its writer gathers lines for a moment).
+async fn audit_until(proxy: &Proxy, n: usize) -> Vec<serde_json::Value> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let events = audit(proxy, "").await;
+        if events.len() >= n || std::time::Instant::now() > deadline {
+            return events;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_writes_and_admin_actions_are_audited_and_survive_kill_9() {
+    let (_dir, up, mut proxy) = start().await;
+    assert_eq!(read(&proxy, "/private/pkg/a.bin", None).await.status, 401);
+    assert_eq!(read(&proxy, "/private/pkg/a.bin", Some(&format!("Bearer {OTHER}"))).await.status, 403);
+    assert_eq!(read(&proxy, "/private/pkg/a.bin", Some(&format!("Bearer {BUILDER}"))).await.status, 200, "an allowed read is not audited");
+    let put = http(proxy.addr, "PUT", "/open/pkg/new.bin", &[("Content-Length", "0"), ("Authorization", &format!("Bearer {BUILDER}"))]).await.unwrap().collect().await;
+    assert_eq!(put.status, 403);
+    assert_eq!(http(proxy.admin, "DELETE", "/cache/open/*", &[]).await.unwrap().collect().await.status, 401);
+    assert_eq!(http(proxy.admin, "DELETE", "/cache/open/*", &[ADMIN]).await.unwrap().collect().await.status, 200);
+
+    let events = audit_until(&proxy, 5).await;
+    let summary: Vec<(String, String, u64, String)> = events
+        .iter()
+        .map(|e| (e["principal"].as_str().unwrap().to_string(), e["action"].as_str().unwrap().to_string(), e["status"].as_u64().unwrap(), e["result"].as_str().unwrap().to_string()))
+        .collect();
+    let expected = [("anonymous", "read", 401, "denied"), ("other", "read", 403, "denied"), ("builder", "publish", 403, "denied"), ("anonymous", "admin", 401, "denied"), ("HANGAR_ADMIN_TOKEN", "admin", 200, "allowed")];
+    assert_eq!(summary, expected.iter().map(|(p, a, s, r)| (p.to_string(), a.to_string(), *s, r.to_string())).collect::<Vec<_>>());
+    assert!(events.iter().all(|e| e["time"].is_string() && e["id"].is_string() && e["client"].as_str().is_some_and(|c| c.starts_with("127.0.0.1:"))), "{events:?}");
+    assert_eq!(events[2]["path"], "/open/pkg/new.bin");
+    assert_eq!(audit(&proxy, "?principal=other").await.len(), 1);
+    let r = http(proxy.admin, "GET", "/audit?since=yesterday", &[ADMIN]).await.unwrap().collect().await;
+    assert_eq!(r.status, 400, "a bad time is named: {}", String::from_utf8_lossy(&r.body));
+    assert_eq!(http(proxy.admin, "GET", "/audit", &[]).await.unwrap().collect().await.status, 401, "the audit log is for admins");
+    assert!(up.requests("/pkg/new.bin").is_empty());
+
+    // kill -9: what was in the log is there after the restart, the same events.
+    let before = audit_until(&proxy, 6).await;
+    proxy.kill9();
+    proxy.restart();
+    let after = audit(&proxy, "").await;
+    assert!(after.len() >= before.len() && after[..before.len()] == before[..], "lost in the crash:\nbefore {before:?}\nafter {after:?}");
+}

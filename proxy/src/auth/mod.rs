@@ -22,6 +22,7 @@ use subtle::ConstantTimeEq as _;
 
 use crate::config::{parse_expiry, parse_token_hash, pattern_matches, Action, AuthConfig, ANONYMOUS_ROLE, AUTHENTICATED_ROLE};
 
+pub mod audit;
 pub mod limits;
 pub mod oidc;
 pub mod registry;
@@ -109,8 +110,8 @@ pub struct Asked<'r> {
 pub enum Refusal {
     /// 401 (with challenges): no credentials where the grants need some, or ones not accepted.
     Unauthenticated(String),
-    /// 403: valid credentials without a grant.
-    Forbidden(String),
+    /// 403: valid credentials without a grant; the principal's name and the message.
+    Forbidden { principal: String, message: String },
 }
 
 struct Token {
@@ -297,8 +298,8 @@ impl Authorizer {
                 "{what} on repository '{name}'{package} needs a credential: a token as 'Authorization: Bearer <token>' or as the password of HTTP basic"
             )),
             (Principal::Anonymous, None) => Refusal::Unauthenticated("the admin listener needs an admin credential: 'Authorization: Bearer <token>'".into()),
-            (p, Some(name)) => Refusal::Forbidden(format!("'{}' lacks the '{what}' permission on repository '{name}'{package}: no grant gives it", p.name())),
-            (p, None) => Refusal::Forbidden(format!("'{}' may not use the admin listener: no grant gives it admin on every repository", p.name())),
+            (p, Some(name)) => Refusal::Forbidden { principal: p.name().to_string(), message: format!("'{}' lacks the '{what}' permission on repository '{name}'{package}: no grant gives it", p.name()) },
+            (p, None) => Refusal::Forbidden { principal: p.name().to_string(), message: format!("'{}' may not use the admin listener: no grant gives it admin on every repository", p.name()) },
         })
     }
 

@@ -63,6 +63,9 @@ pub struct AuthConfig {
     /// Client addresses allowed or blocked, per repository.
     #[serde(rename = "addresses")]
     pub addresses: Vec<AddressRule>,
+    /// Where the audit log's daily NDJSON files go; unset, `<cache.dir>/audit`. Put it where
+    /// it is kept (and backed up): it is a record, not a cache.
+    pub audit_dir: Option<String>,
 }
 
 /// `[auth.limits]`: requests per second, each budget on its own; 0 (the default) is no limit.
@@ -111,6 +114,7 @@ impl Default for AuthConfig {
             oidc: Vec::new(),
             limits: LimitsConfig::default(),
             addresses: Vec::new(),
+            audit_dir: None,
         }
     }
 }

@@ -76,6 +76,9 @@ pub(super) fn interpolate_config(config: &mut Config, file: &str, env: &dyn Fn(&
     config.listen = interpolate(&config.listen, env).map_err(|e| invalid("listen", e))?;
     config.admin_listen = interpolate(&config.admin_listen, env).map_err(|e| invalid("admin_listen", e))?;
     config.cache.dir = interpolate(&config.cache.dir, env).map_err(|e| invalid("cache.dir", e))?;
+    if let Some(dir) = config.auth.audit_dir.as_mut() {
+        *dir = interpolate(dir, env).map_err(|e| invalid("auth.audit_dir", e))?;
+    }
     let fleet = &mut config.fleet;
     if let Some(variable) = optional("fleet.redis", &mut fleet.redis)? {
         tracing::warn!("fleet.redis unset (${{{variable}}}): metadata stays in-process");

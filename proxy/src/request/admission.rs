@@ -16,6 +16,7 @@ use http::Method;
 use pingora::proxy::Session;
 
 use super::ctx::Caller;
+use crate::auth::audit::AuditFacts;
 use crate::auth::{registry, Asked, Refusal};
 use crate::config::Action;
 use super::local::Reply;
@@ -78,7 +79,7 @@ impl HangarProxy {
         // when the client's request that caused them was.
         if !(ctx.caller.peer || ctx.caller.loopback || ctx.caller.listing || ctx.caller.background) {
             let address = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
-            self.authorize(req, &repo, &rest, address).await?;
+            self.authorize(req, &repo, &rest, address, &mut ctx.audit).await?;
         }
         Ok((repo.clone(), rest.into_owned()))
     }
@@ -90,19 +91,8 @@ impl HangarProxy {
     /// expired; 403 for valid ones without the grant. A registry's 401s carry its token
     /// endpoint's challenge, and its version check (`/v2/`) answers 401 to a request without
     /// credentials, as registries do: that is how `docker login` and the token flow begin.
-    async fn authorize(&self, req: &pingora::http::RequestHeader, repo: &Repository, rest: &str, address: Option<std::net::IpAddr>) -> Result<(), Reply> {
-        if !self.auth.address_permitted(&repo.name, address) {
-            let shown = address.map_or_else(|| "an unknown address".to_string(), |a| a.to_string());
-            return Err(Reply::error(403, format!("repository '{}' is not reachable from {shown} ([[auth.addresses]])", repo.name)));
-        }
+    async fn authorize(&self, req: &pingora::http::RequestHeader, repo: &Repository, rest: &str, address: Option<std::net::IpAddr>, audit: &mut Option<Box<AuditFacts>>) -> Result<(), Reply> {
         let authorization = req.headers.get(http::header::AUTHORIZATION).map(|v| v.as_bytes());
-        let challenge = repo.format.registry_root().map(|root| registry::challenge(&super::body::client_origin(repo, req), root));
-        if challenge.is_some() && rest.is_empty() {
-            if authorization.is_none() {
-                return Err(Reply::Unauthenticated { message: "a registry's version check needs a credential: ask the token endpoint its challenge names".into(), challenge });
-            }
-            return self.auth.authenticate(authorization).await.map(drop).map_err(|e| Reply::Unauthenticated { message: e.to_string(), challenge });
-        }
         let action = if repo.format.reads(&req.method, rest) {
             Action::Read
         } else if req.method == Method::DELETE {
@@ -111,11 +101,44 @@ impl HangarProxy {
             Action::Publish
         };
         let package = repo.format.package(rest);
+        // Refusals and every write are recorded; the principal is named as far as it is known.
+        let unknown = || if authorization.is_some() { "unauthenticated" } else { crate::config::ANONYMOUS_ROLE }.to_string();
+        let mut record = |principal: String, denied: bool| *audit = Some(Box::new(AuditFacts { principal, action, package: package.clone(), denied }));
+        if !self.auth.address_permitted(&repo.name, address) {
+            record(unknown(), true);
+            let shown = address.map_or_else(|| "an unknown address".to_string(), |a| a.to_string());
+            return Err(Reply::error(403, format!("repository '{}' is not reachable from {shown} ([[auth.addresses]])", repo.name)));
+        }
+        let challenge = repo.format.registry_root().map(|root| registry::challenge(&super::body::client_origin(repo, req), root));
+        if challenge.is_some() && rest.is_empty() {
+            if authorization.is_none() {
+                return Err(Reply::Unauthenticated { message: "a registry's version check needs a credential: ask the token endpoint its challenge names".into(), challenge });
+            }
+            return match self.auth.authenticate(authorization).await {
+                Ok(_) => Ok(()),
+                Err(e) => {
+                    record(unknown(), true);
+                    Err(Reply::Unauthenticated { message: e.to_string(), challenge })
+                }
+            };
+        }
         let asked = Asked { action, repository: Some(&repo.name), package: package.as_deref() };
         match self.auth.check(authorization, &asked).await {
-            Ok(principal) => self.auth.take(&principal, address, action != Action::Read).map_err(|l| Reply::Limited { message: l.to_string(), retry_after: l.retry_after }),
-            Err(Refusal::Unauthenticated(message)) => Err(Reply::Unauthenticated { message, challenge }),
-            Err(Refusal::Forbidden(message)) => Err(Reply::error(403, message)),
+            Ok(principal) => {
+                let limited = self.auth.take(&principal, address, action != Action::Read);
+                if limited.is_err() || action != Action::Read {
+                    record(principal.name().to_string(), limited.is_err());
+                }
+                limited.map_err(|l| Reply::Limited { message: l.to_string(), retry_after: l.retry_after })
+            }
+            Err(Refusal::Unauthenticated(message)) => {
+                record(unknown(), true);
+                Err(Reply::Unauthenticated { message, challenge })
+            }
+            Err(Refusal::Forbidden { principal, message }) => {
+                record(principal, true);
+                Err(Reply::error(403, message))
+            }
         }
     }
 

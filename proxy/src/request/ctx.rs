@@ -138,6 +138,8 @@ pub struct RequestCtx {
     pub local: Option<CacheResult>,
     /// The status of the last response head from upstream (or a peer, or origin).
     pub upstream_status: Option<u16>,
+    /// What the audit log records of this request (writes, deletes, refusals only).
+    pub audit: Option<Box<crate::auth::audit::AuditFacts>>,
 }
 
 impl RequestCtx {

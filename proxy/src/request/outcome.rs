@@ -63,6 +63,7 @@ impl HangarProxy {
             background: ctx.caller.background,
             failed: error.is_some(),
             client: session.client_addr().and_then(|a| a.as_inet()).copied(),
+            audit: ctx.audit.as_deref(),
         };
         self.sinks.record(&outcome);
         self.drop_companions(&outcome, ctx);
