@@ -172,7 +172,7 @@ impl ServeHttp for AdminApp {
         if req.uri.query().is_some_and(|q| self.auth.secret_in_query(q)) {
             return reply(400, "application/json", b"{\"error\":\"a credential in the URL query is refused: send it in the Authorization header\"}\n".to_vec());
         }
-        let asked = crate::auth::Asked { action: Action::Admin, repository: None, package: None };
+        let asked = crate::auth::Asked { action: Action::Admin, repository: None, package: None, registry: false };
         let authorization = req.headers.get(http::header::AUTHORIZATION).map(|v| v.as_bytes());
         let client = session.client_addr().and_then(|a| a.as_inet()).copied();
         let (principal, response) = match self.auth.check(authorization, &asked).await {

@@ -130,6 +130,13 @@ impl DerivedFiles {
         Ok(DerivedFiles { dir: dir.to_path_buf(), fsync, entries: RwLock::new(entries), groups: RwLock::new(groups), running: Mutex::default(), skip: Mutex::default() })
     }
 
+    /// Whether the file derived from `artefact` is held in `group` (a derived file is served
+    /// only under the name of the project it was derived for: the path's name is what
+    /// package grants were checked against).
+    pub fn held_in(&self, artefact: &Digest, group: &str) -> bool {
+        self.entries.read().get(artefact).is_some_and(|e| &*e.group == group)
+    }
+
     /// How many files of `group` are held.
     pub fn count(&self, group: &str) -> u64 {
         self.groups.read().get(group).copied().unwrap_or(0)

@@ -66,14 +66,28 @@ pub struct Outcome<'a> {
     /// The client's address, when it connected over TCP.
     pub client: Option<SocketAddr>,
     /// Who did what, for requests the audit log records (writes, deletes, refusals).
-    pub audit: Option<&'a crate::auth::audit::AuditFacts>,
+    pub audit: Option<&'a AuditFacts>,
+}
+
+/// Who did what, decided when the request was admitted; kept with the request (boxed, and
+/// only for what is audited) until its outcome is known.
+#[derive(Debug, Clone)]
+pub struct AuditFacts {
+    /// The principal's name (`anonymous` when no credential, or none that was accepted).
+    pub principal: String,
+    pub action: crate::config::Action,
+    /// The package the path names, when it names one.
+    pub package: Option<String>,
+    /// Refused (401, 403, 429, or an address rule) before any work.
+    pub denied: bool,
 }
 
 /// Something that wants to know how requests ended.
 ///
 /// [`OutcomeSink::record`] is called once per request, on the worker thread that served it,
 /// after the response has been sent. It must not block or fail: a sink that does I/O queues
-/// what it needs (bounded) and drops, and counts, what does not fit.
+/// what it needs (bounded) and drops, and counts, what does not fit. The one exception is the
+/// audit log, which may not drop a line: when its 4 MiB queue is full, the worker waits.
 pub trait OutcomeSink: Send + Sync {
     fn record(&self, outcome: &Outcome<'_>);
 }

@@ -92,8 +92,8 @@ actions = ["read"]
     assert_eq!(r.status, 401, "an issuer not configured");
     assert!(body(&r).contains("trusts its issuer"), "{}", body(&r));
     let r = read(id_token(&first, "first", &iss, "hangar", now() + 300, "elsewhere/app")).await;
-    assert_eq!(r.status, 403, "valid, but no rule gives its claims a role");
-    assert!(body(&r).contains("repo:elsewhere/app:ref:refs/heads/main"), "named by its subject: {}", body(&r));
+    assert_eq!(r.status, 401, "signed by the issuer, but no rule gives its claims a role: anyone's job could have it");
+    assert!(body(&r).contains("no [[auth.oidc.rule]]") && body(&r).contains("repo:elsewhere/app:ref:refs/heads/main"), "named by its subject: {}", body(&r));
     assert_eq!(http(proxy.addr, "GET", "/internal/pkg/a.bin", &[]).await.unwrap().collect().await.status, 401, "no credential");
 
     // The issuer rotates: publishes the second key alone, then signs with it.

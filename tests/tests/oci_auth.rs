@@ -132,6 +132,18 @@ actions = ["read"]
     // The token endpoint itself, as a client sees it.
     let r = http(proxy.addr, "GET", "/v2/token?service=hangar&scope=repository:team/app:pull", &[("Authorization", "Basic Y2k6aGdyX3dyb25n")]).await.unwrap().collect().await;
     assert_eq!(r.status, 401, "wrong basic credentials get no token");
+    let basic = format!("Basic {}", base64::Engine::encode(&base64::engine::general_purpose::STANDARD, format!("ci:{PULLER}")));
+    let r = http(proxy.addr, "GET", "/v2/token?service=hangar&scope=repository:team/app:pull", &[("Authorization", basic.as_str())]).await.unwrap().collect().await;
+    assert_eq!((r.status, r.header("cache-control")), (200, Some("no-store")));
+    let issued: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    let bearer = format!("Bearer {}", issued["token"].as_str().unwrap());
+    assert!(issued["expires_in"].as_i64().is_some_and(|s| s > 0 && s <= 300), "{issued}");
+    let r = http(proxy.addr, "GET", "/v2/team/app/manifests/v1", &[("Authorization", bearer.as_str()), ("Accept", "application/vnd.oci.image.manifest.v1+json")]).await.unwrap().collect().await;
+    assert_eq!(r.status, 200, "the registry token reads what its credential may");
+    let r = http(proxy.addr, "GET", "/v2/token?service=hangar", &[("Authorization", bearer.as_str())]).await.unwrap().collect().await;
+    assert_eq!(r.status, 401, "a registry token cannot renew itself past its credential");
+    let r = http(proxy.admin, "GET", "/audit", &[("Authorization", bearer.as_str())]).await.unwrap().collect().await;
+    assert_eq!(r.status, 401, "nor is it a credential anywhere but the registry");
 
     // oras-py: basic credentials, exchanged at the same endpoint.
     let o = oras_pull(&format!("{host}/team/app:v1"), &dir.path().join("oras"), Some(("ci", PULLER)));

@@ -19,22 +19,10 @@ use std::sync::Arc;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::config::{pattern_matches, Action};
+use crate::config::pattern_matches;
 use crate::log_writer::{self, LogWriter, LogWriterGuard};
+pub use crate::outcome::AuditFacts;
 use crate::outcome::{Outcome, OutcomeSink};
-
-/// Who did what, decided when the request was admitted; kept with the request (boxed, and
-/// only for what is audited) until its outcome is known.
-#[derive(Debug, Clone)]
-pub struct AuditFacts {
-    /// The principal's name (`anonymous` when no credential, or none that was accepted).
-    pub principal: String,
-    pub action: Action,
-    /// The package the path names, when it names one.
-    pub package: Option<String>,
-    /// Refused (401, 403, 429, or an address rule) before any work.
-    pub denied: bool,
-}
 
 /// One line of the audit log. `time` is first: the writer reads the date off the line.
 #[derive(Debug, Serialize)]

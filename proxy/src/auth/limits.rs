@@ -75,32 +75,41 @@ impl Limits {
         }
     }
 
-    /// Take one request of `principal` from `address` (a read, or a write) from the budgets.
-    /// The address budget is asked first, so a refused request is not charged to the
-    /// principal.
-    pub(super) fn take(&self, principal: &Principal<'_>, address: Option<IpAddr>, write: bool) -> Result<(), Limited> {
-        let what = if write { "writes" } else { "reads" };
-        let (by_address, by_principal) = match write {
-            false => (&self.address_reads, &self.principal_reads),
-            true => (&self.address_writes, &self.principal_writes),
-        };
-        let limited = |whose: String, budget: &Budget| Limited { whose, what, per_second: budget.per_second as u32, retry_after: 1 };
-        if let (Some(budget), Some(ip)) = (by_address, address) {
-            if !budget.take(&ip) {
-                return Err(limited(format!("address {ip}"), budget));
-            }
+    /// Take one request (a read, or a write) from `address`'s budget. Asked before the
+    /// credentials are looked at, so failed guesses are charged too.
+    pub(super) fn take_address(&self, address: Option<IpAddr>, write: bool) -> Result<(), Limited> {
+        let budget = if write { &self.address_writes } else { &self.address_reads };
+        let (Some(budget), Some(ip)) = (budget, address) else { return Ok(()) };
+        let ip = ip.to_canonical();
+        if budget.take(&budget_key(ip)) {
+            return Ok(());
         }
+        Err(Limited { whose: format!("address {ip}"), what: if write { "writes" } else { "reads" }, per_second: budget.per_second as u32, retry_after: 1 })
+    }
+
+    /// Take one request of `principal` from its budget (anonymous requests and the bootstrap
+    /// credential have none).
+    pub(super) fn take_principal(&self, principal: &Principal<'_>, write: bool) -> Result<(), Limited> {
+        let budget = if write { &self.principal_writes } else { &self.principal_reads };
         let name = match principal {
-            Principal::Token { name, .. } => Some(("token", *name)),
-            Principal::Workload { name, .. } => Some(("workload", name.as_str())),
-            Principal::Anonymous | Principal::Bootstrap => None,
+            Principal::Token { name, .. } => ("token", *name),
+            Principal::Workload { name, .. } => ("workload", name.as_str()),
+            Principal::Anonymous | Principal::Bootstrap => return Ok(()),
         };
-        if let (Some(budget), Some(key)) = (by_principal, name) {
-            if !budget.take(&key) {
-                return Err(limited(format!("principal '{}'", key.1), budget));
-            }
+        let Some(budget) = budget else { return Ok(()) };
+        if budget.take(&name) {
+            return Ok(());
         }
-        Ok(())
+        Err(Limited { whose: format!("principal '{}'", name.1), what: if write { "writes" } else { "reads" }, per_second: budget.per_second as u32, retry_after: 1 })
+    }
+}
+
+/// What an address is counted as: itself for IPv4, its /64 for IPv6 (what one host is
+/// usually given, so it cannot spread its requests over its addresses).
+fn budget_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => IpAddr::V6(std::net::Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
     }
 }
 
@@ -134,7 +143,7 @@ impl AddressRules {
         let address = address.map(|a| a.to_canonical());
         self.rules.iter().filter(|r| r.repositories.as_ref().is_none_or(|names| names.iter().any(|n| n == repository))).all(|r| match address {
             Some(ip) => !r.block.iter().any(|n| n.contains(&ip)) && (r.allow.is_empty() || r.allow.iter().any(|n| n.contains(&ip))),
-            None => r.allow.is_empty() && r.block.is_empty(),
+            None => r.allow.is_empty(),
         })
     }
 }
@@ -146,20 +155,27 @@ mod tests {
     #[test]
     fn a_budget_admits_up_to_its_rate_and_others_keep_theirs() {
         let limits = Limits::new(&LimitsConfig { principal_reads_per_second: 5, address_writes_per_second: 2, ..LimitsConfig::default() });
-        let roles = Vec::new();
-        let (ci, other) = (Principal::Token { name: "ci", roles: &roles }, Principal::Token { name: "other", roles: &roles });
+        let (roles, key) = (Vec::new(), [0u8; 32]);
+        let token = |name| Principal::Token { name, roles: &roles, key: &key, expires: None };
+        let (ci, other) = (token("ci"), token("other"));
         let ip: IpAddr = "10.0.0.7".parse().unwrap();
-        let admitted = (0..50).filter(|_| limits.take(&ci, Some(ip), false).is_ok()).count();
+        let take = |p: &Principal<'_>, ip: IpAddr, write: bool| limits.take_address(Some(ip), write).and_then(|()| limits.take_principal(p, write));
+        let admitted = (0..50).filter(|_| take(&ci, ip, false).is_ok()).count();
         // Within one window (or straddling two, on a slow machine) the estimate stops it at 5 to 10.
         assert!((5..=10).contains(&admitted), "{admitted}");
-        let refused = limits.take(&ci, Some(ip), false).unwrap_err();
+        let refused = take(&ci, ip, false).unwrap_err();
         assert_eq!((refused.whose.as_str(), refused.what, refused.retry_after), ("principal 'ci'", "reads", 1));
-        assert!(limits.take(&other, Some(ip), false).is_ok(), "another principal has its own budget");
-        assert!(limits.take(&Principal::Anonymous, Some(ip), false).is_ok(), "anonymous reads: only the address budget, unset here");
-        assert!(limits.take(&ci, Some(ip), true).is_ok(), "writes are a budget of their own");
-        let writes = (0..20).filter(|_| limits.take(&Principal::Bootstrap, Some(ip), true).is_ok()).count();
+        assert!(take(&other, ip, false).is_ok(), "another principal has its own budget");
+        assert!(take(&Principal::Anonymous, ip, false).is_ok(), "anonymous reads: only the address budget, unset here");
+        assert!(take(&ci, ip, true).is_ok(), "writes are a budget of their own");
+        let writes = (0..20).filter(|_| take(&Principal::Bootstrap, ip, true).is_ok()).count();
         assert!((1..=4).contains(&writes), "the address budget holds for every principal: {writes}");
-        assert!(limits.take(&Principal::Bootstrap, Some("10.0.0.8".parse().unwrap()), true).is_ok(), "another address");
+        let mapped: IpAddr = "::ffff:10.0.0.7".parse().unwrap();
+        assert_eq!(take(&Principal::Bootstrap, mapped, true).unwrap_err().whose, "address 10.0.0.7", "an IPv4-mapped address is the IPv4 one");
+        assert!(take(&Principal::Bootstrap, "10.0.0.8".parse().unwrap(), true).is_ok(), "another address");
+        let v6 = |s: &str| take(&Principal::Bootstrap, s.parse().unwrap(), true).is_ok();
+        let spread = (1..20).filter(|i| v6(&format!("2001:db8:0:1::{i:x}"))).count();
+        assert!((1..=4).contains(&spread), "one /64 is one budget: {spread}");
     }
 
     #[test]
@@ -177,6 +193,7 @@ mod tests {
         assert!(!rules.permit("internal", ip("10.9.0.1")), "blocked inside the allowed block");
         assert!(!rules.permit("internal", ip("172.16.0.1")), "not allowed");
         assert!(!rules.permit("internal", None), "an unknown address is not in an allow list");
+        assert!(rules.permit("mirror", None), "nor is it in a block list");
         assert!(rules.permit("mirror", ip("172.16.0.1")), "no allow list for other repositories");
         assert!(!rules.permit("mirror", ip("192.0.2.66")), "a single blocked address, everywhere");
     }

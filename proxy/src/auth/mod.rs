@@ -45,11 +45,12 @@ pub const CHALLENGES: [&str; 2] = ["Bearer realm=\"hangar\"", "Basic realm=\"han
 pub enum Principal<'a> {
     /// No credentials.
     Anonymous,
-    /// A configured token, by its name, with its roles.
-    Token { name: &'a str, roles: &'a [String] },
+    /// A configured token, by its name, with its roles (and the SHA-256 of its secret and its
+    /// expiry, which registry tokens issued for it carry).
+    Token { name: &'a str, roles: &'a [String], key: &'a [u8; 32], expires: Option<i64> },
     /// A CI job, by its OIDC token's name claim (`sub` by default), with the roles the
-    /// issuer's rules gave its claims.
-    Workload { name: String, roles: Vec<String> },
+    /// issuer's rules gave its claims; its issuer's URL and its token's `exp`.
+    Workload { name: String, roles: Vec<String>, issuer: String, expires: i64 },
     /// The bootstrap credential ([`BOOTSTRAP_VARIABLE`]): every permission.
     Bootstrap,
 }
@@ -103,6 +104,8 @@ pub struct Asked<'r> {
     pub repository: Option<&'r str>,
     /// The package the request is about, as the format names it; `None` when it names none.
     pub package: Option<&'r str>,
+    /// To a registry repository, where registry tokens (the Docker token flow's) are accepted.
+    pub registry: bool,
 }
 
 /// Why [`Authorizer::check`] refused: the status and a message that says what to do.
@@ -191,11 +194,12 @@ impl Authorizer {
     /// The principal an `Authorization` header (absent: anonymous) names. An OIDC token
     /// signed by a key not yet known has its issuer's key set fetched (once, however many
     /// requests wait) before the answer.
-    pub async fn authenticate(&self, authorization: Option<&[u8]>) -> Result<Principal<'_>, Unauthenticated> {
-        match self.authenticate_at(authorization, unix_now) {
+    /// Registry tokens are accepted only where `registry` says (a registry repository).
+    pub async fn authenticate(&self, authorization: Option<&[u8]>, registry: bool) -> Result<Principal<'_>, Unauthenticated> {
+        match self.authenticate_at(authorization, registry, unix_now) {
             Err(Unauthenticated::KeyUnknown(issuer)) => {
                 Box::pin(self.issuers.refetch(issuer)).await;
-                match self.authenticate_at(authorization, unix_now) {
+                match self.authenticate_at(authorization, registry, unix_now) {
                     Err(Unauthenticated::KeyUnknown(_)) => Err(Unauthenticated::Jwt("it is signed by a key the issuer's key set does not list (kid unknown)".into())),
                     other => other,
                 }
@@ -206,7 +210,7 @@ impl Authorizer {
 
     /// [`Authorizer::authenticate`] without fetching: at the time `now` gives (seconds since
     /// the Unix epoch; asked only when a token has an expiry).
-    pub fn authenticate_at(&self, authorization: Option<&[u8]>, now: impl FnOnce() -> i64) -> Result<Principal<'_>, Unauthenticated> {
+    pub fn authenticate_at(&self, authorization: Option<&[u8]>, registry: bool, now: impl FnOnce() -> i64) -> Result<Principal<'_>, Unauthenticated> {
         let Some(value) = authorization else { return Ok(Principal::Anonymous) };
         let value = std::str::from_utf8(value).map_err(|_| Unauthenticated::Malformed("not UTF-8"))?.trim();
         let (scheme, rest) = value.split_once(' ').unwrap_or(("", value));
@@ -227,8 +231,9 @@ impl Authorizer {
         }
         if let Some(jwt) = oidc::as_jwt(&secret) {
             return match oidc::unverified_issuer(jwt).as_deref() {
-                Some(registry::ISSUER) => self.registry.verify(jwt).and_then(|claims| self.registry_principal(claims, now)),
-                Some(issuer) => self.issuers.verify(issuer, jwt).map(|(name, roles)| Principal::Workload { name, roles }),
+                Some(registry::ISSUER) if registry => self.registry.verify(jwt).and_then(|claims| self.registry_principal(claims, now)),
+                Some(registry::ISSUER) => Err(Unauthenticated::Jwt("a registry token is accepted only by the registry it was issued for: send the credential it was issued for".into())),
+                Some(issuer) => self.issuers.verify(issuer, jwt).map(|(name, roles, expires)| Principal::Workload { name, roles, issuer: issuer.to_string(), expires }),
                 None => Err(Unauthenticated::Jwt("it has no 'iss' claim".into())),
             };
         }
@@ -238,33 +243,39 @@ impl Authorizer {
                 return Ok(Principal::Bootstrap);
             }
         }
-        let token = self.tokens.get(&hash).ok_or(Unauthenticated::Unknown)?;
-        Self::current(token, now)
+        self.current(&hash, now)
     }
 
-    fn current(token: &Token, now: impl FnOnce() -> i64) -> Result<Principal<'_>, Unauthenticated> {
+    /// The token whose secret hashes to `key`, unless it has expired.
+    fn current(&self, key: &[u8; 32], now: impl FnOnce() -> i64) -> Result<Principal<'_>, Unauthenticated> {
+        let (key, token) = self.tokens.get_key_value(key).ok_or(Unauthenticated::Unknown)?;
         if token.expires.is_some_and(|e| now() >= e) {
             return Err(Unauthenticated::Expired(token.name.clone()));
         }
-        Ok(Principal::Token { name: &token.name, roles: &token.roles })
+        Ok(Principal::Token { name: &token.name, roles: &token.roles, key, expires: token.expires })
     }
 
-    /// The principal a registry token stands for, as things are now: a token revoked (gone
-    /// from the config) or expired since the registry token was issued is refused with it.
+    /// The principal a registry token stands for, as things are now: an API token revoked
+    /// or replaced (the registry token names its secret's hash, not its name), a bootstrap
+    /// credential changed, or an issuer no longer trusted since it was issued is refused.
     fn registry_principal(&self, claims: registry::Claims, now: impl FnOnce() -> i64) -> Result<Principal<'_>, Unauthenticated> {
+        let key = |hex_key: &str| -> Result<[u8; 32], Unauthenticated> { hex::decode(hex_key).ok().and_then(|k| k.try_into().ok()).ok_or(Unauthenticated::Unknown) };
         match claims.principal {
             registry::Subject::Anonymous => Ok(Principal::Anonymous),
-            registry::Subject::Bootstrap if self.bootstrap.is_some() => Ok(Principal::Bootstrap),
-            registry::Subject::Bootstrap => Err(Unauthenticated::Unknown),
-            registry::Subject::Token { name } => Self::current(self.tokens.values().find(|t| t.name == name).ok_or(Unauthenticated::Unknown)?, now),
-            registry::Subject::Workload { name, roles } => Ok(Principal::Workload { name, roles }),
+            registry::Subject::Bootstrap { key: k } => match self.bootstrap {
+                Some(b) if bool::from(b.ct_eq(&key(&k)?)) => Ok(Principal::Bootstrap),
+                _ => Err(Unauthenticated::Unknown),
+            },
+            registry::Subject::Token { key: k, .. } => self.current(&key(&k)?, now),
+            registry::Subject::Workload { name, roles, issuer } if self.issuers.trusts(&issuer) => Ok(Principal::Workload { name, roles, issuer, expires: claims.exp }),
+            registry::Subject::Workload { .. } => Err(Unauthenticated::Jwt("its issuer is no longer trusted here".into())),
         }
     }
 
     /// A registry token (the Docker token flow's answer) for `principal`: a short-lived JWT
     /// that [`Authorizer::authenticate`] accepts as a bearer credential for the same principal.
     pub fn issue_registry_token(&self, principal: &Principal<'_>) -> Result<registry::Issued, jsonwebtoken::errors::Error> {
-        self.registry.issue(principal, unix_now())
+        self.registry.issue(principal, self.bootstrap.as_ref(), unix_now())
     }
 
     /// Whether `principal` may do what `asked` says.
@@ -287,7 +298,7 @@ impl Authorizer {
     /// Authenticate, then decide: the principal, or the refusal with its status and a message
     /// that says what would be allowed (without repeating the credential).
     pub async fn check(&self, authorization: Option<&[u8]>, asked: &Asked<'_>) -> Result<Principal<'_>, Refusal> {
-        let principal = self.authenticate(authorization).await.map_err(|e| Refusal::Unauthenticated(e.to_string()))?;
+        let principal = self.authenticate(authorization, asked.registry).await.map_err(|e| Refusal::Unauthenticated(e.to_string()))?;
         if self.allows(&principal, asked) {
             return Ok(principal);
         }
@@ -308,10 +319,21 @@ impl Authorizer {
         self.addresses.permit(repository, address)
     }
 
-    /// Take one request (a read, or a write) of `principal` from `address` from the rate
-    /// budgets, or say which one it is over.
-    pub fn take(&self, principal: &Principal<'_>, address: Option<std::net::IpAddr>, write: bool) -> Result<(), limits::Limited> {
-        self.limits.take(principal, address, write)
+    /// Take one request (a read, or a write) from `address`'s rate budget, or say it is over
+    /// it; asked before credentials are looked at.
+    pub fn take_address(&self, address: Option<std::net::IpAddr>, write: bool) -> Result<(), limits::Limited> {
+        self.limits.take_address(address, write)
+    }
+
+    /// Take one request from `principal`'s rate budget, or say it is over it.
+    pub fn take_principal(&self, principal: &Principal<'_>, write: bool) -> Result<(), limits::Limited> {
+        self.limits.take_principal(principal, write)
+    }
+
+    /// Whether some grant is limited to package names (only then is a request's package
+    /// worth naming).
+    pub fn names_packages(&self) -> bool {
+        self.grants.iter().any(|g| !g.packages.is_empty())
     }
 
     /// Whether the admin listener serves `path` without a credential.
@@ -393,19 +415,19 @@ mod tests {
     }
 
     fn asked(action: Action, repository: Option<&str>) -> Asked<'_> {
-        Asked { action, repository, package: None }
+        Asked { action, repository, package: None, registry: false }
     }
 
     #[test]
     fn deny_by_default_and_grants_by_role_and_repository() {
         let (config, ci, _) = config();
         let auth = authorizer(&config, None);
-        let anonymous = auth.authenticate_at(None, || NOW).unwrap();
+        let anonymous = auth.authenticate_at(None, false, || NOW).unwrap();
         assert!(auth.allows(&anonymous, &asked(Action::Read, Some("pypi"))));
         assert!(!auth.allows(&anonymous, &asked(Action::Read, Some("npm"))), "not granted: refused");
         assert!(!auth.allows(&anonymous, &asked(Action::Admin, None)));
         let bearer = format!("Bearer {ci}");
-        let token = auth.authenticate_at(Some(bearer.as_bytes()), || NOW).unwrap();
+        let token = auth.authenticate_at(Some(bearer.as_bytes()), true, || NOW).unwrap();
         assert_eq!(token.name(), "ci");
         assert!(auth.allows(&token, &asked(Action::Read, Some("npm"))) && auth.allows(&token, &asked(Action::Read, Some("anything"))));
         assert!(!auth.allows(&token, &asked(Action::Publish, Some("npm"))) && !auth.allows(&token, &asked(Action::Admin, None)));
@@ -420,7 +442,7 @@ mod tests {
         let auth = authorizer(&config, None);
         for user in ["", "__token__", "someone"] {
             let basic = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{ci}")));
-            assert_eq!(auth.authenticate_at(Some(basic.as_bytes()), || NOW).unwrap().name(), "ci", "user {user:?}");
+            assert_eq!(auth.authenticate_at(Some(basic.as_bytes()), true, || NOW).unwrap().name(), "ci", "user {user:?}");
         }
     }
 
@@ -428,14 +450,14 @@ mod tests {
     fn unknown_expired_and_malformed_credentials_are_told_apart_without_repeating_them() {
         let (config, _, old) = config();
         let auth = authorizer(&config, None);
-        let expired = auth.authenticate_at(Some(format!("Bearer {old}").as_bytes()), || NOW).unwrap_err();
+        let expired = auth.authenticate_at(Some(format!("Bearer {old}").as_bytes()), true, || NOW).unwrap_err();
         assert_eq!(expired, Unauthenticated::Expired("old".into()));
-        let unknown = auth.authenticate_at(Some(b"Bearer hgr_not-a-token"), || NOW).unwrap_err();
+        let unknown = auth.authenticate_at(Some(b"Bearer hgr_not-a-token"), true, || NOW).unwrap_err();
         assert_eq!(unknown, Unauthenticated::Unknown);
         assert!(!unknown.to_string().contains("hgr_not"));
-        assert_eq!(auth.authenticate_at(Some(b"hgr_not-a-token"), || NOW).unwrap_err(), Unauthenticated::Unknown, "a bare token is looked up");
+        assert_eq!(auth.authenticate_at(Some(b"hgr_not-a-token"), true, || NOW).unwrap_err(), Unauthenticated::Unknown, "a bare token is looked up");
         for bad in [&b"Digest abc"[..], b"Basic %%%", b"Basic dXNlcg==", b"\xff\xfe", b""] {
-            assert!(matches!(auth.authenticate_at(Some(bad), || NOW), Err(Unauthenticated::Malformed(_))), "{bad:?}");
+            assert!(matches!(auth.authenticate_at(Some(bad), true, || NOW), Err(Unauthenticated::Malformed(_))), "{bad:?}");
         }
     }
 
@@ -443,11 +465,11 @@ mod tests {
     fn the_bootstrap_credential_may_do_everything_and_is_known_in_a_query() {
         let (config, ci, _) = config();
         let auth = authorizer(&config, Some("first-setup-secret"));
-        let admin = auth.authenticate_at(Some(b"Bearer first-setup-secret"), || NOW).unwrap();
+        let admin = auth.authenticate_at(Some(b"Bearer first-setup-secret"), true, || NOW).unwrap();
         assert_eq!(admin, Principal::Bootstrap);
         assert!(auth.allows(&admin, &asked(Action::Admin, None)) && auth.allows(&admin, &asked(Action::Delete, Some("x"))));
         let basic = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("admin:first-setup-secret"));
-        assert_eq!(auth.authenticate_at(Some(basic.as_bytes()), || NOW).unwrap(), Principal::Bootstrap);
+        assert_eq!(auth.authenticate_at(Some(basic.as_bytes()), true, || NOW).unwrap(), Principal::Bootstrap);
         assert!(auth.secret_in_query("a=1&token=first-setup-secret"));
         assert!(auth.secret_in_query(&format!("x={}", ci.replace('_', "%5F"))), "percent-encoded too");
         assert!(!auth.secret_in_query("a=1&token=something-else"));
@@ -468,35 +490,49 @@ mod tests {
         let (mut config, ci, _) = config();
         config.grants.push(GrantConfig { role: "builder".into(), repositories: vec!["npm".into()], actions: vec![Action::Publish], packages: vec!["@acme/*".into(), "acme-*".into()] });
         let auth = authorizer(&config, None);
-        let token = auth.authenticate_at(Some(format!("Bearer {ci}").as_bytes()), || NOW).unwrap();
-        let publish = |package: Option<&'static str>| Asked { action: Action::Publish, repository: Some("npm"), package };
+        let token = auth.authenticate_at(Some(format!("Bearer {ci}").as_bytes()), true, || NOW).unwrap();
+        let publish = |package: Option<&'static str>| Asked { action: Action::Publish, repository: Some("npm"), package, registry: false };
         assert!(auth.allows(&token, &publish(Some("@acme/ui"))) && auth.allows(&token, &publish(Some("acme-tools"))));
         assert!(!auth.allows(&token, &publish(Some("@other/ui"))), "outside the patterns");
         assert!(!auth.allows(&token, &publish(None)), "a path naming no package is not covered by a limited grant");
-        assert!(!auth.allows(&token, &Asked { action: Action::Publish, repository: Some("pypi"), package: Some("@acme/ui") }), "another repository");
+        assert!(!auth.allows(&token, &Asked { action: Action::Publish, repository: Some("pypi"), package: Some("@acme/ui"), registry: false }), "another repository");
     }
 
     #[test]
     fn registry_tokens_stand_for_their_principal_until_it_is_revoked() {
         let (config, ci, _) = config();
         let auth = authorizer(&config, Some("first-setup-secret"));
-        let token = auth.authenticate_at(Some(format!("Bearer {ci}").as_bytes()), || NOW).unwrap();
+        let token = auth.authenticate_at(Some(format!("Bearer {ci}").as_bytes()), true, || NOW).unwrap();
         let issued = auth.issue_registry_token(&token).unwrap();
         assert_eq!(issued.expires_in, registry::LIFETIME_SECS);
-        let again = auth.authenticate_at(Some(format!("Bearer {}", issued.token).as_bytes()), || NOW).unwrap();
+        let again = auth.authenticate_at(Some(format!("Bearer {}", issued.token).as_bytes()), true, || NOW).unwrap();
         assert_eq!(again, token, "the same token, with its roles");
         let anonymous = auth.issue_registry_token(&Principal::Anonymous).unwrap();
-        assert_eq!(auth.authenticate_at(Some(format!("Bearer {}", anonymous.token).as_bytes()), || NOW).unwrap(), Principal::Anonymous);
+        assert_eq!(auth.authenticate_at(Some(format!("Bearer {}", anonymous.token).as_bytes()), true, || NOW).unwrap(), Principal::Anonymous);
         // Revoked: the same config without the token; another process's key: not accepted.
         let mut revoked = config.clone();
         revoked.tokens.retain(|t| t.name != "ci");
         let key = b"a fleet secret of sixteen bytes or more";
         let (a, b) = (Authorizer::new(&config, None, Arc::new(NoFetch), Some(key)), Authorizer::new(&revoked, None, Arc::new(NoFetch), Some(key)));
-        let shared = a.issue_registry_token(&a.authenticate_at(Some(format!("Bearer {ci}").as_bytes()), || NOW).unwrap()).unwrap();
-        assert_eq!(a.authenticate_at(Some(format!("Bearer {}", shared.token).as_bytes()), || NOW).unwrap().name(), "ci", "a fleet member accepts another's");
-        assert_eq!(b.authenticate_at(Some(format!("Bearer {}", shared.token).as_bytes()), || NOW).unwrap_err(), Unauthenticated::Unknown, "revoked since");
-        let forged = auth.authenticate_at(Some(format!("Bearer {}", shared.token).as_bytes()), || NOW).unwrap_err();
+        let shared = a.issue_registry_token(&a.authenticate_at(Some(format!("Bearer {ci}").as_bytes()), true, || NOW).unwrap()).unwrap();
+        assert_eq!(a.authenticate_at(Some(format!("Bearer {}", shared.token).as_bytes()), true, || NOW).unwrap().name(), "ci", "a fleet member accepts another's");
+        assert_eq!(b.authenticate_at(Some(format!("Bearer {}", shared.token).as_bytes()), true, || NOW).unwrap_err(), Unauthenticated::Unknown, "revoked since");
+        let forged = auth.authenticate_at(Some(format!("Bearer {}", shared.token).as_bytes()), true, || NOW).unwrap_err();
         assert!(matches!(forged, Unauthenticated::Jwt(_)), "{forged:?}");
         assert!(auth.secret_in_query(&format!("token={}", issued.token)), "a JWT in a query is refused too");
+        let elsewhere = auth.authenticate_at(Some(format!("Bearer {}", issued.token).as_bytes()), false, || NOW).unwrap_err();
+        assert!(elsewhere.to_string().contains("only by the registry"), "not outside registry repositories, nor at the token endpoint: {elsewhere}");
+        // A new token under the same name does not inherit the old one's registry tokens.
+        let mut replaced = config.clone();
+        let (_, new_hash) = new_token().unwrap();
+        replaced.tokens.iter_mut().filter(|t| t.name == "ci").for_each(|t| t.hash = new_hash.clone());
+        let c = Authorizer::new(&replaced, None, Arc::new(NoFetch), Some(key));
+        assert_eq!(c.authenticate_at(Some(format!("Bearer {}", shared.token).as_bytes()), true, || NOW).unwrap_err(), Unauthenticated::Unknown);
+        // The bootstrap credential's registry tokens end when it changes.
+        let first = Authorizer::new(&config, Some("first-setup-secret"), Arc::new(NoFetch), Some(key));
+        let admin = first.issue_registry_token(&Principal::Bootstrap).unwrap();
+        assert_eq!(first.authenticate_at(Some(format!("Bearer {}", admin.token).as_bytes()), true, || NOW).unwrap(), Principal::Bootstrap);
+        let changed = Authorizer::new(&config, Some("another-secret"), Arc::new(NoFetch), Some(key));
+        assert_eq!(changed.authenticate_at(Some(format!("Bearer {}", admin.token).as_bytes()), true, || NOW).unwrap_err(), Unauthenticated::Unknown);
     }
 }

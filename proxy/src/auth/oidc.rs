@@ -114,8 +114,15 @@ impl Issuers {
         Issuers { issuers, fetch }
     }
 
-    /// Verify `jwt` (which claims `iss`): its name claim and the roles its claims earn.
-    pub(super) fn verify(&self, iss: &str, jwt: &str) -> Result<(String, Vec<String>), Unauthenticated> {
+    /// Whether `issuer` is configured.
+    pub(super) fn trusts(&self, issuer: &str) -> bool {
+        self.issuers.iter().any(|i| i.config.issuer == issuer)
+    }
+
+    /// Verify `jwt` (which claims `iss`): its name claim, the roles its claims earn (a token
+    /// no rule gives a role is refused: an issuer such as a public CI service mints tokens for
+    /// anyone's jobs) and its `exp`.
+    pub(super) fn verify(&self, iss: &str, jwt: &str) -> Result<(String, Vec<String>, i64), Unauthenticated> {
         let Some(index) = self.issuers.iter().position(|i| i.config.issuer == iss) else {
             let shown: String = iss.chars().take(200).collect();
             return Err(Unauthenticated::Jwt(format!("no [[auth.oidc]] trusts its issuer '{shown}'")));
@@ -168,7 +175,11 @@ impl Issuers {
                 }
             }
         }
-        Ok((name, roles))
+        if roles.is_empty() {
+            return Err(Unauthenticated::Jwt(format!("no [[auth.oidc.rule]] of its issuer gives its claims a role (it names '{name}')")));
+        }
+        let exp = claims.get("exp").and_then(Value::as_i64).unwrap_or(0);
+        Ok((name, roles, exp))
     }
 
     /// Fetch issuer `index`'s key set again, unless one was attempted within its
@@ -315,8 +326,8 @@ mod tests {
     }
 
     async fn principal(auth: &Authorizer, jwt: &str) -> Result<(String, Vec<String>), Unauthenticated> {
-        match auth.authenticate(Some(format!("Bearer {jwt}").as_bytes())).await? {
-            Principal::Workload { name, roles } => Ok((name, roles)),
+        match auth.authenticate(Some(format!("Bearer {jwt}").as_bytes()), false).await? {
+            Principal::Workload { name, roles, .. } => Ok((name, roles)),
             other => panic!("not a workload: {other:?}"),
         }
     }
@@ -328,8 +339,8 @@ mod tests {
         *served.jwks.lock() = json!({"keys": [jwk]});
         let (name, roles) = principal(&auth, &sign(&signing, "k1", claims("hangar", 300, "acme/app"))).await.unwrap();
         assert_eq!((name.as_str(), roles), ("repo:acme/app:ref:refs/heads/main", vec!["publisher".to_string()]));
-        let (_, roles) = principal(&auth, &sign(&signing, "k1", claims("hangar", 300, "other/app"))).await.unwrap();
-        assert!(roles.is_empty(), "no rule matches: authenticated, no roles");
+        let unmatched = principal(&auth, &sign(&signing, "k1", claims("hangar", 300, "other/app"))).await.unwrap_err();
+        assert!(unmatched.to_string().contains("no [[auth.oidc.rule]]"), "no rule matches: refused, not merely authenticated: {unmatched}");
         assert_eq!(served.fetches.load(Ordering::SeqCst), 1, "the key set is fetched once, then held");
 
         let refused = |r: Result<(String, Vec<String>), Unauthenticated>| r.unwrap_err().to_string();

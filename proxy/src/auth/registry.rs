@@ -31,10 +31,14 @@ pub const LIFETIME_SECS: i64 = 300;
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Subject {
     Anonymous,
-    Bootstrap,
-    /// An API token, by name: looked up again on every use.
-    Token { name: String },
-    Workload { name: String, roles: Vec<String> },
+    /// The bootstrap credential, by the hex SHA-256 of its value: a new value ends it.
+    Bootstrap { key: String },
+    /// An API token, by the hex SHA-256 of its secret (not its name, which a replacement
+    /// token may take): looked up again on every use.
+    Token { name: String, key: String },
+    /// A CI workload with the roles its claims earned, and its issuer, which must still be
+    /// trusted on every use.
+    Workload { name: String, roles: Vec<String>, issuer: String },
 }
 
 /// A registry token's claims.
@@ -43,7 +47,7 @@ pub struct Claims {
     iss: String,
     aud: String,
     /// Seconds since the Unix epoch.
-    exp: i64,
+    pub exp: i64,
     iat: i64,
     pub principal: Subject,
 }
@@ -83,17 +87,20 @@ impl RegistryTokens {
         RegistryTokens { encoding: EncodingKey::from_secret(&key), decoding: DecodingKey::from_secret(&key) }
     }
 
-    pub(super) fn issue(&self, principal: &Principal<'_>, now: i64) -> Result<Issued, jsonwebtoken::errors::Error> {
-        let subject = match principal {
-            Principal::Anonymous => Subject::Anonymous,
-            Principal::Bootstrap => Subject::Bootstrap,
-            Principal::Token { name, .. } => Subject::Token { name: name.to_string() },
-            Principal::Workload { name, roles } => Subject::Workload { name: name.clone(), roles: roles.clone() },
+    /// A token for `principal` (`bootstrap`: the bootstrap credential's hash), valid
+    /// [`LIFETIME_SECS`] or until the credential it was issued for expires, if sooner.
+    pub(super) fn issue(&self, principal: &Principal<'_>, bootstrap: Option<&[u8; 32]>, now: i64) -> Result<Issued, jsonwebtoken::errors::Error> {
+        let (subject, until) = match principal {
+            Principal::Anonymous => (Subject::Anonymous, None),
+            Principal::Bootstrap => (Subject::Bootstrap { key: bootstrap.map(hex::encode).unwrap_or_default() }, None),
+            Principal::Token { name, key, expires, .. } => (Subject::Token { name: name.to_string(), key: hex::encode(key) }, *expires),
+            Principal::Workload { name, roles, issuer, expires } => (Subject::Workload { name: name.clone(), roles: roles.clone(), issuer: issuer.clone() }, Some(*expires)),
         };
-        let claims = Claims { iss: ISSUER.into(), aud: SERVICE.into(), exp: now + LIFETIME_SECS, iat: now, principal: subject };
+        let exp = until.map_or(now + LIFETIME_SECS, |u| u.min(now + LIFETIME_SECS));
+        let claims = Claims { iss: ISSUER.into(), aud: SERVICE.into(), exp, iat: now, principal: subject };
         let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)?;
         let issued_at = chrono::DateTime::from_timestamp(now, 0).map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)).unwrap_or_default();
-        Ok(Issued { access_token: token.clone(), token, expires_in: LIFETIME_SECS, issued_at })
+        Ok(Issued { access_token: token.clone(), token, expires_in: exp - now, issued_at })
     }
 
     pub(super) fn verify(&self, jwt: &str) -> Result<Claims, Unauthenticated> {

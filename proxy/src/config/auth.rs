@@ -147,7 +147,7 @@ pub struct GrantConfig {
     pub repositories: Vec<String>,
     /// `read`, `publish`, `delete`, `admin`.
     pub actions: Vec<Action>,
-    /// Package-name patterns (`@acme/*`, `com.acme.*`, `acme-*`; see [`pattern_matches`]) the
+    /// Package-name patterns (`@acme/*`, `com.acme:*`, `acme-*`; see [`pattern_matches`]) the
     /// grant is limited to; empty, every package. A request whose package the format cannot
     /// name (an index root, a listing of everything) is not covered by a limited grant.
     #[serde(default)]
@@ -175,8 +175,8 @@ pub struct OidcConfig {
     /// another (keys rotate; unknown `kid`s must not let anyone make the proxy fetch at will).
     #[serde(default = "default_refetch")]
     pub jwks_min_refetch: hangar_core::HumanDuration,
-    /// How the token's claims map to roles; a token no rule matches has no roles beyond
-    /// `authenticated`.
+    /// How the token's claims map to roles; a token no rule matches is refused (an issuer
+    /// such as a public CI service mints tokens for anyone's jobs).
     #[serde(default, rename = "rule")]
     pub rules: Vec<ClaimRule>,
 }

@@ -51,7 +51,8 @@ impl Format for Gems {
     }
 
     /// `info/<name>`, or a gem's (`gems/<name>-<version>[-<platform>].gem`, `quick/...`): the
-    /// name ends where a `-` is followed by the version's first digit.
+    /// name ends at the last `-` followed by a digit (a name may hold `-2fa`; a version holds
+    /// no `-`, and platforms start with a letter).
     fn package(&self, path: &str) -> Option<String> {
         if let Some(name) = path.strip_prefix("info/") {
             return (!name.is_empty() && !name.contains('/')).then(|| name.to_string());
@@ -60,7 +61,7 @@ impl Format for Gems {
             return None;
         }
         let file = path.rsplit('/').next()?;
-        let cut = file.char_indices().find(|&(i, c)| c == '-' && file[i + 1..].starts_with(|d: char| d.is_ascii_digit()))?.0;
+        let cut = file.char_indices().filter(|&(i, c)| c == '-' && file[i + 1..].starts_with(|d: char| d.is_ascii_digit())).last()?.0;
         Some(file[..cut].to_string())
     }
 

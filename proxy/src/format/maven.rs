@@ -32,8 +32,10 @@ impl Format for Maven {
         FormatKind::Maven
     }
 
-    /// `groupId.artifactId`: the directories, less the version's when the file is one of its
-    /// (`lib-1.0.jar` below `lib/1.0/`, anything below a version starting with a digit).
+    /// `groupId:artifactId` (Maven's own coordinates, so `com/acme.evil/...` is `com:acme.evil`
+    /// and no grant on `com.acme.*:*` covers it): the directories, less the version's when the
+    /// file is one of its (`lib-1.0.jar` below `lib/1.0/`, anything below a directory that
+    /// starts with a digit), the last being the artifact.
     fn package(&self, path: &str) -> Option<String> {
         let (dirs, file) = path.rsplit_once('/')?;
         let mut dirs: Vec<&str> = dirs.split('/').filter(|d| !d.is_empty()).collect();
@@ -44,7 +46,8 @@ impl Format for Maven {
                 dirs.pop();
             }
         }
-        (dirs.len() >= 2).then(|| dirs.join("."))
+        let (artifact, group) = dirs.split_last()?;
+        (!group.is_empty()).then(|| format!("{}:{artifact}", group.join(".")))
     }
 
     fn resolve(&self, path: &RequestPath<'_>, _headers: &HeaderMap) -> Result<Resolved, FormatError> {

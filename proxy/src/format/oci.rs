@@ -75,9 +75,14 @@ impl Format for Oci {
         FormatKind::Oci
     }
 
-    /// The image's name: what precedes `/manifests/`, `/blobs/` or `/tags/`.
+    /// The image's name as the registry knows it: what precedes `/manifests/`, `/blobs/` or
+    /// `/tags/`, with Docker Hub's `library/` for a one-part name.
     fn package(&self, path: &str) -> Option<String> {
-        ["/manifests/", "/blobs/", "/tags/"].iter().find_map(|part| path.rfind(part).map(|at| path[..at].to_string())).filter(|n| !n.is_empty())
+        let name = ["/manifests/", "/blobs/", "/tags/"].iter().find_map(|part| path.rfind(part).map(|at| &path[..at])).filter(|n| !n.is_empty())?;
+        Some(match self.library && !name.contains('/') {
+            true => format!("library/{name}"),
+            false => name.to_string(),
+        })
     }
 
     /// Manifests by tag, tag lists and referrers are JSON objects (by digest, they are

@@ -16,9 +16,10 @@ fn each_format_names_the_package_a_path_is_about() {
         (FormatKind::Pypi, Some("http://127.0.0.1:2/"), "files/sha256/ab/packages/acme_tools-1.0-py3-none-any.whl", Some("acme-tools")),
         (FormatKind::Pypi, Some("http://127.0.0.1:2/"), "files/packages/acme_tools-1.0-py3-none-any.whl.metadata", Some("acme-tools")),
         (FormatKind::Pypi, Some("http://127.0.0.1:2/"), "files/packages/acme-tools-1.0.tar.gz", Some("acme-tools")),
-        (FormatKind::Maven, None, "com/acme/lib/1.0/lib-1.0.jar", Some("com.acme.lib")),
-        (FormatKind::Maven, None, "com/acme/lib/maven-metadata.xml", Some("com.acme.lib")),
-        (FormatKind::Maven, None, "com/acme/lib/1.0-SNAPSHOT/maven-metadata.xml", Some("com.acme.lib")),
+        (FormatKind::Maven, None, "com/acme/lib/1.0/lib-1.0.jar", Some("com.acme:lib")),
+        (FormatKind::Maven, None, "com/acme/lib/maven-metadata.xml", Some("com.acme:lib")),
+        (FormatKind::Maven, None, "com/acme/lib/1.0-SNAPSHOT/maven-metadata.xml", Some("com.acme:lib")),
+        (FormatKind::Maven, None, "com/acme.evil/1.0/acme.evil-1.0.jar", Some("com:acme.evil")),
         (FormatKind::Maven, None, "archetype-catalog.xml", None),
         (FormatKind::Cargo, Some("http://127.0.0.1:2/dl"), "3/s/syn", Some("syn")),
         (FormatKind::Cargo, Some("http://127.0.0.1:2/dl"), "se/rd/serde", Some("serde")),
@@ -26,6 +27,7 @@ fn each_format_names_the_package_a_path_is_about() {
         (FormatKind::Cargo, Some("http://127.0.0.1:2/dl"), "config.json", None),
         (FormatKind::Gems, None, "info/acme-tools", Some("acme-tools")),
         (FormatKind::Gems, None, "gems/acme-tools-1.2.0-x86_64-linux.gem", Some("acme-tools")),
+        (FormatKind::Gems, None, "gems/acme-2fa-1.0.gem", Some("acme-2fa")),
         (FormatKind::Gems, None, "versions", None),
         (FormatKind::Apt, None, "pool/main/h/hello/hello_2.10-3_amd64.deb", Some("hello")),
         (FormatKind::Apt, None, "dists/bookworm/InRelease", None),
@@ -38,4 +40,7 @@ fn each_format_names_the_package_a_path_is_about() {
         let format = build(*kind, &up(*files)).unwrap();
         assert_eq!(format.package(path).as_deref(), *want, "{kind} {path}");
     }
+    let hub = build(FormatKind::Oci, &Upstreams { namespace: Some("docker.io".into()), ..up(None) }).unwrap();
+    assert_eq!(hub.package("alpine/manifests/3.20").as_deref(), Some("library/alpine"), "what Docker Hub serves");
+    assert_eq!(hub.package("acme/app/manifests/v1").as_deref(), Some("acme/app"));
 }

@@ -57,7 +57,8 @@ impl HangarProxy {
         let refused = |e: hangar_core::PathError| Reply::error(400, format!("{e}: a '..' may not leave the repository"));
         let path = remove_dot_segments(req.uri.path(), DotSegments::All).map_err(refused)?;
         if let Some(root) = self.router.registry_token_root(&path) {
-            return Err(Box::pin(self.registry_token(req, root)).await);
+            let address = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
+            return Err(Box::pin(self.registry_token(req, root, address)).await);
         }
         let routed = self.router.route(&path, req.uri.query());
         if path.len() != req.uri.path().len() {
@@ -100,40 +101,51 @@ impl HangarProxy {
         } else {
             Action::Publish
         };
-        let package = repo.format.package(rest);
+        // Named (from the decoded path, as the format serves it) only when a grant asks.
+        let package = match self.auth.names_packages() {
+            true => repo.format.package(&percent_encoding::percent_decode_str(rest).decode_utf8_lossy()),
+            false => None,
+        };
         // Refusals and every write are recorded; the principal is named as far as it is known.
         let unknown = || if authorization.is_some() { "unauthenticated" } else { crate::config::ANONYMOUS_ROLE }.to_string();
         let mut record = |principal: String, denied: bool| *audit = Some(Box::new(AuditFacts { principal, action, package: package.clone(), denied }));
+        let limited = |l: crate::auth::limits::Limited| Reply::Limited { message: l.to_string(), retry_after: l.retry_after };
         if !self.auth.address_permitted(&repo.name, address) {
             record(unknown(), true);
             let shown = address.map_or_else(|| "an unknown address".to_string(), |a| a.to_string());
             return Err(Reply::error(403, format!("repository '{}' is not reachable from {shown} ([[auth.addresses]])", repo.name)));
         }
-        let challenge = repo.format.registry_root().map(|root| registry::challenge(&super::body::client_origin(repo, req), root));
-        if challenge.is_some() && rest.is_empty() {
+        // Before the credentials are looked at: failed guesses count too.
+        if let Err(l) = self.auth.take_address(address, action != Action::Read) {
+            record(unknown(), true);
+            return Err(limited(l));
+        }
+        let registry = repo.format.registry_root();
+        let unauthenticated = |message: String| Reply::Unauthenticated { message, challenge: registry.map(|root| registry::challenge(&super::body::client_origin(repo, req), root)) };
+        if registry.is_some() && rest.is_empty() {
             if authorization.is_none() {
-                return Err(Reply::Unauthenticated { message: "a registry's version check needs a credential: ask the token endpoint its challenge names".into(), challenge });
+                return Err(unauthenticated("a registry's version check needs a credential: ask the token endpoint its challenge names".into()));
             }
-            return match self.auth.authenticate(authorization).await {
+            return match self.auth.authenticate(authorization, true).await {
                 Ok(_) => Ok(()),
                 Err(e) => {
                     record(unknown(), true);
-                    Err(Reply::Unauthenticated { message: e.to_string(), challenge })
+                    Err(unauthenticated(e.to_string()))
                 }
             };
         }
-        let asked = Asked { action, repository: Some(&repo.name), package: package.as_deref() };
+        let asked = Asked { action, repository: Some(&repo.name), package: package.as_deref(), registry: registry.is_some() };
         match self.auth.check(authorization, &asked).await {
             Ok(principal) => {
-                let limited = self.auth.take(&principal, address, action != Action::Read);
-                if limited.is_err() || action != Action::Read {
-                    record(principal.name().to_string(), limited.is_err());
+                let over = self.auth.take_principal(&principal, action != Action::Read);
+                if over.is_err() || action != Action::Read {
+                    record(principal.name().to_string(), over.is_err());
                 }
-                limited.map_err(|l| Reply::Limited { message: l.to_string(), retry_after: l.retry_after })
+                over.map_err(limited)
             }
             Err(Refusal::Unauthenticated(message)) => {
                 record(unknown(), true);
-                Err(Reply::Unauthenticated { message, challenge })
+                Err(unauthenticated(message))
             }
             Err(Refusal::Forbidden { principal, message }) => {
                 record(principal, true);
@@ -143,12 +155,16 @@ impl HangarProxy {
     }
 
     /// The Docker token flow's token endpoint (`/v2/token`): the credentials sent (basic, as
-    /// registry clients send them; none: anonymous) for a short-lived registry token.
-    async fn registry_token(&self, req: &pingora::http::RequestHeader, root: &str) -> Reply {
+    /// registry clients send them; none: anonymous; never a registry token, so one cannot be
+    /// renewed past the credential it was issued for) for a short-lived registry token.
+    async fn registry_token(&self, req: &pingora::http::RequestHeader, root: &str, address: Option<std::net::IpAddr>) -> Reply {
         if req.method != Method::GET {
             return Reply::Error { status: 405, message: "the token endpoint answers GET".into(), allow: Some("GET".into()) };
         }
-        match self.auth.authenticate(req.headers.get(http::header::AUTHORIZATION).map(|v| v.as_bytes())).await {
+        if let Err(l) = self.auth.take_address(address, false) {
+            return Reply::Limited { message: l.to_string(), retry_after: l.retry_after };
+        }
+        match self.auth.authenticate(req.headers.get(http::header::AUTHORIZATION).map(|v| v.as_bytes()), false).await {
             Ok(principal) => match self.auth.issue_registry_token(&principal).map(|issued| serde_json::to_vec(&issued)) {
                 Ok(Ok(body)) => Reply::Json(body.into()),
                 Ok(Err(e)) => Reply::error(500, format!("the registry token could not be written: {e}")),

@@ -84,6 +84,9 @@ impl HangarProxy {
             }
             self.derived.derived(&of.artefact)?;
         }
+        if !self.derived.held_in(&of.artefact, &of.group) {
+            return None;
+        }
         let (derived, artefact) = (self.derived.clone(), of.artefact.clone());
         tokio::task::spawn_blocking(move || derived.read(&artefact)).await.ok().flatten()
     }
