@@ -63,6 +63,9 @@ pub enum HopKind {
     /// request its grants already allowed: served like any request (it may fetch), without a
     /// credential of its own.
     Listing,
+    /// A proxy's request to the regional origin's object API (a read, or an upload): the
+    /// credential origin asks of every object request.
+    Origin,
 }
 
 impl HopKind {
@@ -72,6 +75,7 @@ impl HopKind {
             HopKind::Loopback => "loopback",
             HopKind::Replace => "replace",
             HopKind::Listing => "listing",
+            HopKind::Origin => "origin",
         }
     }
 }
@@ -95,8 +99,9 @@ pub enum HopError {
 /// expires after [`HOP_WINDOW_SECS`]. Within that window a captured proof can be replayed for
 /// the same request (hops travel in-region, over plain HTTP); what it grants is harmless for
 /// the same request: a peer proof only stops owner routing, a loopback proof only forbids
-/// fetching, and a replace proof signs [`replacement_signed_target`], so replaying it can only
-/// send origin the same verified bytes again.
+/// fetching, a replace proof signs [`replacement_signed_target`], so replaying it can only
+/// send origin the same verified bytes again, and an origin proof repeats the same read, or
+/// the same upload of a path that origin never overwrites.
 #[derive(Clone)]
 pub struct HopKey {
     mac: Hmac<Sha256>,
@@ -141,6 +146,7 @@ impl HopKey {
             "loopback" => HopKind::Loopback,
             "replace" => HopKind::Replace,
             "listing" => HopKind::Listing,
+            "origin" => HopKind::Origin,
             _ => return Err(HopError::Malformed),
         };
         let time: u64 = time.parse().map_err(|_| HopError::Malformed)?;

@@ -13,6 +13,11 @@
 //!   a 409, as for any overwrite. A blob claimed corrupt that hashes right is left alone.
 //! - A `PUT` larger than `max_upload_bytes` is a 413, before its body is read when its
 //!   `Content-Length` says so, else as soon as the body passes the limit; nothing is stored.
+//! - Every object request must come from a proxy of the fleet: signed with `fleet_secret`
+//!   ([`HopKind::Origin`], or [`HopKind::Replace`] for a repair). Without a proof: 401; with
+//!   one that does not verify or is of another kind: 403; an origin without `fleet_secret`
+//!   serves and stores nothing (403). Deny by default: anyone who can reach origin could
+//!   otherwise publish bytes that proxies then serve as the upstream's.
 //! - `GET /healthz`.
 //!
 //! Storage that cannot be reached is a 503, so a proxy falls back to the upstream and retries
@@ -39,7 +44,8 @@ pub type Body = UnsyncBoxBody<Bytes, std::io::Error>;
 pub struct Origin {
     pub config: OriginConfig,
     pub store: Arc<dyn BlobStore>,
-    /// Checks repairs' signatures; `None` (no `fleet_secret`) refuses them all.
+    /// Checks every object request's proof (and repairs'); `None` (no `fleet_secret`) refuses
+    /// them all.
     replace_key: Option<HopKey>,
 }
 
@@ -87,6 +93,9 @@ impl Origin {
             Ok(n) => n,
             Err(why) => return Ok(error(StatusCode::NOT_FOUND, &why.to_string())),
         };
+        if let Err(refused) = self.check_proof(&req) {
+            return Ok(*refused);
+        }
         let resp = match *req.method() {
             Method::GET | Method::HEAD => {
                 let head = req.method() == Method::HEAD;
@@ -230,6 +239,26 @@ impl Origin {
                 Err(e) => store_error(e),
             },
             Err(e) => store_error(e),
+        }
+    }
+
+    /// Whether `req` is a proxy's (see the module's docs); a repair's proof is checked by
+    /// [`Api::replacement`], which knows what it signs.
+    fn check_proof(&self, req: &Request<Incoming>) -> Result<(), Box<Response<Body>>> {
+        let Some(key) = self.replace_key.as_ref() else {
+            return Err(Box::new(error(StatusCode::FORBIDDEN, "this origin has no fleet_secret, so it serves and stores nothing: give it the proxies' fleet.secret")));
+        };
+        if req.method() == Method::PUT && req.headers().contains_key(REPLACES_HEADER) {
+            return Ok(());
+        }
+        let Some(proof) = req.headers().get(HOP_HEADER).and_then(|v| v.to_str().ok()) else {
+            return Err(Box::new(error(StatusCode::UNAUTHORIZED, &format!("object requests must come from a proxy of the fleet, signed in {HOP_HEADER} with its secret"))));
+        };
+        let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        match key.verify(proof, req.method().as_str(), target, now_secs()) {
+            Ok(HopKind::Origin) => Ok(()),
+            Ok(_) => Err(Box::new(error(StatusCode::FORBIDDEN, &format!("{HOP_HEADER} is not an origin request's proof")))),
+            Err(e) => Err(Box::new(error(StatusCode::FORBIDDEN, &format!("{HOP_HEADER} refused: {e}")))),
         }
     }
 

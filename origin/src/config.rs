@@ -26,9 +26,9 @@ pub struct OriginConfig {
     /// Lifetime of presigned URLs, in seconds.
     #[serde(default = "default_presign_secs")]
     pub presign_ttl_secs: u64,
-    /// The proxies' `fleet.secret`. A proxy that finds a copy here corrupt replaces it with a
-    /// verified one, signing that request with this secret; unset, every replacement is
-    /// refused (403) and a published path is never overwritten.
+    /// The proxies' `fleet.secret`: origin's credential. Every object request (a read, an
+    /// upload, a repair of a copy found corrupt) must be signed with it by a proxy; unset,
+    /// origin serves and stores nothing (403).
     #[serde(default)]
     pub fleet_secret: Option<FleetSecret>,
     /// The largest upload accepted (`"16GiB"`, or bytes). A larger one is answered 413: at

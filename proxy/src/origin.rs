@@ -258,10 +258,13 @@ impl Uploader {
             headers.push((http::HeaderName::from_static(SHA256_HEADER), sha.clone()));
         }
         let target = origin.object_target(&job.repository, &job.key_path);
+        // Every upload carries the fleet's proof: a repair's names what it replaces.
         if let (Some(bad), Some(sha)) = (&job.replaces, &job.sha256) {
             headers.push((http::HeaderName::from_static(REPLACES_HEADER), bad.clone()));
             let signed = replacement_signed_target(&target, bad, sha);
             headers.push((http::HeaderName::from_static(HOP_HEADER), self.fleet.sign(HopKind::Replace, "PUT", &signed)));
+        } else {
+            headers.push((http::HeaderName::from_static(HOP_HEADER), self.fleet.sign(HopKind::Origin, "PUT", &target)));
         }
         let put = Request { method: http::Method::PUT, url: &origin.url, target: &target, headers: &headers, timeouts: &upload };
         let status = self.client.upload(&put, length, &mut cached).await?.head.status.as_u16();

@@ -20,6 +20,10 @@ pub mod tls;
 pub mod tmpfs;
 pub mod upstream;
 
+/// The fleet secret test origins are given ([`services::origin_on_dir`]): a proxy that uses
+/// one needs it as its `fleet.secret`.
+pub const FLEET_SECRET: &str = "the-test-fleet-secret";
+
 pub use client::{get, http, put, Response};
 pub use proxy::{Proxy, ProxyBuilder, ADMIN, ADMIN_TOKEN};
 pub use tmpfs::Tmpfs;

@@ -153,7 +153,39 @@ pub fn origin_on_dir(root: &Path) -> Service {
 pub fn origin_on_dir_with(root: &Path, top: &str) -> Service {
     let dir = root.join("origin");
     std::fs::create_dir_all(&dir).unwrap();
+    let top = with_secret(top);
     origin(&format!("{top}\nspool_dir = \"{}\"\n[store]\nkind = \"local\"\ndir = \"{}\"\n", dir.display(), dir.join("store").display()), &dir, &[])
+}
+
+/// The `x-hangar-hop` header a proxy of the fleet ([`crate::FLEET_SECRET`]) signs a `method`
+/// request to origin for `target` with: origin's credential.
+pub fn origin_proof(method: &str, target: &str) -> (&'static str, String) {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let key = hangar_core::wire::HopKey::new(crate::FLEET_SECRET.as_bytes());
+    (hangar_core::wire::HOP_HEADER, key.sign(hangar_core::wire::HopKind::Origin, method, target, now))
+}
+
+/// GET `target` from origin as a proxy does (signed).
+pub async fn origin_get(origin: &Service, target: &str) -> crate::Response {
+    let (name, proof) = origin_proof("GET", target);
+    crate::http(origin.addr, "GET", target, &[(name, proof.as_str())]).await.expect("request").collect().await
+}
+
+/// PUT `body` to origin at `target` with `headers`, as a proxy does (signed).
+pub async fn origin_put(origin: &Service, target: &str, body: &[u8], headers: &[(&str, &str)]) -> (u16, String) {
+    let (name, proof) = origin_proof("PUT", target);
+    let mut all = headers.to_vec();
+    all.push((name, proof.as_str()));
+    crate::put(origin.addr, target, body, &all).await
+}
+
+/// `top` with `fleet_secret = FLEET_SECRET` unless it names one: origin serves only requests
+/// signed with it, so the proxies of a test need the same `fleet.secret`.
+fn with_secret(top: &str) -> String {
+    match top.contains("fleet_secret") {
+        true => top.to_string(),
+        false => format!("fleet_secret = \"{}\"\n{top}", crate::FLEET_SECRET),
+    }
 }
 
 /// hangar-origin storing in bucket `bucket` of `moto`, with `top` added to its config's top
@@ -161,6 +193,7 @@ pub fn origin_on_dir_with(root: &Path, top: &str) -> Service {
 pub fn origin_on_s3(root: &Path, moto: &Service, bucket: &str, top: &str, store: &str) -> Service {
     let dir = root.join("origin");
     std::fs::create_dir_all(&dir).unwrap();
+    let top = with_secret(top);
     let config = format!(
         "spool_dir = \"{}\"\n{top}\n[store]\nkind = \"s3\"\nbucket = \"{bucket}\"\nendpoint = \"http://{}\"\npath_style = true\ncreate_bucket = true\n{store}\n",
         dir.display(),

@@ -7,7 +7,7 @@ use hangar_e2e::services::{self, Service};
 use hangar_e2e::{get, http, pattern, Proxy, Route, Upstream};
 use sha2::Digest as _;
 
-const FLEET_SECRET: &str = "a fleet secret for tests";
+const FLEET_SECRET: &str = hangar_e2e::FLEET_SECRET;
 
 fn sha256_hex(body: &[u8]) -> String {
     format!("{:x}", sha2::Sha256::digest(body))
@@ -66,7 +66,7 @@ async fn the_host_header_neither_splits_nor_bypasses_the_cache() {
 
 /// PUT `body` to origin with `headers`; returns (status, response text).
 async fn put(origin: &Service, path: &str, body: &[u8], headers: &[(&str, &str)]) -> (u16, String) {
-    hangar_e2e::put(origin.addr, path, body, headers).await
+    services::origin_put(origin, path, body, headers).await
 }
 
 /// hangar-origin on a directory under `root`, trusting the fleet's secret for repairs.
@@ -116,7 +116,7 @@ async fn wrong_copy_on(origin: &Service, root: &Path) {
     let real_sha = sha256_hex(&real);
     let (status, text) = put(origin, "/objects/files/tool.bin", &real, &[("X-Hangar-Replaces", &wrong_sha), ("X-Hangar-Sha256", &real_sha)]).await;
     assert_eq!(status, 403, "{text}");
-    assert_eq!(get(origin.addr, "/objects/files/tool.bin").await.body, wrong);
+    assert_eq!(services::origin_get(&origin, "/objects/files/tool.bin").await.body, wrong);
 
     // The operator's pin says what the bytes must be; origin names other bytes: the upstream's
     // are served, on the first request, whole.
@@ -128,7 +128,7 @@ async fn wrong_copy_on(origin: &Service, root: &Path) {
     assert_eq!(up.hits("/tool.bin"), 1);
     // ... and origin's copy is replaced by the verified one.
     proxy.wait_for_metric("hangar_origin_uploads_total", &[("result", "replaced")], 1.0).await;
-    let r = get(origin.addr, "/objects/files/tool.bin").await;
+    let r = services::origin_get(&origin, "/objects/files/tool.bin").await;
     assert_eq!((r.body == real, r.header("x-hangar-sha256")), (true, Some(pin.as_str())));
 }
 
@@ -183,7 +183,7 @@ async fn a_clients_own_pin_never_condemns_origins_copy() {
     assert_eq!((r.status, r.body == real), (200, true));
     assert_eq!(proxy.metric("hangar_origin_fetches_total", &[("result", "hit")]).await, 1.0);
     assert_eq!(proxy.metric("hangar_origin_uploads_total", &[("result", "replaced")]).await, 0.0);
-    assert_eq!(get(origin.addr, "/objects/files/tool.bin").await.header("x-hangar-sha256"), Some(sha.as_str()));
+    assert_eq!(services::origin_get(&origin, "/objects/files/tool.bin").await.header("x-hangar-sha256"), Some(sha.as_str()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

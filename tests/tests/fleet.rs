@@ -10,7 +10,7 @@ use hangar_e2e::{get, pattern, Proxy, Route, Upstream};
 const OBJECT_LEN: u64 = 64 * 1024;
 
 /// What the test fleets sign their hops with.
-const SECRET: &str = "the-test-fleet-secret";
+const SECRET: &str = hangar_e2e::FLEET_SECRET;
 
 fn object_path(i: usize) -> String {
     format!("/pkg/object-{i}.bin")
@@ -35,6 +35,9 @@ fn proxy_config(up: &Upstream, redis: Option<&Service>, origin: Option<&Service>
     }
     if let Some(o) = origin {
         c.push_str(&format!("[origin]\nurl = \"http://{}/\"\n", o.addr));
+        if redis.is_none() {
+            c.push_str(&format!("[fleet]\nsecret = \"{SECRET}\"\n"));
+        }
     }
     c
 }
@@ -261,7 +264,7 @@ async fn a_full_upload_queue_drops_uploads_and_never_holds_up_a_client() {
     // An origin nobody answers at: every hop to it fails at once, every upload waits to retry.
     let closed = services::free_port();
     let config = format!(
-        "[[repository]]\nname = \"files\"\nprefix = \"/\"\nupstream = \"{}\"\n[repository.freshness]\nimmutable = [\"*.bin\"]\n[origin]\nurl = \"http://127.0.0.1:{closed}/\"\nupload_queue = 1\nupload_workers = 1\n",
+        "[[repository]]\nname = \"files\"\nprefix = \"/\"\nupstream = \"{}\"\n[repository.freshness]\nimmutable = [\"*.bin\"]\n[origin]\nurl = \"http://127.0.0.1:{closed}/\"\nupload_queue = 1\nupload_workers = 1\n[fleet]\nsecret = \"{SECRET}\"\n",
         up.url()
     );
     let a = start_proxy(root.path(), "a", &config);
@@ -402,7 +405,7 @@ async fn an_upload_of_an_artefact_purged_before_its_turn_reads_the_cache_only_an
     // tries again later.
     let closed = services::free_port();
     let config = format!(
-        "[[repository]]\nname = \"files\"\nprefix = \"/\"\nupstream = \"{}\"\n[repository.freshness]\nimmutable = [\"*.bin\"]\n[origin]\nurl = \"http://127.0.0.1:{closed}/\"\n",
+        "[[repository]]\nname = \"files\"\nprefix = \"/\"\nupstream = \"{}\"\n[repository.freshness]\nimmutable = [\"*.bin\"]\n[origin]\nurl = \"http://127.0.0.1:{closed}/\"\n[fleet]\nsecret = \"{SECRET}\"\n",
         up.url()
     );
     let a = start_proxy(root.path(), "a", &config);

@@ -15,24 +15,54 @@ fn hex(b: &[u8]) -> String {
 /// PUT `body` to origin, with its declared sha256 if given; returns (status, response text).
 async fn put(origin: &Service, path: &str, body: &[u8], sha256: Option<&str>) -> (u16, String) {
     let headers: Vec<(&str, &str)> = sha256.map(|d| ("X-Hangar-Sha256", d)).into_iter().collect();
-    hangar_e2e::put(origin.addr, path, body, &headers).await
+    services::origin_put(origin, path, body, &headers).await
 }
 
 async fn publish_rules(origin: &Service) {
     let v1 = b"version one".to_vec();
     let sha = hex(&sha2::Sha256::digest(&v1));
     assert_eq!(put(origin, "/objects/r/a/file.tgz", &v1, Some(&sha)).await.0, 201);
-    let r = get(origin.addr, "/objects/r/a/file.tgz").await;
+    let r = services::origin_get(&origin, "/objects/r/a/file.tgz").await;
     assert_eq!((r.status, r.body.as_slice(), r.header("x-hangar-sha256")), (200, v1.as_slice(), Some(sha.as_str())));
     assert_eq!(put(origin, "/objects/r/a/file.tgz", &v1, None).await.0, 200, "the same bytes again: accepted, nothing changes");
     let (status, text) = put(origin, "/objects/r/a/file.tgz", b"version two", None).await;
     assert_eq!(status, 409, "a published path is never overwritten: {text}");
-    assert_eq!(get(origin.addr, "/objects/r/a/file.tgz").await.body, v1);
+    assert_eq!(services::origin_get(&origin, "/objects/r/a/file.tgz").await.body, v1);
     let (status, _) = put(origin, "/objects/r/b/file.tgz", b"tampered", Some(&sha)).await;
     assert_eq!(status, 422, "a body that does not match its declared digest is refused");
-    assert_eq!(get(origin.addr, "/objects/r/b/file.tgz").await.status, 404, "and nothing was stored");
-    assert_eq!(get(origin.addr, "/objects/r/missing").await.status, 404);
-    assert_eq!(get(origin.addr, "/objects/../etc/passwd").await.status, 404);
+    assert_eq!(services::origin_get(&origin, "/objects/r/b/file.tgz").await.status, 404, "and nothing was stored");
+    assert_eq!(services::origin_get(&origin, "/objects/r/missing").await.status, 404);
+    assert_eq!(services::origin_get(&origin, "/objects/../etc/passwd").await.status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn origin_serves_and_stores_only_for_the_fleets_proxies() {
+    let root = tempfile::tempdir().unwrap();
+    let origin = services::origin_on_dir(root.path());
+    // The report: an anonymous PUT under a release path, then served to every client.
+    let (status, text) = hangar_e2e::put(origin.addr, "/objects/releases/tool-1.0.tar.gz", b"evil", &[]).await;
+    assert_eq!(status, 401, "{text}");
+    assert!(text.contains("signed"), "the refusal says what is missing: {text}");
+    assert_eq!(services::origin_get(&origin, "/objects/releases/tool-1.0.tar.gz").await.status, 404, "nothing was stored");
+    assert_eq!(put(&origin, "/objects/releases/tool-1.0.tar.gz", b"real", None).await.0, 201, "a proxy's upload");
+    assert_eq!(get(origin.addr, "/objects/releases/tool-1.0.tar.gz").await.status, 401, "reads need the proof too");
+    // A proof for another path, another method or from another secret is refused.
+    let (name, other_path) = services::origin_proof("GET", "/objects/releases/other");
+    let (_, other_method) = services::origin_proof("PUT", "/objects/releases/tool-1.0.tar.gz");
+    let stranger = hangar_core::wire::HopKey::new(b"not the fleet's secret").sign(hangar_core::wire::HopKind::Origin, "GET", "/objects/releases/tool-1.0.tar.gz", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs());
+    for proof in [other_path, other_method, stranger] {
+        let r = http(origin.addr, "GET", "/objects/releases/tool-1.0.tar.gz", &[(name, proof.as_str())]).await.unwrap().collect().await;
+        assert_eq!(r.status, 403, "{}", String::from_utf8_lossy(&r.body));
+    }
+    assert_eq!(get(origin.addr, "/healthz").await.status, 200, "health stays open");
+    // Without fleet_secret, origin serves no one.
+    let bare = tempfile::tempdir().unwrap();
+    let dir = bare.path().join("origin");
+    std::fs::create_dir_all(&dir).unwrap();
+    let unset = services::origin(&format!("spool_dir = \"{}\"\n[store]\nkind = \"local\"\ndir = \"{}\"\n", dir.display(), dir.join("store").display()), &dir, &[]);
+    let r = services::origin_get(&unset, "/objects/releases/tool-1.0.tar.gz").await;
+    assert_eq!(r.status, 403);
+    assert!(String::from_utf8_lossy(&r.body).contains("fleet_secret"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -52,6 +82,11 @@ async fn local_store_publishes_once_and_verifies_digests() {
 async fn raw_request(origin: &Service, head: &str, body: &[u8]) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(origin.addr).await.unwrap();
+    // Signed as a proxy would: `PUT <target> HTTP/1.1` names what the proof covers.
+    let mut words = head.split(' ');
+    let (method, target) = (words.next().unwrap(), words.next().unwrap());
+    let (name, proof) = services::origin_proof(method, target);
+    let head = head.replacen("\r\n", &format!("\r\n{name}: {proof}\r\n"), 1);
     s.write_all(head.as_bytes()).await.unwrap();
     s.write_all(body).await.unwrap();
     let mut answer = Vec::new();
@@ -82,7 +117,7 @@ async fn uploads_over_the_size_limit_are_refused_and_leave_nothing() {
     assert_eq!(status, 413, "{text}");
 
     for path in ["/objects/r/declared.bin", "/objects/r/streamed.bin"] {
-        assert_eq!(get(origin.addr, path).await.status, 404, "{path}: nothing was stored");
+        assert_eq!(services::origin_get(&origin, path).await.status, 404, "{path}: nothing was stored");
     }
     assert!(hangar_e2e::files_under(&dir.join("store")).is_empty(), "no blob and no manifest");
     let spooled: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().filter(|e| e.path().is_file() && e.file_name() != "origin.toml").map(|e| e.file_name()).collect();
@@ -92,7 +127,7 @@ async fn uploads_over_the_size_limit_are_refused_and_leave_nothing() {
     let exact = vec![b'y'; 1024];
     let (status, text) = put(&origin, "/objects/r/exact.bin", &exact, None).await;
     assert_eq!(status, 201, "{text}");
-    assert_eq!(get(origin.addr, "/objects/r/exact.bin").await.body, exact);
+    assert_eq!(services::origin_get(&origin, "/objects/r/exact.bin").await.body, exact);
 }
 
 /// A proxy hands origin what it fetched. One over origin's limit must come back as a refusal
@@ -106,9 +141,10 @@ async fn a_proxy_upload_over_origins_limit_is_counted_refused_and_not_retried() 
     up.route("/pkg/big.bin", Route::pattern(1, 8 << 20));
     up.route("/pkg/small.bin", Route::pattern(2, 4096));
     let config = format!(
-        "[[repository]]\nname = \"files\"\nprefix = \"/\"\nupstream = \"{}\"\n[repository.freshness]\nimmutable = [\"*.bin\"]\n[origin]\nurl = \"http://{}/\"\nupload_workers = 1\n",
+        "[[repository]]\nname = \"files\"\nprefix = \"/\"\nupstream = \"{}\"\n[repository.freshness]\nimmutable = [\"*.bin\"]\n[origin]\nurl = \"http://{}/\"\nupload_workers = 1\n[fleet]\nsecret = \"{}\"\n",
         up.url(),
-        origin.addr
+        origin.addr,
+        hangar_e2e::FLEET_SECRET
     );
     let proxy = Proxy::builder(&root.path().join("proxy")).config(&config).start();
     assert_eq!(get(proxy.addr, "/pkg/big.bin").await.status, 200);
@@ -132,7 +168,7 @@ async fn s3_store_publishes_once_verifies_and_uploads_large_objects_in_parts() {
     let big = pattern(7, 12 << 20);
     let (status, text) = put(&origin, "/objects/r/big.bin", &big, Some(&hex(&sha2::Sha256::digest(&big)))).await;
     assert_eq!(status, 201, "{text}");
-    let r = get(origin.addr, "/objects/r/big.bin").await;
+    let r = services::origin_get(&origin, "/objects/r/big.bin").await;
     assert!(r.status == 200 && r.body == big, "multipart object reads back whole");
     let log = std::fs::read_to_string(root.path().join("moto.log")).unwrap();
     assert_eq!(log.matches("partNumber=").count(), 3, "three parts reached S3");
@@ -145,12 +181,12 @@ async fn repositories_served_by_redirect_send_clients_to_a_presigned_s3_url() {
     let origin = services::origin_on_s3(root.path(), &moto, "origin-test", "[repositories.files]\nserve = \"redirect\"", MULTIPART);
     let up = Upstream::start().await;
     up.route("/x.bin", Route::pattern(3, 100_000));
-    let config = format!("[[repository]]\nname = \"files\"\nprefix = \"/\"\nupstream = \"{}\"\n[repository.freshness]\nimmutable = [\"*.bin\"]\n[origin]\nurl = \"http://{}/\"\n", up.url(), origin.addr);
+    let config = format!("[[repository]]\nname = \"files\"\nprefix = \"/\"\nupstream = \"{}\"\n[repository.freshness]\nimmutable = [\"*.bin\"]\n[origin]\nurl = \"http://{}/\"\n[fleet]\nsecret = \"{}\"\n", up.url(), origin.addr, hangar_e2e::FLEET_SECRET);
     let a = Proxy::builder(&root.path().join("a")).config(&config).start();
     assert_eq!(get(a.addr, "/x.bin").await.status, 200);
     a.wait_for_metric("hangar_origin_uploads_total", &[("result", "stored")], 1.0).await;
 
-    let r = http(origin.addr, "GET", "/objects/files/x.bin", &[]).await.unwrap().collect().await;
+    let r = services::origin_get(&origin, "/objects/files/x.bin").await;
     assert_eq!(r.status, 307);
     let location = r.header("location").expect("a presigned URL").to_string();
     assert!(location.starts_with(&format!("http://{}/origin-test/", moto.addr)) && location.contains("Signature"), "{location}");

@@ -91,7 +91,7 @@ pub(super) fn interpolate_config(config: &mut Config, file: &str, env: &dyn Fn(&
         // Unset, it is no secret: an error for a fleet, nothing for a proxy alone.
         fleet.secret = match interpolate(&secret.0, env).map_err(redacted) {
             Ok(s) => Some(Secret(s)),
-            Err(InterpolationError::Unset(variable)) if fleet.is_shared() => {
+            Err(InterpolationError::Unset(variable)) if fleet.is_shared() || config.origin.is_some() => {
                 return Err(invalid("fleet.secret", InterpolationError::Malformed(format!("environment variable {variable} is not set, and a fleet needs its secret"))));
             }
             Err(InterpolationError::Unset(_)) => None,

@@ -142,4 +142,7 @@ fn auth_errors_name_the_key_of_an_issuer_an_address_rule_or_a_package_pattern() 
     let pattern = err("[[auth.grant]]\nrole = \"r\"\nrepositories = [\"*\"]\nactions = [\"publish\"]\npackages = [\"\"]\n");
     assert!(pattern.starts_with("f.toml: auth.grant[0].packages:"), "{pattern}");
     assert!(err("[auth.limits]\nprincipal_reads_per_second = -1\n").contains("principal_reads_per_second"));
+    let origin = err("[origin]\nurl = \"http://origin.test/\"\n");
+    assert!(origin.starts_with("f.toml: fleet.secret: required with [origin]"), "origin checks every request's proof: {origin}");
+    assert!(Config::from_toml("[origin]\nurl = \"http://origin.test/\"\n[fleet]\nsecret = \"0123456789abcdef\"\n", "f.toml", &env).is_ok(), "a proxy alone with origin");
 }

@@ -55,6 +55,9 @@ impl Config {
             if url.tls {
                 return Err(invalid("origin.url".into(), format!("'{}': origin is reached over http:// (TLS to origin is not supported)", origin.url)));
             }
+            if self.fleet.secret.is_none() {
+                return Err(invalid("fleet.secret".into(), "required with [origin]: origin serves and stores objects only for requests signed with it (its fleet_secret)".into()));
+            }
         }
         let mut names = HashSet::new();
         let mut prefixes = HashSet::new();

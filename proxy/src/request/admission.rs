@@ -186,9 +186,9 @@ impl HangarProxy {
             match self.fleet.verify(proof, req.method.as_str(), target_of(req)) {
                 Some(HopKind::Peer) => caller.peer = true,
                 Some(HopKind::Loopback) => caller.loopback = true,
-                // Meant for origin, not for a proxy: nothing special here.
                 Some(HopKind::Listing) => caller.listing = true,
-                Some(HopKind::Replace) | None => {}
+                // Meant for origin, not for a proxy: nothing special here.
+                Some(HopKind::Replace | HopKind::Origin) | None => {}
             }
         }
         let internal: Vec<http::HeaderName> = req.headers.keys().filter(|name| name.as_str().starts_with(INTERNAL_PREFIX)).cloned().collect();

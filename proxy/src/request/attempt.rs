@@ -395,9 +395,15 @@ impl HangarProxy {
                     req.remove_header(&header::AUTHORIZATION);
                 }
             },
-            Hop::Upstream | Hop::Origin => {
+            Hop::Upstream => {
                 req.remove_header(&header::AUTHORIZATION);
                 req.remove_header(&header::COOKIE);
+            }
+            // Origin asks every object request for the fleet's proof.
+            Hop::Origin => {
+                req.remove_header(&header::AUTHORIZATION);
+                req.remove_header(&header::COOKIE);
+                req.insert_header(HOP_HEADER, self.fleet.sign(HopKind::Origin, req.method.as_str(), &target.path))?;
             }
             Hop::Peer(_) => {
                 // The owner trusts this proxy's proof (not the client's credential) and answers
