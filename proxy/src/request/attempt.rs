@@ -1,6 +1,5 @@
-//! Where a miss is fetched from, as an explicit state machine: the key's owner in the fleet,
-//! then the regional origin, then the upstream, with the upstream's redirects and token
-//! challenges on the way.
+//! Where a miss is fetched from, as an explicit state machine: the key's owner in the fleet, then
+//! the regional origin, then the upstream, with its redirects and token challenges on the way.
 //!
 //! ```text
 //!   Peer(owner) --fails--> Peer(next owner) --fails--> Origin --404/fails--> Upstream
@@ -10,15 +9,14 @@
 //!                                                                  Upstream
 //! ```
 //!
-//! Pingora drives it: every try is one `upstream_peer` .. `upstream_response_filter` round, and
-//! an error marked for retry starts the next. [`Attempt::step`] is the only way to move: it
-//! changes the state and returns that error, so a reader can check every transition in one place.
+//! Pingora drives it: every try is one `upstream_peer` .. `upstream_response_filter` round, an
+//! error marked for retry starts the next. [`Attempt::step`], the only way to move, changes the
+//! state and returns that error: every transition can be checked in one place.
 //!
-//! The upstream's circuit breaker admits the request once, as a [`Ticket`], at its first try
-//! to the upstream; the ticket is settled once, with the request's upstream outcome, whatever
-//! retries, redirects and challenges happened in between. A connection the upstream resets or
-//! closes before answering is retried once, on a fresh connection; then the client gets a 502
-//! that says so.
+//! The upstream's circuit breaker admits the request once, as a [`Ticket`], at its first try to
+//! the upstream; the ticket is settled once, with the request's upstream outcome, whatever
+//! retries, redirects and challenges came between. A connection the upstream resets or closes
+//! before answering is retried once, on a fresh one; then the client gets a 502 that says so.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -391,27 +389,22 @@ impl HangarProxy {
             // A client's own `Authorization` is its credential for Hangar: never passed on.
             Hop::Upstream if !attempt.cross_origin => match &attempt.authorization {
                 Some(auth) => req.insert_header(header::AUTHORIZATION, auth.as_str())?,
-                None => {
-                    req.remove_header(&header::AUTHORIZATION);
-                }
+                None => drop(req.remove_header(&header::AUTHORIZATION)),
             },
-            Hop::Upstream => {
+            // Origin asks every object request for the fleet's proof; a peer trusts it (not the
+            // client's credential), answers as this proxy would (same Host), never forwards.
+            Hop::Upstream | Hop::Origin | Hop::Peer(_) => {
                 req.remove_header(&header::AUTHORIZATION);
                 req.remove_header(&header::COOKIE);
-            }
-            // Origin asks every object request for the fleet's proof.
-            Hop::Origin => {
-                req.remove_header(&header::AUTHORIZATION);
-                req.remove_header(&header::COOKIE);
-                req.insert_header(HOP_HEADER, self.fleet.sign(HopKind::Origin, req.method.as_str(), &target.path))?;
-            }
-            Hop::Peer(_) => {
-                // The owner trusts this proxy's proof (not the client's credential) and answers
-                // as this proxy would: same Host, and it must not forward again.
-                req.remove_header(&header::AUTHORIZATION);
-                req.remove_header(&header::COOKIE);
-                req.insert_header(HOP_HEADER, self.fleet.sign(HopKind::Peer, req.method.as_str(), &target.path))?;
-                if let Some(host) = session.req_header().headers.get(header::HOST).cloned() {
+                let kind = match attempt.hop {
+                    Hop::Origin => Some(HopKind::Origin),
+                    Hop::Peer(_) => Some(HopKind::Peer),
+                    Hop::Upstream => None,
+                };
+                if let Some(kind) = kind {
+                    req.insert_header(HOP_HEADER, self.fleet.sign(kind, req.method.as_str(), &target.path))?;
+                }
+                if let (Some(HopKind::Peer), Some(host)) = (kind, session.req_header().headers.get(header::HOST).cloned()) {
                     req.insert_header(header::HOST, host)?;
                 }
             }
